@@ -1,0 +1,43 @@
+//! Authentication: who is calling, proven by a JWT (or renewed by a
+//! refresh token), and the endpoints that hand those tokens out.
+
+pub mod jwt;
+pub mod login;
+pub mod password;
+pub mod refresh;
+
+use serde_json::{Map, Value};
+
+/// The authenticated caller, as the pipeline and the upstream see it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Identity {
+    pub sub: String,
+    pub email: Option<String>,
+    pub roles: Vec<String>,
+    /// Further claims, for `[identity] claims` and `/userinfo`.
+    pub extra: Map<String, Value>,
+    /// Expiry of the access token (seconds since the epoch).
+    pub exp: u64,
+}
+
+impl Identity {
+    pub fn has_any_role(&self, roles: &[String]) -> bool {
+        roles.is_empty() || roles.iter().any(|r| self.roles.contains(r))
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

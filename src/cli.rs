@@ -1,0 +1,338 @@
+//! The `authgate` command.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::auth::password::hash_blocking;
+use crate::config::{Config, SessionsBackend};
+use crate::gateway::Gateway;
+use crate::users::{self, User, UserStoreError};
+
+#[derive(Debug, Parser)]
+#[command(name = "authgate", version, about = "A reverse-proxy authentication gateway")]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(short = 'c', long = "config", global = true, env = "AUTHGATE_CONFIG", default_value = "gateway.toml")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve(ServeArgs),
+    /// Validate the configuration and print a summary.
+    CheckConfig,
+    /// Read a password from stdin and print its bcrypt hash.
+    HashPassword {
+        /// bcrypt cost (default: `[users] bcrypt_cost`, else 12).
+        #[arg(long)]
+        cost: Option<u32>,
+    },
+    /// Manage users in the configured user store.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Inspect and revoke refresh-token sessions (Redis backend).
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+}
+
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Development mode: no files, a memory store, a random secret and a
+    /// `dev` user; loopback only.
+    #[arg(long)]
+    pub dev: bool,
+    /// Listen address (overrides `[server] listen`).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Add a user.
+    Add {
+        username: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Read the password from stdin instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's password.
+    Passwd {
+        username: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete a user.
+    Del { username: String },
+    /// List users.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List a user's sessions (refresh-token families).
+    List { username: String },
+    /// Revoke every session of a user ("log out everywhere").
+    Revoke { username: String },
+}
+
+pub fn main() -> ExitCode {
+    // `.env` first: it may set AUTHGATE_CONFIG and the secrets.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n.max(1));
+    }
+    Ok(builder.build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    match command {
+        Command::Serve(args) if args.dev => {
+            let listen = args
+                .listen
+                .unwrap_or_else(|| crate::config::defaults::LISTEN.parse().expect("valid default"));
+            crate::dev::prepare_secret();
+            runtime(None)?.block_on(crate::dev::serve(listen))
+        }
+        Command::Serve(args) => {
+            let mut config = Config::load(&cli.config)?;
+            if let Some(listen) = args.listen {
+                config.server.listen = listen;
+            }
+            crate::telemetry::init(config.server.log_format);
+            runtime(config.server.worker_threads)?.block_on(serve(config))
+        }
+        Command::CheckConfig => check_config(&cli.config),
+        Command::HashPassword { cost } => {
+            let cost = match cost {
+                Some(c) => c,
+                None => Config::load(&cli.config).map_or(crate::config::defaults::BCRYPT_COST, |c| c.users.bcrypt_cost),
+            };
+            let password = read_password(true, false)?;
+            println!("{}", hash_blocking(&password, cost)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Users(command) => {
+            let config = Config::load(&cli.config)?;
+            runtime(Some(1))?.block_on(users_command(&config, command))
+        }
+        Command::Sessions(command) => {
+            let config = Config::load(&cli.config)?;
+            runtime(Some(1))?.block_on(sessions_command(&config, command))
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let listen = config.server.listen;
+    let gw = Arc::new(Gateway::build(config).await?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(event = "listening", address = %listener.local_addr()?, routes = gw.routes.iter().count());
+    spawn_reload_on_hangup(gw.clone());
+    crate::server::serve(gw, listener, crate::server::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP re-reads the users file.
+fn spawn_reload_on_hangup(gw: Arc<Gateway>) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!(event = "sighup", "reloading the users file");
+            gw.users.reload();
+        }
+    });
+}
+
+fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Err(problems) = crate::auth::jwt::JwtService::from_config(&config.jwt) {
+        eprintln!(
+            "{}",
+            crate::config::ConfigError {
+                file: config.file.clone(),
+                problems
+            }
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("configuration {} is valid", path.display());
+    println!("listen: http://{}", config.server.listen);
+    println!(
+        "jwt: {:?}, access {}s, refresh {}s",
+        config.jwt.algorithm,
+        config.jwt.access_ttl.as_secs(),
+        config.jwt.refresh_ttl.as_secs()
+    );
+    println!(
+        "users: {:?}; sessions: {:?}",
+        config.users.backend, config.sessions.backend
+    );
+    println!("routes:");
+    for route in &config.routes {
+        println!(
+            "  {}{} -> {} (auth {:?}{}{})",
+            route.host.as_deref().unwrap_or(""),
+            route.prefix,
+            route.upstream,
+            route.auth,
+            if route.strip_prefix { ", strip_prefix" } else { "" },
+            if route.roles.is_empty() {
+                String::new()
+            } else {
+                format!(", roles {}", route.roles.join("|"))
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a password: from a terminal without echo, else from stdin with
+/// one trailing newline stripped.
+fn read_password(from_stdin: bool, confirm: bool) -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    let password = if stdin.is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        if confirm && rpassword::prompt_password("Repeat: ")? != first {
+            anyhow::bail!("the passwords differ");
+        }
+        first
+    } else if from_stdin {
+        let mut text = String::new();
+        stdin.lock().read_to_string(&mut text)?;
+        let text = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(&text)
+            .to_string();
+        text
+    } else {
+        anyhow::bail!("stdin is not a terminal: pass --password-stdin to read the password from it");
+    };
+    if password.is_empty() {
+        anyhow::bail!("the password is empty");
+    }
+    Ok(password)
+}
+
+async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result<ExitCode> {
+    let store = users::open(config, false).await?;
+    let cost = config.users.bcrypt_cost;
+    let hash = |password: String| async move {
+        tokio::task::spawn_blocking(move || hash_blocking(&password, cost)).await?
+    };
+    let result = match command {
+        UsersCommand::Add { username, email, roles, password_stdin } => {
+            let password = read_password(password_stdin, true)?;
+            let user = User {
+                username: username.clone(),
+                password_hash: hash(password).await?,
+                email,
+                roles,
+                ..User::default()
+            };
+            store.add(user).await.map(|()| println!("added user {username}"))
+        }
+        UsersCommand::Passwd { username, password_stdin } => {
+            if store.find(&username).await?.is_none() {
+                return Err(UserStoreError::NotFound(username).into());
+            }
+            let password = read_password(password_stdin, true)?;
+            let hash = hash(password).await?;
+            store
+                .set_password(&username, &hash)
+                .await
+                .map(|()| println!("changed the password of {username}"))
+        }
+        UsersCommand::Del { username } => store
+            .delete(&username)
+            .await
+            .map(|()| println!("deleted user {username}")),
+        UsersCommand::List => store.list().await.map(|users| {
+            for user in users {
+                println!(
+                    "{}\t{}\t{}{}",
+                    user.username,
+                    user.email.as_deref().unwrap_or("-"),
+                    user.roles.join(","),
+                    if user.disabled { "\tdisabled" } else { "" }
+                );
+            }
+        }),
+    };
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sessions_command(config: &Config, command: SessionsCommand) -> anyhow::Result<ExitCode> {
+    if config.sessions.backend == SessionsBackend::Memory {
+        eprintln!(
+            "sessions.backend is \"memory\": the sessions live inside the running authgate process \
+             and cannot be reached from here (restarting it ends them all). Use the redis backend \
+             to manage sessions from the command line."
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let store = crate::sessions::open(&config.sessions).await?;
+    match command {
+        SessionsCommand::List { username } => {
+            let families = store.list_user(&username).await?;
+            if families.is_empty() {
+                println!("no sessions for {username}");
+            }
+            for f in families {
+                println!(
+                    "{}\tcreated {}\tlast used {}{}",
+                    f.family,
+                    format_ms(f.created_ms),
+                    format_ms(f.last_used_ms),
+                    if f.revoked { "\trevoked" } else { "" }
+                );
+            }
+        }
+        SessionsCommand::Revoke { username } => {
+            let n = store.revoke_user(&username).await?;
+            println!("revoked {n} session(s) of {username}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn format_ms(ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(time).to_string()
+}

@@ -1,0 +1,176 @@
+//! Every default of `gateway.toml`, in one place. The constants carry the
+//! value and its unit; the functions exist because serde wants functions.
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{
+    AuthPolicy, HumanDuration, JwtAlgorithm, SameSite, SessionsBackend, UsersBackend,
+};
+
+/// `[server] listen`: loopback only, so a default never exposes anything.
+pub const LISTEN: &str = "127.0.0.1:8080";
+/// `[server] request_timeout`: 30 s for the upstream's response head.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// `[server] max_header_bytes`: 16 KiB of request line and headers.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// `[server] max_headers`: 100 request header fields.
+pub const MAX_HEADERS: usize = 100;
+/// `[server] shutdown_grace`: 10 s to drain in-flight requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// `[server] header_timeout`: 10 s to send a request head (slow-loris bound).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[server] idle_timeout`: 60 s for an idle keep-alive client connection.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `[server] max_connections`: 25,000 concurrent client connections.
+pub const MAX_CONNECTIONS: usize = 25_000;
+/// `[jwt] secret_env`.
+pub const SECRET_ENV: &str = "AUTHGATE_JWT_SECRET";
+/// `[jwt] issuer`.
+pub const ISSUER: &str = "authgate";
+/// `[jwt] access_ttl`: 15 minutes.
+pub const ACCESS_TTL: Duration = Duration::from_secs(15 * 60);
+/// `[jwt] refresh_ttl`: 7 days.
+pub const REFRESH_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// `[users] path`, relative to the config file.
+pub const USERS_PATH: &str = "users.toml";
+/// `[users] bcrypt_cost`: 12 (about 250 ms a hash on one core).
+pub const BCRYPT_COST: u32 = 12;
+/// `[users] max_concurrent_hashes`: 0 means one per CPU core.
+pub const MAX_CONCURRENT_HASHES: usize = 0;
+/// `[users] url_env`.
+pub const URL_ENV: &str = "AUTHGATE_DATABASE_URL";
+/// `[users] schema`.
+pub const PG_SCHEMA: &str = "authgate";
+/// `[users] pool_size`: 8 PostgreSQL connections.
+pub const POOL_SIZE: usize = 8;
+/// `[cookies] access`.
+pub const ACCESS_COOKIE: &str = "access_token";
+/// `[cookies] refresh`.
+pub const REFRESH_COOKIE: &str = "refresh_token";
+/// `[cookies] path`.
+pub const COOKIE_PATH: &str = "/";
+/// `[identity] user`.
+pub const USER_HEADER: &str = "X-Auth-User";
+/// `[identity] email`.
+pub const EMAIL_HEADER: &str = "X-Auth-Email";
+/// `[identity] roles`.
+pub const ROLES_HEADER: &str = "X-Auth-Roles";
+/// `[sessions] key_prefix`.
+pub const KEY_PREFIX: &str = "authgate:";
+/// `[sessions] reuse_grace`: 10 s during which a just-rotated refresh token
+/// still yields its successor (parallel browser requests).
+pub const REUSE_GRACE: Duration = Duration::from_secs(10);
+/// Tokens larger than this are refused before any parsing: 8 KiB.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+fn spanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(0..0, value)
+}
+
+pub fn listen() -> Spanned<String> {
+    spanned(LISTEN.into())
+}
+pub fn request_timeout() -> HumanDuration {
+    HumanDuration(REQUEST_TIMEOUT)
+}
+pub fn max_header_bytes() -> Spanned<usize> {
+    spanned(MAX_HEADER_BYTES)
+}
+pub fn max_headers() -> Spanned<usize> {
+    spanned(MAX_HEADERS)
+}
+pub fn shutdown_grace() -> HumanDuration {
+    HumanDuration(SHUTDOWN_GRACE)
+}
+pub fn header_timeout() -> HumanDuration {
+    HumanDuration(HEADER_TIMEOUT)
+}
+pub fn idle_timeout() -> HumanDuration {
+    HumanDuration(IDLE_TIMEOUT)
+}
+pub fn max_connections() -> usize {
+    MAX_CONNECTIONS
+}
+pub fn auth_policy() -> AuthPolicy {
+    AuthPolicy::Required
+}
+pub fn preserve_host() -> bool {
+    true
+}
+pub fn jwt_algorithm() -> Spanned<JwtAlgorithm> {
+    spanned(JwtAlgorithm::HS256)
+}
+pub fn secret_env() -> Spanned<String> {
+    spanned(SECRET_ENV.into())
+}
+pub fn issuer() -> String {
+    ISSUER.into()
+}
+pub fn access_ttl() -> HumanDuration {
+    HumanDuration(ACCESS_TTL)
+}
+pub fn refresh_ttl() -> HumanDuration {
+    HumanDuration(REFRESH_TTL)
+}
+pub fn leeway() -> HumanDuration {
+    HumanDuration(Duration::ZERO)
+}
+pub fn users_backend() -> Spanned<UsersBackend> {
+    spanned(UsersBackend::File)
+}
+pub fn users_path() -> String {
+    USERS_PATH.into()
+}
+pub fn bcrypt_cost() -> Spanned<u32> {
+    spanned(BCRYPT_COST)
+}
+pub fn max_concurrent_hashes() -> usize {
+    MAX_CONCURRENT_HASHES
+}
+pub fn url_env() -> Spanned<String> {
+    spanned(URL_ENV.into())
+}
+pub fn pg_schema() -> Spanned<String> {
+    spanned(PG_SCHEMA.into())
+}
+pub fn pool_size() -> usize {
+    POOL_SIZE
+}
+pub fn access_cookie() -> Spanned<String> {
+    spanned(ACCESS_COOKIE.into())
+}
+pub fn refresh_cookie() -> Spanned<String> {
+    spanned(REFRESH_COOKIE.into())
+}
+pub fn cookie_secure() -> bool {
+    true
+}
+pub fn same_site() -> Spanned<SameSite> {
+    spanned(SameSite::Lax)
+}
+pub fn cookie_path() -> String {
+    COOKIE_PATH.into()
+}
+pub fn user_header() -> Spanned<String> {
+    spanned(USER_HEADER.into())
+}
+pub fn email_header() -> Spanned<String> {
+    spanned(EMAIL_HEADER.into())
+}
+pub fn roles_header() -> Spanned<String> {
+    spanned(ROLES_HEADER.into())
+}
+pub fn sessions_backend() -> Spanned<SessionsBackend> {
+    spanned(SessionsBackend::Memory)
+}
+pub fn key_prefix() -> String {
+    KEY_PREFIX.into()
+}
+pub fn reuse_grace() -> HumanDuration {
+    HumanDuration(REUSE_GRACE)
+}
+pub fn path_prefix() -> Spanned<String> {
+    spanned(String::new())
+}

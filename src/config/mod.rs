@@ -1,0 +1,857 @@
+//! `gateway.toml`: read once, validated once, turned into typed values that
+//! request code can use without ever failing on configuration.
+//!
+//! Two types per section: [`raw`] mirrors the file; the types here are what
+//! the rest of authgate sees. Every problem found is reported at once, each
+//! with its key and line, so an operator fixes a file in one pass.
+
+pub mod defaults;
+pub mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, Uri};
+use toml::Spanned;
+
+pub use raw::{AuthPolicy, JwtAlgorithm, LogFormat, SameSite, SessionsBackend, UsersBackend};
+
+/// A configuration that failed to load: every problem, each with its place.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// 1-based line in the file, when the key was written there.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `routes[2].prefix`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration {}", self.file.display())?;
+        for problem in &self.problems {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub base_dir: PathBuf,
+    pub server: ServerConfig,
+    pub routes: Vec<RouteConfig>,
+    pub jwt: JwtConfig,
+    pub users: UsersConfig,
+    pub cookies: CookieConfig,
+    pub identity: IdentityConfig,
+    pub sessions: SessionsConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub request_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub shutdown_grace: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub log_format: LogFormat,
+    pub worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Normalized: leading slash, no trailing slash except for `/` itself.
+    pub prefix: String,
+    pub host: Option<String>,
+    pub upstream: Upstream,
+    pub auth: AuthPolicy,
+    pub strip_prefix: bool,
+    pub preserve_host: bool,
+    pub roles: Vec<String>,
+    pub max_body: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path the forwarded path is appended to; empty or `/base` (no trailing slash).
+    pub base_path: String,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub algorithm: JwtAlgorithm,
+    pub secret_env: Located<String>,
+    pub private_key: Option<Located<PathBuf>>,
+    pub key_id: Option<String>,
+    pub previous_keys: Vec<PreviousKey>,
+    pub issuer: String,
+    pub audience: Option<String>,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PreviousKey {
+    pub key_id: String,
+    pub secret_env: Option<Located<String>>,
+    pub public_key: Option<Located<PathBuf>>,
+}
+
+/// A value with the line it was written on, for errors found after loading
+/// (a missing environment variable, an unreadable key file).
+#[derive(Debug, Clone)]
+pub struct Located<T> {
+    pub value: T,
+    pub key: &'static str,
+    pub line: Option<usize>,
+}
+
+impl<T> Located<T> {
+    pub fn problem(&self, message: impl Into<String>) -> Problem {
+        Problem {
+            line: self.line,
+            key: self.key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UsersConfig {
+    pub backend: UsersBackend,
+    pub path: PathBuf,
+    pub bcrypt_cost: u32,
+    pub max_concurrent_hashes: usize,
+    pub postgres: PostgresConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    pub url_env: Located<String>,
+    pub schema: String,
+    pub pool_size: usize,
+    /// `Some` when mapping an existing table read-only.
+    pub table: Option<String>,
+    pub columns: Columns,
+}
+
+#[derive(Debug, Clone)]
+pub struct Columns {
+    pub username: String,
+    pub password_hash: String,
+    pub email: String,
+    pub roles: String,
+    pub disabled: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CookieConfig {
+    pub access: String,
+    pub refresh: String,
+    pub secure: bool,
+    pub same_site: SameSite,
+    pub domain: Option<String>,
+    pub path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub user: HeaderName,
+    pub email: HeaderName,
+    pub roles: HeaderName,
+    /// Further claims forwarded as headers: (header, claim name).
+    pub claims: Vec<(HeaderName, String)>,
+    pub forward_token: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionsConfig {
+    pub backend: SessionsBackend,
+    pub redis_url: Option<String>,
+    pub key_prefix: String,
+    pub reuse_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Empty, or `/auth`-like: where `/token`, `/logout`, ... live.
+    pub path_prefix: String,
+}
+
+impl Config {
+    /// Reads and validates the file. Environment secrets are not read here
+    /// (see `auth::jwt::JwtKeys::from_config`), so commands that need no
+    /// secret (`users add`) work where the secret is absent.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                line: None,
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        Self::parse(path, &source)
+    }
+
+    /// Validates `source` as if read from `path` (relative paths inside it
+    /// resolve against the directory of `path`).
+    pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigError> {
+        let base_dir = path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    p.to_path_buf()
+                }
+            })
+            .unwrap_or_else(|| PathBuf::from("."));
+        let raw: raw::RawConfig = toml::from_str(source).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![toml_problem(source, &e)],
+        })?;
+        let mut v = Validator {
+            source,
+            problems: Vec::new(),
+        };
+        let config = v.config(raw, path, base_dir);
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                file: path.to_path_buf(),
+                problems: v.problems,
+            })
+        }
+    }
+
+    /// The configuration `authgate serve --dev` runs with: no files at all.
+    pub fn dev(listen: SocketAddr) -> Config {
+        let mut config = Config::parse(Path::new("gateway.toml"), "")
+            .expect("the empty configuration is valid");
+        config.server.listen = listen;
+        config.cookies.secure = false;
+        config
+    }
+}
+
+fn toml_problem(source: &str, error: &toml::de::Error) -> Problem {
+    Problem {
+        line: error.span().map(|s| line_of(source, &s)),
+        key: "(syntax)".into(),
+        message: error.message().to_string(),
+    }
+}
+
+fn line_of(source: &str, span: &Range<usize>) -> usize {
+    let end = span.start.min(source.len());
+    source.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+struct Validator<'a> {
+    source: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn line<T>(&self, value: &Spanned<T>) -> Option<usize> {
+        let span = value.span();
+        (span != (0..0)).then(|| line_of(self.source, &span))
+    }
+
+    fn fail<T>(&mut self, at: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            line: self.line(at),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn locate<T>(&self, value: Spanned<T>, key: &'static str) -> Located<T> {
+        let line = self.line(&value);
+        Located {
+            value: value.into_inner(),
+            key,
+            line,
+        }
+    }
+
+    fn config(&mut self, raw: raw::RawConfig, file: &Path, base_dir: PathBuf) -> Config {
+        let server = self.server(raw.server);
+        let routes = self.routes(raw.routes);
+        let jwt = self.jwt(raw.jwt, &base_dir);
+        let users = self.users(raw.users, &base_dir);
+        let cookies = self.cookies(raw.cookies);
+        let identity = self.identity(raw.identity);
+        let sessions = self.sessions(raw.sessions);
+        let auth = self.auth(raw.auth);
+        Config {
+            file: file.to_path_buf(),
+            base_dir,
+            server,
+            routes,
+            jwt,
+            users,
+            cookies,
+            identity,
+            sessions,
+            auth,
+        }
+    }
+
+    fn server(&mut self, raw: raw::RawServer) -> ServerConfig {
+        let listen = raw.listen.get_ref().parse().unwrap_or_else(|_| {
+            self.fail(
+                &raw.listen,
+                "server.listen",
+                format!(
+                    "{:?} is not an address:port such as \"127.0.0.1:8080\"",
+                    raw.listen.get_ref()
+                ),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        if *raw.max_header_bytes.get_ref() < 1024 {
+            self.fail(
+                &raw.max_header_bytes,
+                "server.max_header_bytes",
+                "must be at least 1024",
+            );
+        }
+        if *raw.max_headers.get_ref() == 0 {
+            self.fail(&raw.max_headers, "server.max_headers", "must be at least 1");
+        }
+        ServerConfig {
+            listen,
+            request_timeout: raw.request_timeout.0,
+            max_header_bytes: raw.max_header_bytes.into_inner(),
+            max_headers: raw.max_headers.into_inner(),
+            shutdown_grace: raw.shutdown_grace.0,
+            header_timeout: raw.header_timeout.0,
+            idle_timeout: raw.idle_timeout.0,
+            max_connections: raw.max_connections.max(1),
+            log_format: raw.log_format,
+            worker_threads: raw.worker_threads,
+        }
+    }
+
+    fn routes(&mut self, raws: Vec<raw::RawRoute>) -> Vec<RouteConfig> {
+        let mut routes: Vec<RouteConfig> = Vec::with_capacity(raws.len());
+        for (i, raw) in raws.into_iter().enumerate() {
+            let key = |field: &str| format!("routes[{i}].{field}");
+            let prefix = raw.prefix.get_ref();
+            let prefix = if !prefix.starts_with('/') {
+                self.fail(
+                    &raw.prefix,
+                    key("prefix"),
+                    format!("{prefix:?} must start with \"/\""),
+                );
+                continue;
+            } else if prefix.split('/').any(|s| s == "." || s == "..")
+                || prefix.contains("//")
+                || prefix.contains(['?', '#', '%'])
+            {
+                self.fail(
+                    &raw.prefix,
+                    key("prefix"),
+                    format!("{prefix:?} must be a plain, normalized path"),
+                );
+                continue;
+            } else if prefix.len() > 1 {
+                prefix.trim_end_matches('/').to_string()
+            } else {
+                prefix.clone()
+            };
+            let host = raw.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase());
+            if let Some(h) = &raw.host {
+                if h.get_ref().is_empty() || h.get_ref().parse::<Authority>().is_err() {
+                    self.fail(h, key("host"), format!("{:?} is not a host name", h.get_ref()));
+                }
+            }
+            if routes.iter().any(|r| r.prefix == prefix && r.host == host) {
+                self.fail(
+                    &raw.prefix,
+                    key("prefix"),
+                    format!(
+                        "duplicate route: prefix {prefix:?} is already used{}",
+                        host.as_deref()
+                            .map(|h| format!(" for host {h:?}"))
+                            .unwrap_or_default()
+                    ),
+                );
+                continue;
+            }
+            let Some(upstream) = self.upstream(&raw.upstream, key("upstream")) else {
+                continue;
+            };
+            if raw.auth == AuthPolicy::Public && !raw.roles.is_empty() {
+                self.fail(
+                    &raw.prefix,
+                    key("roles"),
+                    "roles cannot be required on a public route",
+                );
+            }
+            routes.push(RouteConfig {
+                prefix,
+                host,
+                upstream,
+                auth: raw.auth,
+                strip_prefix: raw.strip_prefix,
+                preserve_host: raw.preserve_host,
+                roles: raw.roles,
+                max_body: raw.max_body.map(|b| b.0),
+            });
+        }
+        routes
+    }
+
+    fn upstream(&mut self, raw: &Spanned<String>, key: String) -> Option<Upstream> {
+        let text = raw.get_ref();
+        let uri: Uri = match text.parse() {
+            Ok(uri) => uri,
+            Err(e) => {
+                self.fail(raw, key, format!("{text:?} is not a URL: {e}"));
+                return None;
+            }
+        };
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") => Scheme::HTTPS,
+            _ => {
+                self.fail(
+                    raw,
+                    key,
+                    format!("{text:?} must be an http:// or https:// URL"),
+                );
+                return None;
+            }
+        };
+        let Some(authority) = uri.authority().cloned() else {
+            self.fail(raw, key, format!("{text:?} has no host"));
+            return None;
+        };
+        if uri.query().is_some() || authority.as_str().contains('@') {
+            self.fail(
+                raw,
+                key,
+                format!("{text:?} must not carry a query or credentials"),
+            );
+            return None;
+        }
+        Some(Upstream {
+            scheme,
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_string(),
+        })
+    }
+
+    fn jwt(&mut self, raw: raw::RawJwt, base_dir: &Path) -> JwtConfig {
+        let algorithm = *raw.algorithm.get_ref();
+        if algorithm.is_hmac() {
+            if let Some(key) = &raw.private_key {
+                self.fail(
+                    key,
+                    "jwt.private_key",
+                    format!("{algorithm:?} signs with a secret (jwt.secret_env), not a key file"),
+                );
+            }
+        } else if raw.private_key.is_none() {
+            self.fail(
+                &raw.algorithm,
+                "jwt.private_key",
+                format!("{algorithm:?} needs a PEM private key file"),
+            );
+        }
+        if raw.access_ttl.0.is_zero() || raw.refresh_ttl.0.is_zero() {
+            self.problems.push(Problem {
+                line: None,
+                key: "jwt.access_ttl".into(),
+                message: "token lifetimes must be longer than zero".into(),
+            });
+        }
+        let mut previous_keys = Vec::new();
+        for (i, key) in raw.previous_keys.into_iter().enumerate() {
+            let k = format!("jwt.previous_keys[{i}]");
+            match (&key.secret_env, &key.public_key, algorithm.is_hmac()) {
+                (Some(_), None, true) | (None, Some(_), false) => {}
+                _ => self.problems.push(Problem {
+                    line: key
+                        .secret_env
+                        .as_ref()
+                        .or(key.public_key.as_ref())
+                        .and_then(|s| self.line(s)),
+                    key: k,
+                    message: if algorithm.is_hmac() {
+                        "needs key_id and secret_env (and no public_key)".into()
+                    } else {
+                        "needs key_id and public_key (and no secret_env)".into()
+                    },
+                }),
+            }
+            previous_keys.push(PreviousKey {
+                key_id: key.key_id,
+                secret_env: key
+                    .secret_env
+                    .map(|s| self.locate(s, "jwt.previous_keys.secret_env")),
+                public_key: key.public_key.map(|p| {
+                    let located = self.locate(p, "jwt.previous_keys.public_key");
+                    Located {
+                        value: base_dir.join(&located.value),
+                        key: located.key,
+                        line: located.line,
+                    }
+                }),
+            });
+        }
+        if !previous_keys.is_empty() && raw.key_id.is_none() {
+            self.problems.push(Problem {
+                line: None,
+                key: "jwt.key_id".into(),
+                message: "is required when previous_keys are listed, so tokens name their key"
+                    .into(),
+            });
+        }
+        JwtConfig {
+            algorithm,
+            secret_env: self.locate(raw.secret_env, "jwt.secret_env"),
+            private_key: raw.private_key.map(|p| {
+                let located = self.locate(p, "jwt.private_key");
+                Located {
+                    value: base_dir.join(&located.value),
+                    key: located.key,
+                    line: located.line,
+                }
+            }),
+            key_id: raw.key_id,
+            previous_keys,
+            issuer: raw.issuer,
+            audience: raw.audience,
+            access_ttl: raw.access_ttl.0,
+            refresh_ttl: raw.refresh_ttl.0,
+            leeway: raw.leeway.0,
+        }
+    }
+
+    fn users(&mut self, raw: raw::RawUsers, base_dir: &Path) -> UsersConfig {
+        let cost = *raw.bcrypt_cost.get_ref();
+        if !(4..=31).contains(&cost) {
+            self.fail(
+                &raw.bcrypt_cost,
+                "users.bcrypt_cost",
+                "must be between 4 and 31",
+            );
+        }
+        let schema = raw.schema.get_ref().clone();
+        if !is_sql_identifier(&schema) {
+            self.fail(
+                &raw.schema,
+                "users.schema",
+                format!("{schema:?} is not a plain SQL identifier"),
+            );
+        }
+        let table = raw.table.as_ref().map(|t| t.get_ref().clone());
+        if let (Some(name), Some(spanned)) = (&table, &raw.table) {
+            if !is_sql_identifier(name) {
+                self.fail(
+                    spanned,
+                    "users.table",
+                    format!("{name:?} is not a plain SQL identifier"),
+                );
+            }
+        }
+        let c = raw.columns;
+        let columns = Columns {
+            username: c.username.unwrap_or_else(|| "username".into()),
+            password_hash: c.password_hash.unwrap_or_else(|| "hashed_password".into()),
+            email: c.email.unwrap_or_else(|| "email".into()),
+            roles: c.roles.unwrap_or_else(|| "roles".into()),
+            disabled: c.disabled.unwrap_or_else(|| "disabled".into()),
+        };
+        for (name, value) in [
+            ("username", &columns.username),
+            ("password_hash", &columns.password_hash),
+            ("email", &columns.email),
+            ("roles", &columns.roles),
+            ("disabled", &columns.disabled),
+        ] {
+            if !is_sql_identifier(value) {
+                self.problems.push(Problem {
+                    line: None,
+                    key: format!("users.columns.{name}"),
+                    message: format!("{value:?} is not a plain SQL identifier"),
+                });
+            }
+        }
+        UsersConfig {
+            backend: raw.backend.into_inner(),
+            path: base_dir.join(raw.path),
+            bcrypt_cost: cost,
+            max_concurrent_hashes: raw.max_concurrent_hashes,
+            postgres: PostgresConfig {
+                url_env: self.locate(raw.url_env, "users.url_env"),
+                schema,
+                pool_size: raw.pool_size.max(1),
+                table,
+                columns,
+            },
+        }
+    }
+
+    fn cookies(&mut self, raw: raw::RawCookies) -> CookieConfig {
+        for (spanned, key) in [(&raw.access, "cookies.access"), (&raw.refresh, "cookies.refresh")] {
+            let name = spanned.get_ref();
+            if name.is_empty() || !name.bytes().all(is_cookie_name_byte) {
+                self.fail(spanned, key, format!("{name:?} is not a valid cookie name"));
+            }
+        }
+        if raw.access.get_ref() == raw.refresh.get_ref() {
+            self.fail(
+                &raw.refresh,
+                "cookies.refresh",
+                "must differ from cookies.access",
+            );
+        }
+        if *raw.same_site.get_ref() == SameSite::None && !raw.secure {
+            self.fail(
+                &raw.same_site,
+                "cookies.same_site",
+                "\"none\" requires secure = true (browsers drop such cookies otherwise)",
+            );
+        }
+        CookieConfig {
+            access: raw.access.into_inner(),
+            refresh: raw.refresh.into_inner(),
+            secure: raw.secure,
+            same_site: raw.same_site.into_inner(),
+            domain: raw.domain,
+            path: raw.path,
+        }
+    }
+
+    fn header(&mut self, raw: &Spanned<String>, key: &str) -> HeaderName {
+        HeaderName::from_bytes(raw.get_ref().as_bytes()).unwrap_or_else(|_| {
+            self.fail(
+                raw,
+                key.to_string(),
+                format!("{:?} is not a valid header name", raw.get_ref()),
+            );
+            HeaderName::from_static("x-invalid")
+        })
+    }
+
+    fn identity(&mut self, raw: raw::RawIdentity) -> IdentityConfig {
+        let user = self.header(&raw.user, "identity.user");
+        let email = self.header(&raw.email, "identity.email");
+        let roles = self.header(&raw.roles, "identity.roles");
+        let mut claims = Vec::new();
+        for (header, claim) in raw.claims {
+            match HeaderName::from_bytes(header.as_bytes()) {
+                Ok(name) => claims.push((name, claim)),
+                Err(_) => self.problems.push(Problem {
+                    line: None,
+                    key: format!("identity.claims.{header}"),
+                    message: format!("{header:?} is not a valid header name"),
+                }),
+            }
+        }
+        IdentityConfig {
+            user,
+            email,
+            roles,
+            claims,
+            forward_token: raw.forward_token,
+        }
+    }
+
+    fn sessions(&mut self, raw: raw::RawSessions) -> SessionsConfig {
+        let backend = *raw.backend.get_ref();
+        let redis_url = raw.redis_url.as_ref().map(|u| u.get_ref().clone());
+        match (&raw.redis_url, backend) {
+            (None, SessionsBackend::Redis) => self.fail(
+                &raw.backend,
+                "sessions.redis_url",
+                "is required with backend = \"redis\"",
+            ),
+            (Some(url), _) => {
+                let bad = url
+                    .get_ref()
+                    .split(',')
+                    .map(str::trim)
+                    .find(|u| redis::parse_redis_url(u).is_none());
+                if let Some(bad) = bad {
+                    self.fail(
+                        url,
+                        "sessions.redis_url",
+                        format!("{bad:?} is not a redis:// or rediss:// URL"),
+                    );
+                }
+            }
+            _ => {}
+        }
+        SessionsConfig {
+            backend,
+            redis_url,
+            key_prefix: raw.key_prefix,
+            reuse_grace: raw.reuse_grace.0,
+        }
+    }
+
+    fn auth(&mut self, raw: raw::RawAuth) -> AuthConfig {
+        let prefix = raw.path_prefix.get_ref();
+        if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
+            self.fail(
+                &raw.path_prefix,
+                "auth.path_prefix",
+                format!("{prefix:?} must start with \"/\" and not end with one, e.g. \"/auth\""),
+            );
+        }
+        AuthConfig {
+            path_prefix: prefix.clone(),
+        }
+    }
+}
+
+fn is_sql_identifier(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name.len() <= 63
+}
+
+fn is_cookie_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(source: &str) -> Vec<Problem> {
+        Config::parse(Path::new("gateway.toml"), source)
+            .expect_err("should be refused")
+            .problems
+    }
+
+    #[test]
+    fn empty_file_is_complete() {
+        let config = Config::parse(Path::new("x/gateway.toml"), "").unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.users.path, PathBuf::from("x/users.toml"));
+        assert!(config.cookies.secure);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let p = problems("[server]\nlisten = \"127.0.0.1:1\"\nlistn = \"x\"\n");
+        assert_eq!(p[0].line, Some(3));
+        assert!(p[0].message.contains("listn"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn bad_duration_names_line() {
+        let p = problems("[server]\nrequest_timeout = \"soon\"\n");
+        assert_eq!(p[0].line, Some(2));
+        assert!(p[0].message.contains("invalid duration"));
+    }
+
+    #[test]
+    fn route_problems_are_all_reported() {
+        let p = problems(
+            "[[routes]]\nprefix = \"api\"\nupstream = \"http://a\"\n\
+             [[routes]]\nprefix = \"/x\"\nupstream = \"ftp://a\"\n\
+             [[routes]]\nprefix = \"/y/\"\nupstream = \"http://a\"\n\
+             [[routes]]\nprefix = \"/y\"\nupstream = \"http://b\"\n",
+        );
+        let keys: Vec<_> = p.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("routes[0].prefix", Some(2)),
+                ("routes[1].upstream", Some(6)),
+                ("routes[3].prefix", Some(11)),
+            ]
+        );
+    }
+
+    #[test]
+    fn same_prefix_on_other_host_is_fine() {
+        let c = Config::parse(
+            Path::new("g.toml"),
+            "[[routes]]\nprefix = \"/\"\nupstream = \"http://a\"\n\
+             [[routes]]\nprefix = \"/\"\nhost = \"api.example.com\"\nupstream = \"http://b/base/\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.routes[1].upstream.base_path, "/base");
+        assert_eq!(c.routes[1].host.as_deref(), Some("api.example.com"));
+    }
+
+    #[test]
+    fn asymmetric_algorithm_needs_key() {
+        let p = problems("[jwt]\nalgorithm = \"RS256\"\n");
+        assert_eq!(p[0].key, "jwt.private_key");
+        assert_eq!(p[0].line, Some(2));
+    }
+
+    #[test]
+    fn unknown_algorithm_refused() {
+        let p = problems("[jwt]\nalgorithm = \"none\"\n");
+        assert_eq!(p[0].line, Some(2));
+    }
+
+    #[test]
+    fn redis_backend_needs_url() {
+        let p = problems("[sessions]\nbackend = \"redis\"\n");
+        assert_eq!(p[0].key, "sessions.redis_url");
+        let p = problems("[sessions]\nbackend = \"redis\"\nredis_url = \"http://x\"\n");
+        assert_eq!(p[0].line, Some(3));
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(raw::ByteSize::parse("10MiB").unwrap(), 10 << 20);
+        assert_eq!(raw::ByteSize::parse("512").unwrap(), 512);
+        assert!(raw::ByteSize::parse("10 parsecs").is_err());
+    }
+}

@@ -1,0 +1,364 @@
+//! The file as written: serde types that mirror `gateway.toml` key for key.
+//!
+//! Unknown keys are refused everywhere (`deny_unknown_fields`), so a typo is
+//! an error with a line number rather than a silently ignored setting. Every
+//! default lives in [`super::defaults`]; values that can be checked on their
+//! own (durations, sizes, enums) are checked while parsing, so toml reports
+//! the line; checks that need several keys happen in [`super::validate`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use super::defaults as d;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub jwt: RawJwt,
+    #[serde(default)]
+    pub users: RawUsers,
+    #[serde(default)]
+    pub cookies: RawCookies,
+    #[serde(default)]
+    pub identity: RawIdentity,
+    #[serde(default)]
+    pub sessions: RawSessions,
+    #[serde(default)]
+    pub auth: RawAuth,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    #[serde(default = "d::listen")]
+    pub listen: Spanned<String>,
+    #[serde(default = "d::request_timeout")]
+    pub request_timeout: HumanDuration,
+    #[serde(default = "d::max_header_bytes")]
+    pub max_header_bytes: Spanned<usize>,
+    #[serde(default = "d::max_headers")]
+    pub max_headers: Spanned<usize>,
+    #[serde(default = "d::shutdown_grace")]
+    pub shutdown_grace: HumanDuration,
+    #[serde(default = "d::header_timeout")]
+    pub header_timeout: HumanDuration,
+    #[serde(default = "d::idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    #[serde(default = "d::max_connections")]
+    pub max_connections: usize,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        toml::from_str("").expect("server defaults")
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthPolicy {
+    Required,
+    Optional,
+    Public,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub prefix: Spanned<String>,
+    pub upstream: Spanned<String>,
+    #[serde(default = "d::auth_policy")]
+    pub auth: AuthPolicy,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    #[serde(default = "d::preserve_host")]
+    pub preserve_host: bool,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub max_body: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    ES256,
+    EdDSA,
+}
+
+impl JwtAlgorithm {
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Self::HS256 | Self::HS384 | Self::HS512)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    #[serde(default = "d::jwt_algorithm")]
+    pub algorithm: Spanned<JwtAlgorithm>,
+    #[serde(default = "d::secret_env")]
+    pub secret_env: Spanned<String>,
+    #[serde(default)]
+    pub private_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub previous_keys: Vec<RawPreviousKey>,
+    #[serde(default = "d::issuer")]
+    pub issuer: String,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default = "d::access_ttl")]
+    pub access_ttl: HumanDuration,
+    #[serde(default = "d::refresh_ttl")]
+    pub refresh_ttl: HumanDuration,
+    #[serde(default = "d::leeway")]
+    pub leeway: HumanDuration,
+}
+
+impl Default for RawJwt {
+    fn default() -> Self {
+        toml::from_str("").expect("jwt defaults")
+    }
+}
+
+/// A key that still verifies tokens during a rotation but no longer signs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreviousKey {
+    pub key_id: String,
+    /// HS*: the env var holding the old secret.
+    #[serde(default)]
+    pub secret_env: Option<Spanned<String>>,
+    /// Asymmetric: the old public key (PEM).
+    #[serde(default)]
+    pub public_key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsersBackend {
+    File,
+    Postgres,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsers {
+    #[serde(default = "d::users_backend")]
+    pub backend: Spanned<UsersBackend>,
+    #[serde(default = "d::users_path")]
+    pub path: String,
+    #[serde(default = "d::bcrypt_cost")]
+    pub bcrypt_cost: Spanned<u32>,
+    #[serde(default = "d::url_env")]
+    pub url_env: Spanned<String>,
+    #[serde(default = "d::pg_schema")]
+    pub schema: Spanned<String>,
+    #[serde(default = "d::pool_size")]
+    pub pool_size: usize,
+    #[serde(default)]
+    pub table: Option<Spanned<String>>,
+    #[serde(default)]
+    pub columns: RawColumns,
+    #[serde(default = "d::max_concurrent_hashes")]
+    pub max_concurrent_hashes: usize,
+}
+
+impl Default for RawUsers {
+    fn default() -> Self {
+        toml::from_str("").expect("users defaults")
+    }
+}
+
+/// Column names of an existing user table mapped read-only.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawColumns {
+    pub username: Option<String>,
+    pub password_hash: Option<String>,
+    pub email: Option<String>,
+    pub roles: Option<String>,
+    pub disabled: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCookies {
+    #[serde(default = "d::access_cookie")]
+    pub access: Spanned<String>,
+    #[serde(default = "d::refresh_cookie")]
+    pub refresh: Spanned<String>,
+    #[serde(default = "d::cookie_secure")]
+    pub secure: bool,
+    #[serde(default = "d::same_site")]
+    pub same_site: Spanned<SameSite>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default = "d::cookie_path")]
+    pub path: String,
+}
+
+impl Default for RawCookies {
+    fn default() -> Self {
+        toml::from_str("").expect("cookie defaults")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    #[serde(default = "d::user_header")]
+    pub user: Spanned<String>,
+    #[serde(default = "d::email_header")]
+    pub email: Spanned<String>,
+    #[serde(default = "d::roles_header")]
+    pub roles: Spanned<String>,
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    #[serde(default)]
+    pub forward_token: bool,
+}
+
+impl Default for RawIdentity {
+    fn default() -> Self {
+        toml::from_str("").expect("identity defaults")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionsBackend {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSessions {
+    #[serde(default = "d::sessions_backend")]
+    pub backend: Spanned<SessionsBackend>,
+    #[serde(default)]
+    pub redis_url: Option<Spanned<String>>,
+    #[serde(default = "d::key_prefix")]
+    pub key_prefix: String,
+    #[serde(default = "d::reuse_grace")]
+    pub reuse_grace: HumanDuration,
+}
+
+impl Default for RawSessions {
+    fn default() -> Self {
+        toml::from_str("").expect("sessions defaults")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default = "d::path_prefix")]
+    pub path_prefix: Spanned<String>,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        toml::from_str("").expect("auth defaults")
+    }
+}
+
+/// A duration written for people: `"30s"`, `"15m"`, `"7d"`, `"1h 30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?} ({e}); write e.g. \"30s\", \"15m\", \"7d\""
+                ))
+            })
+    }
+}
+
+/// A size in bytes, written as a number or as `"10MiB"`, `"512KiB"`, `"1GB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<u64, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("invalid size {text:?}; write e.g. \"10MiB\""))?;
+        let factor: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" | "kB" => 1_000,
+            "KiB" => 1 << 10,
+            "MB" => 1_000_000,
+            "MiB" => 1 << 20,
+            "GB" => 1_000_000_000,
+            "GiB" => 1 << 30,
+            other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+        };
+        number
+            .checked_mul(factor)
+            .ok_or_else(|| format!("size {text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Number(u64),
+            Text(String),
+        }
+        match Either::deserialize(deserializer)? {
+            Either::Number(n) => Ok(ByteSize(n)),
+            Either::Text(t) => ByteSize::parse(&t)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}

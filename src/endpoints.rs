@@ -1,0 +1,283 @@
+//! The paths authgate answers itself: `/token`, `/logout`, `/userinfo`,
+//! `/healthz`, `/readyz` (all under `[auth] path_prefix`) and
+//! `/.well-known/jwks.json`. They take precedence over routes.
+
+use std::time::Duration;
+
+use http::header::ALLOW;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::auth::login::{self, BodyKind, TokenRequest};
+use crate::auth::refresh::{RefreshError, TokenPair};
+use crate::cookies;
+use crate::gateway::Gateway;
+use crate::proxy::{authenticate, Authn, RequestContext};
+use crate::response::{self, Body, GatewayError};
+use crate::users::UserStoreError;
+
+/// How long `/readyz` waits for each store.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Token,
+    Logout,
+    Userinfo,
+    Healthz,
+    Readyz,
+    Jwks,
+}
+
+impl Endpoint {
+    pub fn find(gw: &Gateway, path: &str) -> Option<Endpoint> {
+        let p = &gw.paths;
+        Some(match path {
+            _ if path == p.token => Endpoint::Token,
+            _ if path == p.logout => Endpoint::Logout,
+            _ if path == p.userinfo => Endpoint::Userinfo,
+            _ if path == p.healthz => Endpoint::Healthz,
+            _ if path == p.readyz => Endpoint::Readyz,
+            _ if path == p.jwks => Endpoint::Jwks,
+            _ => return None,
+        })
+    }
+
+    fn methods(self) -> &'static [Method] {
+        match self {
+            Endpoint::Token | Endpoint::Logout => &[Method::POST],
+            _ => &[Method::GET, Method::HEAD],
+        }
+    }
+}
+
+pub async fn serve(
+    gw: &Gateway,
+    endpoint: Endpoint,
+    req: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    if !endpoint.methods().contains(req.method()) {
+        let mut response = GatewayError::MethodNotAllowed.into_response();
+        let allow = endpoint
+            .methods()
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            response.headers_mut().insert(ALLOW, v);
+        }
+        return Ok(response);
+    }
+    match endpoint {
+        Endpoint::Token => token(gw, req, ctx).await,
+        Endpoint::Logout => logout(gw, req, ctx).await,
+        Endpoint::Userinfo => userinfo(gw, req, ctx).await,
+        Endpoint::Healthz => Ok(response::json(StatusCode::OK, &json!({"status": "ok"}))),
+        Endpoint::Readyz => Ok(readyz(gw).await),
+        Endpoint::Jwks => match gw.jwt.jwks() {
+            Some(jwks) => {
+                let mut response = Response::new(response::full(jwks.clone()));
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                Ok(response)
+            }
+            None => Err(GatewayError::NotFound),
+        },
+    }
+}
+
+/// Reads a small form or JSON body into fields.
+async fn read_fields(
+    req: Request<Incoming>,
+) -> Result<(http::request::Parts, Option<std::collections::HashMap<String, String>>), GatewayError> {
+    let (parts, body) = req.into_parts();
+    let kind = BodyKind::from_content_type(
+        parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let bytes = http_body_util::Limited::new(body, login::MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|_| GatewayError::InvalidRequest("The body is too large or was cut short".into()))?
+        .to_bytes();
+    if bytes.is_empty() {
+        return Ok((parts, None));
+    }
+    let kind = kind.ok_or_else(|| {
+        GatewayError::InvalidRequest(
+            "Content-Type must be application/x-www-form-urlencoded or application/json".into(),
+        )
+    })?;
+    Ok((parts, Some(login::fields(kind, &bytes)?)))
+}
+
+fn users_unavailable(e: UserStoreError) -> GatewayError {
+    match e {
+        UserStoreError::Unavailable(source) => GatewayError::Unavailable(source),
+        other => GatewayError::Internal(Box::new(other)),
+    }
+}
+
+async fn token(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    let (parts, fields) = read_fields(req).await?;
+    let fields = fields.ok_or_else(|| {
+        GatewayError::InvalidRequest("username and password are required".into())
+    })?;
+    let pair = match login::token_request(fields)? {
+        TokenRequest::Password { username, password } => {
+            let user = login::check_password(&*gw.users, &gw.passwords, &username, password)
+                .await
+                .map_err(users_unavailable)?;
+            let Some(user) = user else {
+                ctx.auth = "login_failed";
+                tracing::warn!(
+                    event = "login_failed",
+                    user = %username,
+                    peer = %ctx.peer.ip(),
+                    request_id = ctx.request_id.to_str().unwrap_or("-"),
+                );
+                return Err(GatewayError::InvalidGrant {
+                    status: StatusCode::UNAUTHORIZED,
+                    detail: "Incorrect username or password",
+                });
+            };
+            ctx.user = Some(user.username.clone());
+            ctx.auth = "login";
+            gw.session_service
+                .start(user)
+                .await
+                .map_err(|e| refresh_error(gw, e, ctx))?
+        }
+        TokenRequest::Refresh { refresh_token } => {
+            let presented = refresh_token
+                .as_deref()
+                .or_else(|| cookies::get(&parts.headers, &gw.cookies.refresh))
+                .ok_or_else(|| GatewayError::InvalidRequest("refresh_token is required".into()))?
+                .to_string();
+            let pair = gw
+                .session_service
+                .refresh(&presented)
+                .await
+                .map_err(|e| refresh_error(gw, e, ctx))?;
+            ctx.user = Some(pair.user.username.clone());
+            ctx.auth = "refreshed";
+            pair
+        }
+    };
+    Ok(token_response(gw, &pair, ctx))
+}
+
+fn refresh_error(gw: &Gateway, error: RefreshError, ctx: &mut RequestContext) -> GatewayError {
+    if error.is_unavailable() {
+        return GatewayError::Unavailable(Box::new(error));
+    }
+    if let RefreshError::Signing(e) = error {
+        return GatewayError::Internal(Box::new(e));
+    }
+    tracing::info!(event = "refresh_failed", reason = %error, request_id = ctx.request_id.to_str().unwrap_or("-"));
+    ctx.auth = "refresh_failed";
+    ctx.clear_session_cookies(gw);
+    GatewayError::InvalidGrant {
+        status: StatusCode::BAD_REQUEST,
+        detail: "The refresh token is invalid, expired or revoked",
+    }
+}
+
+fn token_response(gw: &Gateway, pair: &TokenPair, ctx: &mut RequestContext) -> Response<Body> {
+    let mut response = response::json(
+        StatusCode::OK,
+        &json!({
+            "access_token": pair.access_token,
+            "token_type": "bearer",
+            "expires_in": gw.jwt.access_ttl.as_secs(),
+            "refresh_token": pair.refresh_token,
+        }),
+    );
+    let headers = response.headers_mut();
+    headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
+    ctx.set_session_cookies(gw, pair);
+    response
+}
+
+async fn logout(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    let (parts, fields) = read_fields(req).await?;
+    let presented = fields
+        .as_ref()
+        .and_then(|f| f.get("refresh_token").cloned())
+        .or_else(|| cookies::get(&parts.headers, &gw.cookies.refresh).map(str::to_string));
+    if let Some(token) = presented {
+        let ended = gw
+            .session_service
+            .logout(&token)
+            .await
+            .map_err(|e| GatewayError::Unavailable(Box::new(e)))?;
+        if ended {
+            tracing::info!(event = "logout", request_id = ctx.request_id.to_str().unwrap_or("-"));
+        }
+    }
+    ctx.clear_session_cookies(gw);
+    let mut response = Response::new(response::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
+}
+
+async fn userinfo(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    match authenticate(gw, req.headers(), ctx).await? {
+        Authn::Authenticated { identity, .. } => {
+            let mut claims = identity.extra.clone();
+            claims.insert("sub".into(), identity.sub.into());
+            if let Some(email) = identity.email {
+                claims.insert("email".into(), email.into());
+            }
+            claims.insert("roles".into(), identity.roles.into());
+            claims.insert("exp".into(), identity.exp.into());
+            let mut response = response::json(StatusCode::OK, &claims);
+            response
+                .headers_mut()
+                .insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(response)
+        }
+        Authn::Anonymous(failure) => Err(GatewayError::Unauthenticated(failure)),
+    }
+}
+
+async fn readyz(gw: &Gateway) -> Response<Body> {
+    let sessions = tokio::time::timeout(READY_TIMEOUT, gw.sessions.ping()).await;
+    let users = tokio::time::timeout(READY_TIMEOUT, gw.users.check()).await;
+    let sessions_ok = matches!(sessions, Ok(Ok(())));
+    let users_ok = matches!(users, Ok(Ok(())));
+    let status = if sessions_ok && users_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    response::json(
+        status,
+        &json!({
+            "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+            "checks": { "sessions": word(sessions_ok), "users": word(users_ok) },
+        }),
+    )
+}

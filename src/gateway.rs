@@ -1,0 +1,102 @@
+//! The running gateway: configuration compiled into ready objects, built
+//! once at start, so request code never parses or validates config.
+
+use std::sync::Arc;
+
+use crate::auth::jwt::JwtService;
+use crate::auth::password::Passwords;
+use crate::auth::refresh::SessionService;
+use crate::config::{Config, ConfigError};
+use crate::cookies::CookieJar;
+use crate::proxy::headers::IdentityHeaders;
+use crate::proxy::route::RouteTable;
+use crate::proxy::upstream::{self, UpstreamClient};
+use crate::sessions::{self, SessionStore};
+use crate::users::{self, UserStore};
+
+/// The paths authgate answers itself, under `[auth] path_prefix`.
+#[derive(Debug, Clone)]
+pub struct OwnPaths {
+    pub token: String,
+    pub logout: String,
+    pub userinfo: String,
+    pub healthz: String,
+    pub readyz: String,
+    pub jwks: String,
+}
+
+impl OwnPaths {
+    fn new(prefix: &str) -> OwnPaths {
+        OwnPaths {
+            token: format!("{prefix}/token"),
+            logout: format!("{prefix}/logout"),
+            userinfo: format!("{prefix}/userinfo"),
+            healthz: format!("{prefix}/healthz"),
+            readyz: format!("{prefix}/readyz"),
+            jwks: "/.well-known/jwks.json".into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Gateway {
+    pub config: Config,
+    pub routes: RouteTable,
+    pub paths: OwnPaths,
+    pub jwt: Arc<JwtService>,
+    pub users: Arc<dyn UserStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub session_service: SessionService,
+    pub passwords: Passwords,
+    pub cookies: CookieJar,
+    pub identity: IdentityHeaders,
+    pub upstream: UpstreamClient,
+    /// `"http"` or `"https"`, for `X-Forwarded-Proto`.
+    pub scheme: &'static str,
+}
+
+impl Gateway {
+    /// Reads secrets, opens the stores and compiles the routes.
+    pub async fn build(config: Config) -> anyhow::Result<Gateway> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let jwt = Arc::new(JwtService::from_config(&config.jwt).map_err(|problems| ConfigError {
+            file: config.file.clone(),
+            problems,
+        })?);
+        let users = users::open(&config, true).await?;
+        Self::with_stores(config, jwt, users).await
+    }
+
+    /// Builds around a given user store and JWT service (dev mode).
+    pub async fn with_stores(
+        config: Config,
+        jwt: Arc<JwtService>,
+        users: Arc<dyn UserStore>,
+    ) -> anyhow::Result<Gateway> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let sessions = sessions::open(&config.sessions).await?;
+        let passwords =
+            Passwords::new(config.users.bcrypt_cost, config.users.max_concurrent_hashes).await?;
+        let session_service = SessionService {
+            store: sessions.clone(),
+            users: users.clone(),
+            jwt: jwt.clone(),
+            refresh_ttl: config.jwt.refresh_ttl,
+            reuse_grace: config.sessions.reuse_grace,
+        };
+        Ok(Gateway {
+            routes: RouteTable::new(&config.routes),
+            paths: OwnPaths::new(&config.auth.path_prefix),
+            cookies: CookieJar::new(&config.cookies),
+            identity: IdentityHeaders::new(&config.identity),
+            upstream: upstream::client(),
+            scheme: "http",
+            jwt,
+            users,
+            sessions,
+            session_service,
+            passwords,
+            config,
+        })
+    }
+}

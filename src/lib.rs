@@ -1,0 +1,26 @@
+//! authgate: a reverse-proxy authentication gateway.
+//!
+//! Module map, one concern each:
+//! - [`config`]: `gateway.toml`, parsed and validated once
+//! - [`proxy`]: the request pipeline, its phases, routes and header rules
+//! - [`auth`]: JWTs, passwords, the `/token` logic, refresh-token rotation
+//! - [`users`]: user stores (file, PostgreSQL)
+//! - [`sessions`]: refresh-token families (memory, Redis)
+//! - [`endpoints`]: the paths authgate answers itself
+//! - [`response`]: the request-time error type and its HTTP rendering
+//! - [`server`]: listener, connection limits, graceful shutdown
+//! - [`cli`]: the `authgate` command
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod cookies;
+pub mod dev;
+pub mod endpoints;
+pub mod gateway;
+pub mod proxy;
+pub mod response;
+pub mod server;
+pub mod sessions;
+pub mod telemetry;
+pub mod users;

@@ -1,0 +1,446 @@
+//! The request pipeline. Every request passes these phases, in this order
+//! (see [`process`]):
+//!
+//! 1. **check**: head size, framing, path normalization — or 400/431
+//! 2. **own endpoints**: `/token`, `/logout`, `/userinfo`, `/healthz`, ...
+//! 3. **route**: longest prefix (and host) on the normalized path — or 404
+//! 4. **authenticate**: Bearer header, else access cookie; on a missing or
+//!    expired cookie with a refresh cookie, a silent refresh
+//! 5. **authorize**: the route's policy and roles → a [`Permit`], or 401/403
+//! 6. **mutate**: strip hop-by-hop, spoofed identity headers and our
+//!    cookies; inject identity and forwarding headers
+//! 7. **forward**: the pooled upstream client — or 502/504
+//! 8. **response filter** (on every response, errors included): request
+//!    id, `Set-Cookie`, one log line
+
+pub mod headers;
+pub mod path;
+pub mod route;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, SET_COOKIE, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue, Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::auth::jwt::TokenError;
+use crate::auth::refresh::{RefreshError, TokenPair};
+use crate::auth::Identity;
+use crate::config::AuthPolicy;
+use crate::cookies;
+use crate::gateway::Gateway;
+use crate::response::{AuthFailure, Body, GatewayError};
+use route::Route;
+
+/// Per-request state, created once and passed to every phase.
+#[derive(Debug)]
+pub struct RequestContext {
+    pub request_id: HeaderValue,
+    pub started: Instant,
+    pub peer: SocketAddr,
+    pub route: Option<Arc<Route>>,
+    pub user: Option<String>,
+    /// Cookies to set on the response (a silent refresh or a login).
+    pub set_cookies: Vec<HeaderValue>,
+    pub upstream_latency: Option<Duration>,
+    /// Authentication outcome, for the log line.
+    pub auth: &'static str,
+}
+
+impl RequestContext {
+    pub fn new(headers: &HeaderMap, peer: SocketAddr) -> RequestContext {
+        let request_id = headers
+            .get(&headers::X_REQUEST_ID)
+            .filter(|v| headers::valid_request_id(v))
+            .cloned()
+            .unwrap_or_else(|| {
+                HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                    .expect("a uuid is a valid header value")
+            });
+        RequestContext {
+            request_id,
+            started: Instant::now(),
+            peer,
+            route: None,
+            user: None,
+            set_cookies: Vec::new(),
+            upstream_latency: None,
+            auth: "-",
+        }
+    }
+
+    /// Remembers a new token pair for the response's `Set-Cookie`.
+    pub fn set_session_cookies(&mut self, gw: &Gateway, pair: &TokenPair) {
+        self.set_cookies
+            .push(gw.cookies.set_access(&pair.access_token, gw.jwt.access_ttl));
+        self.set_cookies
+            .push(gw.cookies.set_refresh(&pair.refresh_token, gw.config.jwt.refresh_ttl));
+    }
+
+    pub fn clear_session_cookies(&mut self, gw: &Gateway) {
+        self.set_cookies.extend(gw.cookies.clear());
+    }
+}
+
+/// Entry point from the server: never fails, always answers.
+pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let mut ctx = RequestContext::new(req.headers(), peer);
+    let method = req.method().clone();
+    let uri_path = req.uri().path().to_owned();
+    let mut response = match process(&gw, req, &mut ctx).await {
+        Ok(response) => response,
+        Err(error) => {
+            if error.status().is_server_error() {
+                tracing::warn!(
+                    event = "request_failed",
+                    request_id = ?ctx.request_id,
+                    error = %error,
+                    source = ?std::error::Error::source(&error),
+                );
+            }
+            error.into_response()
+        }
+    };
+    response_filter(&mut response, &mut ctx);
+    tracing::info!(
+        target: "authgate::access",
+        method = %method,
+        path = %uri_path,
+        route = ctx.route.as_ref().map_or("-", |r| r.name.as_str()),
+        status = response.status().as_u16(),
+        user = ctx.user.as_deref().unwrap_or("-"),
+        auth = ctx.auth,
+        upstream_ms = ctx.upstream_latency.map(|d| d.as_secs_f64() * 1000.0),
+        total_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+        request_id = ctx.request_id.to_str().unwrap_or("-"),
+    );
+    response
+}
+
+/// The phases, top to bottom.
+async fn process(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    check_head(gw, &req)?;
+    let path = path::normalize(req.uri().path())
+        .map_err(|e| match e {
+            path::PathError::EscapesRoot => GatewayError::BadRequest("Path escapes the root"),
+            path::PathError::Malformed => GatewayError::BadRequest("Malformed path"),
+        })?
+        .into_owned();
+    if let Some(endpoint) = crate::endpoints::Endpoint::find(gw, &path) {
+        return crate::endpoints::serve(gw, endpoint, req, ctx).await;
+    }
+    let route = route_request(gw, &req, &path)?;
+    ctx.route = Some(route.clone());
+    let authn = if route.auth == AuthPolicy::Public {
+        Authn::Anonymous(AuthFailure::Missing)
+    } else {
+        authenticate(gw, req.headers(), ctx).await?
+    };
+    let permit = authorize(&route, authn, ctx)?;
+    let upstream_request = mutate(gw, &route, req, &path, permit, ctx)?;
+    forward(gw, upstream_request, ctx).await
+}
+
+/// Phase 1: limits and framing that hyper leaves to us.
+fn check_head<B>(gw: &Gateway, req: &Request<B>) -> Result<(), GatewayError> {
+    let headers = req.headers();
+    let head_bytes = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |pq| pq.as_str().len())
+        + 12
+        + headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head_bytes > gw.config.server.max_header_bytes {
+        return Err(GatewayError::HeadTooLarge);
+    }
+    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+        return Err(GatewayError::BadRequest(
+            "Both Content-Length and Transfer-Encoding",
+        ));
+    }
+    Ok(())
+}
+
+/// The request's host, lowercase and without port.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let host = req
+        .uri()
+        .host()
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))?;
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// Phase 3.
+fn route_request<B>(gw: &Gateway, req: &Request<B>, path: &str) -> Result<Arc<Route>, GatewayError> {
+    let host = request_host(req);
+    gw.routes
+        .find(host.as_deref(), path)
+        .cloned()
+        .ok_or(GatewayError::NoRoute)
+}
+
+/// Where the credential came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Bearer,
+    Cookie,
+    Refresh,
+}
+
+/// The outcome of authentication.
+#[derive(Debug)]
+pub enum Authn {
+    Authenticated {
+        identity: Identity,
+        /// The access token, for `forward_token`.
+        token: String,
+        via: Via,
+    },
+    Anonymous(AuthFailure),
+}
+
+/// The token in `Authorization: Bearer` (scheme case-insensitive), if the
+/// header is a Bearer one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+}
+
+/// Phase 4. A Bearer header alone decides; otherwise the access cookie,
+/// and when that is missing or expired (never when it is forged), the
+/// refresh cookie silently renews the session. Requests with any
+/// `Authorization` header are never silently refreshed: API clients
+/// refresh on their own, and rotating behind their back would make their
+/// refresh look like theft.
+pub async fn authenticate(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    ctx: &mut RequestContext,
+) -> Result<Authn, GatewayError> {
+    if let Some(token) = bearer(headers) {
+        return Ok(verified(gw, token, Via::Bearer, ctx));
+    }
+    let cookie_outcome = match cookies::get(headers, &gw.cookies.access) {
+        Some(token) => verified(gw, token, Via::Cookie, ctx),
+        None => Authn::Anonymous(AuthFailure::Missing),
+    };
+    let failure = match cookie_outcome {
+        Authn::Anonymous(failure @ (AuthFailure::Missing | AuthFailure::Expired)) => failure,
+        other => return Ok(other),
+    };
+    if headers.contains_key(AUTHORIZATION) {
+        return Ok(Authn::Anonymous(failure));
+    }
+    let Some(refresh_token) = cookies::get(headers, &gw.cookies.refresh) else {
+        return Ok(Authn::Anonymous(failure));
+    };
+    match gw.session_service.refresh(refresh_token).await {
+        Ok(pair) => {
+            ctx.set_session_cookies(gw, &pair);
+            ctx.auth = "refreshed";
+            ctx.user = Some(pair.user.username.clone());
+            let identity = Identity {
+                sub: pair.user.username.clone(),
+                email: pair.user.email.clone(),
+                roles: pair.user.roles.clone(),
+                extra: pair.user.claims.clone(),
+                exp: pair.issued_at + gw.jwt.access_ttl.as_secs(),
+            };
+            Ok(Authn::Authenticated {
+                identity,
+                token: pair.access_token,
+                via: Via::Refresh,
+            })
+        }
+        Err(e) if e.is_unavailable() => Err(GatewayError::Unavailable(Box::new(e))),
+        Err(e) => {
+            log_refresh_failure(&e, ctx);
+            ctx.auth = "refresh_failed";
+            ctx.clear_session_cookies(gw);
+            Ok(Authn::Anonymous(failure))
+        }
+    }
+}
+
+fn log_refresh_failure(error: &RefreshError, ctx: &RequestContext) {
+    tracing::info!(
+        event = "refresh_failed",
+        request_id = ctx.request_id.to_str().unwrap_or("-"),
+        reason = %error,
+    );
+}
+
+fn verified(gw: &Gateway, token: &str, via: Via, ctx: &mut RequestContext) -> Authn {
+    match gw.jwt.verify(token) {
+        Ok(claims) => {
+            ctx.auth = "ok";
+            ctx.user = Some(claims.sub.clone());
+            Authn::Authenticated {
+                identity: claims.into_identity(),
+                token: token.to_string(),
+                via,
+            }
+        }
+        Err(TokenError::Expired) => {
+            ctx.auth = "expired";
+            Authn::Anonymous(AuthFailure::Expired)
+        }
+        Err(TokenError::Invalid) => {
+            ctx.auth = "invalid";
+            Authn::Anonymous(AuthFailure::Invalid)
+        }
+    }
+}
+
+/// The right to forward a request, with the identity it carries. Only
+/// [`authorize`] makes one, and [`mutate`] requires one.
+#[derive(Debug)]
+pub struct Permit {
+    identity: Option<(Identity, String)>,
+}
+
+/// Phase 5.
+pub fn authorize(route: &Route, authn: Authn, ctx: &mut RequestContext) -> Result<Permit, GatewayError> {
+    match (route.auth, authn) {
+        (AuthPolicy::Public, _) => Ok(Permit { identity: None }),
+        (_, Authn::Authenticated { identity, token, .. }) if identity.has_any_role(&route.roles) => {
+            Ok(Permit {
+                identity: Some((identity, token)),
+            })
+        }
+        (AuthPolicy::Required, Authn::Authenticated { .. }) => {
+            ctx.auth = "forbidden";
+            Err(GatewayError::Forbidden)
+        }
+        (AuthPolicy::Required, Authn::Anonymous(failure)) => {
+            Err(GatewayError::Unauthenticated(failure))
+        }
+        // Optional: anonymous, or signed in without a listed role.
+        (AuthPolicy::Optional, _) => Ok(Permit { identity: None }),
+    }
+}
+
+/// Phase 6: the upstream request.
+fn mutate(
+    gw: &Gateway,
+    route: &Route,
+    req: Request<Incoming>,
+    path: &str,
+    permit: Permit,
+    ctx: &RequestContext,
+) -> Result<Request<Body>, GatewayError> {
+    let (mut parts, body) = req.into_parts();
+    if let Some(limit) = route.max_body {
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(GatewayError::BodyTooLarge);
+        }
+    }
+    let headers = &mut parts.headers;
+    headers::remove_hop_by_hop(headers);
+    gw.identity.strip(headers);
+    cookies::remove(headers, &[&gw.cookies.access, &gw.cookies.refresh]);
+    if route.auth != AuthPolicy::Public && bearer(headers).is_some() {
+        headers.remove(AUTHORIZATION);
+    }
+    if let Some((identity, token)) = &permit.identity {
+        gw.identity.inject(headers, identity);
+        if gw.config.identity.forward_token {
+            if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                headers.insert(AUTHORIZATION, value);
+            }
+        }
+    }
+    headers::set_forwarded(headers, ctx.peer.ip(), gw.scheme);
+    headers.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
+    if !route.preserve_host || !headers.contains_key(HOST) {
+        if let Ok(host) = HeaderValue::from_str(route.authority.as_str()) {
+            headers.insert(HOST, host);
+        }
+    }
+    parts.uri = route
+        .upstream_uri(path, parts.uri.query())
+        .map_err(|_| GatewayError::BadRequest("Malformed request target"))?;
+    parts.version = Version::HTTP_11;
+    let body = match route.max_body {
+        Some(limit) => http_body_util::Limited::new(body, limit as usize)
+            .map_err(Into::into)
+            .boxed_unsync(),
+        None => body.map_err(Into::into).boxed_unsync(),
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Phase 7.
+async fn forward(
+    gw: &Gateway,
+    req: Request<Body>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    let started = Instant::now();
+    let result = tokio::time::timeout(gw.config.server.request_timeout, gw.upstream.request(req)).await;
+    ctx.upstream_latency = Some(started.elapsed());
+    let response = match result {
+        Err(_) => return Err(GatewayError::UpstreamTimeout),
+        Ok(Err(e)) => return Err(GatewayError::UpstreamUnreachable(Box::new(e))),
+        Ok(Ok(response)) => response,
+    };
+    let (mut parts, body) = response.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+}
+
+/// Phase 8: on every response.
+fn response_filter(response: &mut Response<Body>, ctx: &mut RequestContext) {
+    let headers = response.headers_mut();
+    headers.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
+    for cookie in ctx.set_cookies.drain(..) {
+        headers.append(SET_COOKIE, cookie);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static("bearer abc"));
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("BEARER  abc "));
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic Og=="));
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn request_host_strips_port() {
+        let req = Request::builder()
+            .uri("/x")
+            .header(HOST, "API.example.com:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req).as_deref(), Some("api.example.com"));
+    }
+}

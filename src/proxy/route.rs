@@ -1,0 +1,172 @@
+//! The route table: longest prefix at a segment boundary wins, a route for
+//! the request's host beats a host-less one of the same length.
+
+use std::sync::Arc;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::Uri;
+
+use crate::config::{AuthPolicy, RouteConfig};
+
+#[derive(Debug)]
+pub struct Route {
+    /// Stable name for logs and metrics: `host` + prefix.
+    pub name: String,
+    pub prefix: String,
+    pub host: Option<String>,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    pub base_path: String,
+    pub auth: AuthPolicy,
+    pub strip_prefix: bool,
+    pub preserve_host: bool,
+    pub roles: Vec<String>,
+    pub max_body: Option<u64>,
+}
+
+impl Route {
+    fn new(config: &RouteConfig) -> Route {
+        Route {
+            name: match &config.host {
+                Some(host) => format!("{host}{}", config.prefix),
+                None => config.prefix.clone(),
+            },
+            prefix: config.prefix.clone(),
+            host: config.host.clone(),
+            scheme: config.upstream.scheme.clone(),
+            authority: config.upstream.authority.clone(),
+            base_path: config.upstream.base_path.clone(),
+            auth: config.auth,
+            strip_prefix: config.strip_prefix,
+            preserve_host: config.preserve_host,
+            roles: config.roles.clone(),
+            max_body: config.max_body,
+        }
+    }
+
+    /// Whether `path` (normalized) lies under this route's prefix.
+    fn covers(&self, path: &str) -> bool {
+        if self.prefix == "/" {
+            return true;
+        }
+        match path.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+
+    /// The upstream URI for a normalized path and the original query.
+    pub fn upstream_uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let path = if self.strip_prefix && self.prefix != "/" {
+            match &path[self.prefix.len()..] {
+                "" => "/",
+                rest => rest,
+            }
+        } else {
+            path
+        };
+        let mut pq = String::with_capacity(self.base_path.len() + path.len() + 64);
+        pq.push_str(&self.base_path);
+        pq.push_str(path);
+        if let Some(query) = query {
+            pq.push('?');
+            pq.push_str(query);
+        }
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(PathAndQuery::try_from(pq)?)
+            .build()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// Ordered so the first match is the right one.
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn new(configs: &[RouteConfig]) -> RouteTable {
+        let mut routes: Vec<Arc<Route>> = configs.iter().map(|c| Arc::new(Route::new(c))).collect();
+        routes.sort_by(|a, b| {
+            b.prefix
+                .len()
+                .cmp(&a.prefix.len())
+                .then_with(|| b.host.is_some().cmp(&a.host.is_some()))
+        });
+        RouteTable { routes }
+    }
+
+    /// `host` is the request's host without port, lowercase.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|route| {
+            route.host.as_deref().is_none_or(|h| Some(h) == host) && route.covers(path)
+        })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn table(toml: &str) -> RouteTable {
+        RouteTable::new(&Config::parse(Path::new("g.toml"), toml).unwrap().routes)
+    }
+
+    const ROUTES: &str = r#"
+        [[routes]]
+        prefix = "/"
+        upstream = "http://root"
+        [[routes]]
+        prefix = "/api/movies/"
+        upstream = "http://movies"
+        strip_prefix = true
+        [[routes]]
+        prefix = "/api"
+        upstream = "http://api/v1"
+        [[routes]]
+        prefix = "/api"
+        host = "admin.example.com"
+        upstream = "http://admin"
+    "#;
+
+    fn upstream_of(t: &RouteTable, host: Option<&str>, path: &str) -> String {
+        let route = t.find(host, path).unwrap();
+        route.upstream_uri(path, Some("q=1")).unwrap().to_string()
+    }
+
+    #[test]
+    fn longest_prefix_at_segment_boundary() {
+        let t = table(ROUTES);
+        assert_eq!(upstream_of(&t, None, "/api/movies"), "http://movies/?q=1");
+        assert_eq!(upstream_of(&t, None, "/api/movies/7"), "http://movies/7?q=1");
+        assert_eq!(
+            upstream_of(&t, None, "/api/moviesX"),
+            "http://api/v1/api/moviesX?q=1"
+        );
+        assert_eq!(upstream_of(&t, None, "/apix"), "http://root/apix?q=1");
+    }
+
+    #[test]
+    fn host_specific_route_wins() {
+        let t = table(ROUTES);
+        assert_eq!(
+            upstream_of(&t, Some("admin.example.com"), "/api/x"),
+            "http://admin/api/x?q=1"
+        );
+        assert_eq!(upstream_of(&t, Some("other"), "/api/x"), "http://api/v1/api/x?q=1");
+    }
+
+    #[test]
+    fn no_route_without_catch_all() {
+        let t = table("[[routes]]\nprefix = \"/api\"\nupstream = \"http://a\"\n");
+        assert!(t.find(None, "/other").is_none());
+    }
+}

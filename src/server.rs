@@ -1,0 +1,121 @@
+//! The listener: accepts connections, bounds how many are open, serves each
+//! with hyper, and drains in-flight requests on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::gateway::Gateway;
+use crate::proxy;
+
+/// hyper's own floor for its read buffer.
+const MIN_HYPER_BUF: usize = 8192;
+
+fn builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
+    let server = &gw.config.server;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_timeout)
+        // hyper answers a bare 431 past its buffer; below it, the pipeline
+        // answers 431 with a JSON body, so leave it headroom.
+        .max_buf_size((server.max_header_bytes * 2).max(MIN_HYPER_BUF))
+        .max_headers(server.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(server.max_header_bytes as u32)
+        .keep_alive_interval(Some(server.idle_timeout / 2));
+    builder
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and waits up to
+/// `shutdown_grace` for in-flight requests.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let builder = Arc::new(builder(&gw));
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(gw.config.server.max_connections));
+    let grace = gw.config.server.shutdown_grace;
+    tokio::pin!(shutdown);
+    loop {
+        // Waiting for a permit before accepting leaves excess connections
+        // in the kernel's backlog instead of exhausting memory or files.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::error!(event = "accept_failed", error = %e);
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        serve_connection(&gw, &builder, &graceful, stream, peer, permit);
+    }
+    drop(listener);
+    tracing::info!(event = "shutdown", grace_secs = grace.as_secs(), "draining connections");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!(event = "drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!(event = "drain_timeout", "closing remaining connections"),
+    }
+    Ok(())
+}
+
+fn serve_connection(
+    gw: &Arc<Gateway>,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    graceful: &GracefulShutdown,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let gw = gw.clone();
+    let service = service_fn(move |req| {
+        let gw = gw.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer).await) }
+    });
+    let builder = builder.clone();
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        let _permit = permit;
+        if let Err(e) = conn.await {
+            tracing::debug!(event = "connection_error", peer = %peer, error = %e);
+        }
+    });
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!(event = "signal", "shutdown requested");
+}

@@ -1,0 +1,242 @@
+//! Sessions in this process's memory: for a single instance. Lost on
+//! restart (users log in again); not shared between instances.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{
+    hex, FamilyId, FamilyInfo, RotateRequest, Rotation, SealedSuccessor, SessionStore,
+    StoreError, TokenHash,
+};
+use crate::auth::now_millis;
+
+#[derive(Debug)]
+struct Family {
+    username: String,
+    created_ms: u64,
+    last_used_ms: u64,
+    expires_ms: u64,
+    revoked: bool,
+    tokens: HashMap<TokenHash, Token>,
+}
+
+#[derive(Debug)]
+struct Token {
+    expires_ms: u64,
+    /// When it was rotated, and to what.
+    retired: Option<(u64, SealedSuccessor)>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    families: HashMap<FamilyId, Family>,
+    failures: HashMap<String, (u64, u64)>,
+    operations: u64,
+}
+
+impl State {
+    /// Drops what has expired, now and then, so memory stays bounded by
+    /// the live sessions.
+    fn sweep(&mut self, now_ms: u64) {
+        self.operations += 1;
+        if self.operations % 1024 != 0 {
+            return;
+        }
+        self.families.retain(|_, f| f.expires_ms > now_ms);
+        for family in self.families.values_mut() {
+            family.tokens.retain(|_, t| t.expires_ms > now_ms);
+        }
+        self.failures.retain(|_, (_, until)| *until > now_ms);
+    }
+
+    fn family(&mut self, id: &FamilyId, now_ms: u64) -> Option<&mut Family> {
+        self.families
+            .get_mut(id)
+            .filter(|f| f.expires_ms > now_ms && !f.revoked)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct MemorySessionStore {
+    state: Mutex<State>,
+}
+
+impl MemorySessionStore {
+    pub fn new() -> MemorySessionStore {
+        MemorySessionStore::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-done rotation
+        // (each is one map update), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+#[async_trait]
+impl SessionStore for MemorySessionStore {
+    async fn create(
+        &self,
+        family: &FamilyId,
+        username: &str,
+        token: &TokenHash,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        state.sweep(now_ms);
+        let expires_ms = now_ms + ms(ttl);
+        let mut tokens = HashMap::new();
+        tokens.insert(
+            *token,
+            Token {
+                expires_ms,
+                retired: None,
+            },
+        );
+        state.families.insert(
+            *family,
+            Family {
+                username: username.to_string(),
+                created_ms: now_ms,
+                last_used_ms: now_ms,
+                expires_ms,
+                revoked: false,
+                tokens,
+            },
+        );
+        Ok(())
+    }
+
+    async fn rotate(&self, r: RotateRequest<'_>) -> Result<Rotation, StoreError> {
+        let mut state = self.lock();
+        state.sweep(r.now_ms);
+        let Some(family) = state.family(r.family, r.now_ms) else {
+            return Ok(Rotation::Invalid);
+        };
+        let Some(token) = family
+            .tokens
+            .get_mut(r.presented)
+            .filter(|t| t.expires_ms > r.now_ms)
+        else {
+            return Ok(Rotation::Invalid);
+        };
+        match token.retired {
+            None => {
+                token.retired = Some((r.now_ms, *r.sealed_successor));
+                let expires_ms = r.now_ms + ms(r.ttl);
+                family.tokens.insert(
+                    *r.successor,
+                    Token {
+                        expires_ms,
+                        retired: None,
+                    },
+                );
+                family.last_used_ms = r.now_ms;
+                family.expires_ms = expires_ms;
+                Ok(Rotation::Rotated {
+                    username: family.username.clone(),
+                    at_ms: r.now_ms,
+                })
+            }
+            Some((at_ms, sealed)) if r.now_ms.saturating_sub(at_ms) <= ms(r.grace) => {
+                Ok(Rotation::Successor {
+                    username: family.username.clone(),
+                    at_ms,
+                    sealed,
+                })
+            }
+            Some(_) => {
+                family.revoked = true;
+                Ok(Rotation::Reused {
+                    username: family.username.clone(),
+                })
+            }
+        }
+    }
+
+    async fn revoke(&self, family: &FamilyId, token: &TokenHash) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let now = now_millis();
+        match state.family(family, now) {
+            Some(f) if f.tokens.contains_key(token) => {
+                f.revoked = true;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn revoke_user(&self, username: &str) -> Result<usize, StoreError> {
+        let mut state = self.lock();
+        let now = now_millis();
+        let mut count = 0;
+        for family in state.families.values_mut() {
+            if family.username == username && !family.revoked && family.expires_ms > now {
+                family.revoked = true;
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    async fn list_user(&self, username: &str) -> Result<Vec<FamilyInfo>, StoreError> {
+        let state = self.lock();
+        let now = now_millis();
+        let mut list: Vec<FamilyInfo> = state
+            .families
+            .iter()
+            .filter(|(_, f)| f.username == username && f.expires_ms > now)
+            .map(|(id, f)| FamilyInfo {
+                family: hex(id),
+                username: f.username.clone(),
+                created_ms: f.created_ms,
+                last_used_ms: f.last_used_ms,
+                revoked: f.revoked,
+            })
+            .collect();
+        list.sort_by_key(|f| f.created_ms);
+        Ok(list)
+    }
+
+    async fn family_alive(&self, family: &FamilyId) -> Result<bool, StoreError> {
+        Ok(self.lock().family(family, now_millis()).is_some())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn count_failure(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let now = now_millis();
+        let entry = state.failures.entry(key.to_string()).or_insert((0, 0));
+        if entry.1 <= now {
+            *entry = (0, now + ms(window));
+        }
+        entry.0 += 1;
+        Ok(entry.0)
+    }
+
+    async fn failures(&self, key: &str) -> Result<u64, StoreError> {
+        let state = self.lock();
+        let now = now_millis();
+        Ok(state
+            .failures
+            .get(key)
+            .filter(|(_, until)| *until > now)
+            .map_or(0, |(n, _)| *n))
+    }
+
+    async fn reset_failures(&self, key: &str) -> Result<(), StoreError> {
+        self.lock().failures.remove(key);
+        Ok(())
+    }
+}

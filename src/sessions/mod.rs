@@ -1,0 +1,139 @@
+//! Refresh-token families, in process memory or in Redis.
+//!
+//! A family is one login. Each refresh retires the presented token and
+//! makes its successor live; the store keeps only SHA-256 hashes of tokens.
+//! The one operation that matters, [`SessionStore::rotate`], is atomic: in
+//! memory under a mutex, in Redis as one Lua script whose keys share the
+//! family's hash slot.
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::config::{SessionsBackend, SessionsConfig};
+
+/// 128-bit family id, random per login; not secret.
+pub type FamilyId = [u8; 16];
+/// SHA-256 of a refresh token.
+pub type TokenHash = [u8; 32];
+/// A successor's secret, encrypted with a pad only the holder of the
+/// retired token can derive (see `auth::refresh`).
+pub type SealedSuccessor = [u8; 32];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// The presented token was live; the proposed successor is now live.
+    Rotated { username: String, at_ms: u64 },
+    /// The presented token was retired within the grace period: here is
+    /// the successor it was rotated to, sealed.
+    Successor {
+        username: String,
+        at_ms: u64,
+        sealed: SealedSuccessor,
+    },
+    /// A retired token came back after the grace period: the family has
+    /// been revoked.
+    Reused { username: String },
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FamilyInfo {
+    pub family: String,
+    pub username: String,
+    pub created_ms: u64,
+    pub last_used_ms: u64,
+    pub revoked: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("session store unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// What a store needs to rotate a token.
+#[derive(Debug, Clone, Copy)]
+pub struct RotateRequest<'a> {
+    pub family: &'a FamilyId,
+    pub presented: &'a TokenHash,
+    pub successor: &'a TokenHash,
+    pub sealed_successor: &'a SealedSuccessor,
+    pub now_ms: u64,
+    pub grace: Duration,
+    pub ttl: Duration,
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync + std::fmt::Debug {
+    /// Starts a family with its first live token.
+    async fn create(
+        &self,
+        family: &FamilyId,
+        username: &str,
+        token: &TokenHash,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    async fn rotate(&self, request: RotateRequest<'_>) -> Result<Rotation, StoreError>;
+
+    /// Revokes the family `token` belongs to; `false` if the token is unknown.
+    async fn revoke(&self, family: &FamilyId, token: &TokenHash) -> Result<bool, StoreError>;
+
+    /// Revokes every family of `username`; returns how many were live.
+    async fn revoke_user(&self, username: &str) -> Result<usize, StoreError>;
+
+    async fn list_user(&self, username: &str) -> Result<Vec<FamilyInfo>, StoreError>;
+
+    /// Whether the family is still valid (not revoked, not expired).
+    async fn family_alive(&self, family: &FamilyId) -> Result<bool, StoreError>;
+
+    /// Fails while the store cannot answer (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Counts a failed login under `key` within `window`; returns the count.
+    async fn count_failure(&self, key: &str, window: Duration) -> Result<u64, StoreError>;
+    async fn failures(&self, key: &str) -> Result<u64, StoreError>;
+    async fn reset_failures(&self, key: &str) -> Result<(), StoreError>;
+}
+
+pub async fn open(config: &SessionsConfig) -> anyhow::Result<Arc<dyn SessionStore>> {
+    Ok(match config.backend {
+        SessionsBackend::Memory => Arc::new(memory::MemorySessionStore::new()),
+        SessionsBackend::Redis => Arc::new(
+            redis::RedisSessionStore::new(
+                config.redis_url.as_deref().expect("validated at load"),
+                &config.key_prefix,
+            )
+            .await?,
+        ),
+    })
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+pub fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+    }
+    Some(out)
+}

@@ -1,0 +1,413 @@
+//! Sessions in Redis (a single server, Sentinel-fronted or a Cluster), shared
+//! by every authgate instance.
+//!
+//! Key layout, with `P` the configured prefix and `F` the family id in hex:
+//! - `P{f:F}:fam` — hash: user, created, last_used, revoked (TTL = refresh TTL)
+//! - `P{f:F}:t:H` — hash of token hash H: state (live/used), used_at, succ
+//! - `P u:USER`   — set of the user's family ids (for `sessions list/revoke`)
+//! - `P fail:K`   — failed-login counter (TTL = throttle window)
+//!
+//! The `{f:F}` hash tag puts every key a rotation touches in one Cluster slot,
+//! so the rotation script runs atomically on Cluster too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use tokio::sync::Mutex;
+
+use super::{
+    hex, unhex, FamilyId, FamilyInfo, RotateRequest, Rotation, SessionStore, StoreError, TokenHash,
+};
+
+/// Upper bound on one store operation; past it the request is refused (503).
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+const ROTATE: &str = r#"
+local fam = redis.call('HMGET', KEYS[1], 'user', 'revoked')
+if not fam[1] or fam[2] == '1' then return {'invalid'} end
+local tok = redis.call('HMGET', KEYS[2], 'state', 'used_at', 'succ')
+if not tok[1] then return {'invalid'} end
+if tok[1] == 'live' then
+  redis.call('HSET', KEYS[2], 'state', 'used', 'used_at', ARGV[1], 'succ', ARGV[4])
+  redis.call('HSET', KEYS[3], 'state', 'live')
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  redis.call('HSET', KEYS[1], 'last_used', ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {'rotated', fam[1], ARGV[1]}
+end
+if tonumber(ARGV[1]) - tonumber(tok[2]) <= tonumber(ARGV[2]) then
+  return {'successor', fam[1], tok[2], tok[3]}
+end
+redis.call('HSET', KEYS[1], 'revoked', '1')
+return {'reused', fam[1]}
+"#;
+
+const REVOKE_WITH_TOKEN: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[1], 'revoked', '1')
+  return 1
+end
+return 0
+"#;
+
+const REVOKE_FAMILY: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HGET', KEYS[1], 'revoked') ~= '1' then
+  redis.call('HSET', KEYS[1], 'revoked', '1')
+  return 1
+end
+return 0
+"#;
+
+const COUNT_FAILURE: &str = r#"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+"#;
+
+/// One connection type for single-server and Cluster deployments, so
+/// commands and scripts are written once.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Target {
+    Single(ConnectionManager),
+    /// Connected on first use, and again after a failed first attempt.
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        conn: Mutex<Option<ClusterConnection>>,
+    },
+}
+
+pub struct RedisSessionStore {
+    target: Target,
+    prefix: String,
+    rotate: Arc<Script>,
+    revoke_with_token: Script,
+    revoke_family: Script,
+    count_failure: Script,
+}
+
+impl std::fmt::Debug for RedisSessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSessionStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+impl RedisSessionStore {
+    /// `url` is one `redis://`/`rediss://` URL, or several separated by
+    /// commas for a Redis Cluster (any reachable nodes; the rest are found).
+    /// Nothing is contacted here: a Redis that is down at start makes the
+    /// gateway not-ready, not absent.
+    pub async fn new(url: &str, prefix: &str) -> anyhow::Result<RedisSessionStore> {
+        let urls: Vec<&str> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+        let target = if urls.len() > 1 || url.contains("cluster=true") {
+            let urls: Vec<String> = urls.iter().map(|u| u.replace("?cluster=true", "")).collect();
+            let client = redis::cluster::ClusterClientBuilder::new(urls)
+                .connection_timeout(OP_TIMEOUT)
+                .response_timeout(OP_TIMEOUT)
+                .build()?;
+            Target::Cluster {
+                client,
+                conn: Mutex::new(None),
+            }
+        } else {
+            let client = redis::Client::open(urls[0])?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(OP_TIMEOUT))
+                .set_response_timeout(Some(OP_TIMEOUT))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            Target::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+        };
+        Ok(RedisSessionStore {
+            target,
+            prefix: prefix.to_string(),
+            rotate: Arc::new(Script::new(ROTATE)),
+            revoke_with_token: Script::new(REVOKE_WITH_TOKEN),
+            revoke_family: Script::new(REVOKE_FAMILY),
+            count_failure: Script::new(COUNT_FAILURE),
+        })
+    }
+
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        match &self.target {
+            Target::Single(manager) => Ok(Conn::Single(manager.clone())),
+            Target::Cluster { client, conn } => {
+                let mut guard = conn.lock().await;
+                if let Some(c) = guard.as_ref() {
+                    return Ok(Conn::Cluster(c.clone()));
+                }
+                let c = tokio::time::timeout(OP_TIMEOUT, client.get_async_connection())
+                    .await
+                    .map_err(unavailable)?
+                    .map_err(unavailable)?;
+                *guard = Some(c.clone());
+                Ok(Conn::Cluster(c))
+            }
+        }
+    }
+
+    /// Runs one operation with the store's time bound.
+    async fn run<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        match tokio::time::timeout(OP_TIMEOUT, op(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(elapsed) => Err(unavailable(elapsed)),
+        }
+    }
+
+    fn family_key(&self, family: &FamilyId) -> String {
+        format!("{}{{f:{}}}:fam", self.prefix, hex(family))
+    }
+
+    fn token_key(&self, family: &FamilyId, token: &TokenHash) -> String {
+        format!("{}{{f:{}}}:t:{}", self.prefix, hex(family), hex(token))
+    }
+
+    fn user_key(&self, username: &str) -> String {
+        format!("{}u:{username}", self.prefix)
+    }
+
+    fn failure_key(&self, key: &str) -> String {
+        format!("{}fail:{key}", self.prefix)
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+#[async_trait]
+impl SessionStore for RedisSessionStore {
+    async fn create(
+        &self,
+        family: &FamilyId,
+        username: &str,
+        token: &TokenHash,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let fam = self.family_key(family);
+        let tok = self.token_key(family, token);
+        let user = self.user_key(username);
+        let ttl = ms(ttl);
+        self.run(async |c| {
+            redis::pipe()
+                .atomic()
+                .hset_multiple(
+                    &fam,
+                    &[
+                        ("user", username.to_string()),
+                        ("created", now_ms.to_string()),
+                        ("last_used", now_ms.to_string()),
+                    ],
+                )
+                .pexpire(&fam, ttl as i64)
+                .hset(&tok, "state", "live")
+                .pexpire(&tok, ttl as i64)
+                .query_async::<()>(c)
+                .await?;
+            redis::pipe()
+                .sadd(&user, hex(family))
+                .pexpire(&user, ttl as i64)
+                .query_async::<()>(c)
+                .await
+        })
+        .await
+    }
+
+    async fn rotate(&self, r: RotateRequest<'_>) -> Result<Rotation, StoreError> {
+        let keys = [
+            self.family_key(r.family),
+            self.token_key(r.family, r.presented),
+            self.token_key(r.family, r.successor),
+        ];
+        let script = self.rotate.clone();
+        let reply: Vec<String> = self
+            .run(async |c| {
+                script
+                    .key(&keys[0])
+                    .key(&keys[1])
+                    .key(&keys[2])
+                    .arg(r.now_ms)
+                    .arg(ms(r.grace))
+                    .arg(ms(r.ttl))
+                    .arg(hex(r.sealed_successor))
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
+        Ok(match reply.first().map(String::as_str) {
+            Some("rotated") => Rotation::Rotated {
+                username: field(1),
+                at_ms: field(2).parse().unwrap_or(r.now_ms),
+            },
+            Some("successor") => match unhex::<32>(&field(3)) {
+                Some(sealed) => Rotation::Successor {
+                    username: field(1),
+                    at_ms: field(2).parse().unwrap_or(r.now_ms),
+                    sealed,
+                },
+                None => Rotation::Invalid,
+            },
+            Some("reused") => Rotation::Reused { username: field(1) },
+            _ => Rotation::Invalid,
+        })
+    }
+
+    async fn revoke(&self, family: &FamilyId, token: &TokenHash) -> Result<bool, StoreError> {
+        let fam = self.family_key(family);
+        let tok = self.token_key(family, token);
+        let n: i64 = self
+            .run(async |c| self.revoke_with_token.key(&fam).key(&tok).invoke_async(c).await)
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn revoke_user(&self, username: &str) -> Result<usize, StoreError> {
+        let user = self.user_key(username);
+        let families: Vec<String> = self
+            .run(async |c| redis::cmd("SMEMBERS").arg(&user).query_async(c).await)
+            .await?;
+        let mut count = 0;
+        for family in families.iter().filter_map(|f| unhex::<16>(f)) {
+            let fam = self.family_key(&family);
+            let n: i64 = self
+                .run(async |c| self.revoke_family.key(&fam).invoke_async(c).await)
+                .await?;
+            count += n as usize;
+        }
+        Ok(count)
+    }
+
+    async fn list_user(&self, username: &str) -> Result<Vec<FamilyInfo>, StoreError> {
+        let user = self.user_key(username);
+        let families: Vec<String> = self
+            .run(async |c| redis::cmd("SMEMBERS").arg(&user).query_async(c).await)
+            .await?;
+        let mut list = Vec::new();
+        for id in families {
+            let Some(family) = unhex::<16>(&id) else { continue };
+            let fam = self.family_key(&family);
+            let fields: Vec<Option<String>> = self
+                .run(async |c| {
+                    redis::cmd("HMGET")
+                        .arg(&fam)
+                        .arg(&["user", "created", "last_used", "revoked"])
+                        .query_async(c)
+                        .await
+                })
+                .await?;
+            match fields.as_slice() {
+                [Some(user), created, last_used, revoked] => list.push(FamilyInfo {
+                    family: id,
+                    username: user.clone(),
+                    created_ms: created.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
+                    last_used_ms: last_used.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
+                    revoked: revoked.as_deref() == Some("1"),
+                }),
+                _ => {
+                    // Expired: tidy the index.
+                    let _: Result<(), _> = self
+                        .run(async |c| redis::cmd("SREM").arg(&user).arg(&id).query_async(c).await)
+                        .await;
+                }
+            }
+        }
+        list.sort_by_key(|f| f.created_ms);
+        Ok(list)
+    }
+
+    async fn family_alive(&self, family: &FamilyId) -> Result<bool, StoreError> {
+        let fam = self.family_key(family);
+        let fields: Vec<Option<String>> = self
+            .run(async |c| {
+                redis::cmd("HMGET")
+                    .arg(&fam)
+                    .arg(&["user", "revoked"])
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        Ok(matches!(fields.as_slice(), [Some(_), revoked] if revoked.as_deref() != Some("1")))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self
+            .run(async |c| redis::cmd("PING").query_async(c).await)
+            .await?;
+        Ok(())
+    }
+
+    async fn count_failure(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
+        let key = self.failure_key(key);
+        self.run(async |c| {
+            self.count_failure
+                .key(&key)
+                .arg(ms(window))
+                .invoke_async(c)
+                .await
+        })
+        .await
+    }
+
+    async fn failures(&self, key: &str) -> Result<u64, StoreError> {
+        let key = self.failure_key(key);
+        let n: Option<u64> = self
+            .run(async |c| redis::cmd("GET").arg(&key).query_async(c).await)
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    async fn reset_failures(&self, key: &str) -> Result<(), StoreError> {
+        let key = self.failure_key(key);
+        self.run(async |c| redis::cmd("DEL").arg(&key).query_async(c).await)
+            .await
+    }
+}
