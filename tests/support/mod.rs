@@ -1,0 +1,360 @@
+//! Shared test support: a real authgate listener on port 0, a real upstream
+//! HTTP server that records what reaches it, users files, Redis prefixes.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use authgate::config::Config;
+use authgate::gateway::Gateway;
+
+/// The HMAC secret every test gateway signs with (env var name).
+pub const SECRET_ENV: &str = "AUTHGATE_TEST_SECRET";
+pub const SECRET: &str = "test-secret-that-is-long-enough-0123456789";
+/// A second secret, for key-rotation tests.
+pub const OLD_SECRET_ENV: &str = "AUTHGATE_TEST_OLD_SECRET";
+pub const OLD_SECRET: &str = "old-test-secret-that-is-long-enough-987654";
+
+/// Sets the test secrets once, before any test reads them.
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var(SECRET_ENV, SECRET);
+        std::env::set_var(OLD_SECRET_ENV, OLD_SECRET);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if std::env::var("TEST_LOG").is_ok() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("debug")
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// What the upstream saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A real HTTP/1.1 upstream. Paths it understands:
+/// - `/slow/<ms>`: answers after that many milliseconds
+/// - `/download/<bytes>`: streams that many bytes in 64 KiB chunks
+/// - `/upload`: counts the streamed body and answers the count (not recorded)
+/// - `/set-cookie`: answers with its own `Set-Cookie: upstream=1`
+/// - anything else: 200 with JSON `{"path": ..., "upstream": name}`
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (seen2, name2) = (seen.clone(), name.to_string());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (seen, name) = (seen2.clone(), name2.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let (seen, name) = (seen.clone(), name.clone());
+                        async move { Ok::<_, Infallible>(upstream_answer(req, seen, &name).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            name: name.to_string(),
+            seen,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream saw no request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn upstream_answer(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    name: &str,
+) -> Response<TestBody> {
+    let path = req.uri().path().to_string();
+    if path == "/upload" {
+        let mut body = req.into_body();
+        let mut total: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                total += data.len() as u64;
+            }
+        }
+        return Response::new(Full::new(Bytes::from(total.to_string())).boxed());
+    }
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
+    if let Some(n) = path.strip_prefix("/download/") {
+        let total: usize = n.parse().unwrap();
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_util::stream::unfold(total, move |left| {
+            let chunk = chunk.clone();
+            async move {
+                if left == 0 {
+                    return None;
+                }
+                let n = left.min(chunk.len());
+                Some((Ok::<_, Infallible>(Frame::data(chunk.slice(..n))), left - n))
+            }
+        });
+        return Response::new(StreamBody::new(stream).boxed());
+    }
+    let mut response = Response::new(
+        Full::new(Bytes::from(
+            serde_json::json!({"path": parts.uri.to_string(), "upstream": name, "body": String::from_utf8_lossy(&body)})
+                .to_string(),
+        ))
+        .boxed(),
+    );
+    response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    response.headers_mut().insert("connection", "x-upstream-private".parse().unwrap());
+    response.headers_mut().insert("x-upstream-private", "1".parse().unwrap());
+    if path == "/set-cookie" {
+        response
+            .headers_mut()
+            .append("set-cookie", "upstream=1; Path=/".parse().unwrap());
+    }
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+/// A user to put in the users file (hashed with bcrypt cost 4).
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub username: String,
+    pub password: String,
+    pub email: Option<String>,
+    pub roles: Vec<String>,
+    pub disabled: bool,
+}
+
+pub fn user(username: &str, password: &str, roles: &[&str]) -> TestUser {
+    TestUser {
+        username: username.into(),
+        password: password.into(),
+        email: Some(format!("{username}@example.com")),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        disabled: false,
+    }
+}
+
+pub fn users_toml(users: &[TestUser]) -> String {
+    let mut text = String::new();
+    for u in users {
+        let hash = bcrypt::hash(&u.password, 4).unwrap();
+        text.push_str(&format!(
+            "[[users]]\nusername = {:?}\npassword_hash = {:?}\nroles = {:?}\n",
+            u.username, hash, u.roles
+        ));
+        if let Some(email) = &u.email {
+            text.push_str(&format!("email = {email:?}\n"));
+        }
+        if u.disabled {
+            text.push_str("disabled = true\n");
+        }
+    }
+    text
+}
+
+/// A unique Redis key prefix for one test.
+pub fn redis_prefix(test: &str) -> String {
+    format!("authgate-test:{test}:{:016x}:", rand::random::<u64>())
+}
+
+/// A running in-process authgate on 127.0.0.1:0.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub gateway: Arc<Gateway>,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestGateway {
+    /// `toml` is the body of `gateway.toml`; `[users]`, `[jwt]` and
+    /// `[cookies]` lines pointing at the test users file and secret, with
+    /// cost-4 bcrypt and non-Secure cookies, are added unless the test
+    /// writes those sections itself.
+    pub async fn start(toml: &str, users: &[TestUser]) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, toml, users).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, toml: &str, users: &[TestUser]) -> TestGateway {
+        init();
+        std::fs::write(dir.path().join("users.toml"), users_toml(users)).unwrap();
+        let toml = complete_config(toml);
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, &toml).unwrap();
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let gateway = Arc::new(Gateway::build(config).await.unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(authgate::server::serve(gateway.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        TestGateway {
+            addr,
+            dir,
+            gateway,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Asks the server to stop; returns its join handle.
+    pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().unwrap()
+    }
+
+    /// Logs in with the form; returns the JSON body and the Set-Cookie values.
+    pub async fn login(&self, username: &str, password: &str) -> (serde_json::Value, Vec<String>) {
+        let response = client()
+            .post(self.url("/token"))
+            .form(&[("username", username), ("password", password)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "login of {username} failed");
+        let cookies = set_cookies(response.headers());
+        (response.json().await.unwrap(), cookies)
+    }
+
+    pub async fn access_token(&self, username: &str, password: &str) -> String {
+        let (body, _) = self.login(username, password).await;
+        body["access_token"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn complete_config(toml: &str) -> String {
+    let mut text = toml.to_string();
+    if !toml.contains("[jwt]") {
+        text.push_str(&format!("\n[jwt]\nsecret_env = \"{SECRET_ENV}\"\n"));
+    }
+    if !toml.contains("[users]") {
+        text.push_str("\n[users]\npath = \"users.toml\"\nbcrypt_cost = 4\n");
+    }
+    if !toml.contains("[cookies]") {
+        text.push_str("\n[cookies]\nsecure = false\n");
+    }
+    text
+}
+
+/// A client that follows no redirects and keeps no cookies.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+pub fn set_cookies(headers: &reqwest::header::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+/// The value of cookie `name` among Set-Cookie strings.
+pub fn cookie_value(set_cookies: &[String], name: &str) -> Option<String> {
+    set_cookies.iter().find_map(|c| {
+        let first = c.split(';').next()?;
+        let (n, v) = first.split_once('=')?;
+        (n == name).then(|| v.to_string())
+    })
+}
+
+/// Path of the authgate binary built for these tests.
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_authgate"))
+}
+
+/// Signs arbitrary claims with the test secret (for crafted tokens).
+pub fn sign_hs256(claims: &serde_json::Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn now() -> u64 {
+    authgate::auth::now_secs()
+}
