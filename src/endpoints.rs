@@ -95,7 +95,13 @@ pub async fn serve(
 /// Reads a small form or JSON body into fields.
 async fn read_fields(
     req: Request<Incoming>,
-) -> Result<(http::request::Parts, Option<std::collections::HashMap<String, String>>), GatewayError> {
+) -> Result<
+    (
+        http::request::Parts,
+        Option<std::collections::HashMap<String, String>>,
+    ),
+    GatewayError,
+> {
     let (parts, body) = req.into_parts();
     let kind = BodyKind::from_content_type(
         parts
@@ -132,9 +138,8 @@ async fn token(
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, fields) = read_fields(req).await?;
-    let fields = fields.ok_or_else(|| {
-        GatewayError::InvalidRequest("username and password are required".into())
-    })?;
+    let fields = fields
+        .ok_or_else(|| GatewayError::InvalidRequest("username and password are required".into()))?;
     let pair = match login::token_request(fields)? {
         TokenRequest::Password { username, password } => {
             let user = login::check_password(&*gw.users, &gw.passwords, &username, password)
@@ -206,7 +211,10 @@ fn token_response(gw: &Gateway, pair: &TokenPair, ctx: &mut RequestContext) -> R
         }),
     );
     let headers = response.headers_mut();
-    headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
     headers.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
     ctx.set_session_cookies(gw, pair);
     response
@@ -229,7 +237,10 @@ async fn logout(
             .await
             .map_err(|e| GatewayError::Unavailable(Box::new(e)))?;
         if ended {
-            tracing::info!(event = "logout", request_id = ctx.request_id.to_str().unwrap_or("-"));
+            tracing::info!(
+                event = "logout",
+                request_id = ctx.request_id.to_str().unwrap_or("-")
+            );
         }
     }
     ctx.clear_session_cookies(gw);
@@ -253,9 +264,10 @@ async fn userinfo(
             claims.insert("roles".into(), identity.roles.into());
             claims.insert("exp".into(), identity.exp.into());
             let mut response = response::json(StatusCode::OK, &claims);
-            response
-                .headers_mut()
-                .insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            );
             Ok(response)
         }
         Authn::Anonymous(failure) => Err(GatewayError::Unauthenticated(failure)),

@@ -59,10 +59,13 @@ impl Gateway {
     /// Reads secrets, opens the stores and compiles the routes.
     pub async fn build(config: Config) -> anyhow::Result<Gateway> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let jwt = Arc::new(JwtService::from_config(&config.jwt).map_err(|problems| ConfigError {
-            file: config.file.clone(),
-            problems,
-        })?);
+        let jwt =
+            Arc::new(
+                JwtService::from_config(&config.jwt).map_err(|problems| ConfigError {
+                    file: config.file.clone(),
+                    problems,
+                })?,
+            );
         let users = users::open(&config, true).await?;
         Self::with_stores(config, jwt, users).await
     }

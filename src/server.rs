@@ -73,7 +73,11 @@ pub async fn serve(
         serve_connection(&gw, &builder, &graceful, stream, peer, permit);
     }
     drop(listener);
-    tracing::info!(event = "shutdown", grace_secs = grace.as_secs(), "draining connections");
+    tracing::info!(
+        event = "shutdown",
+        grace_secs = grace.as_secs(),
+        "draining connections"
+    );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!(event = "drained"),
         () = tokio::time::sleep(grace) => tracing::warn!(event = "drain_timeout", "closing remaining connections"),

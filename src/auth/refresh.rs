@@ -164,7 +164,13 @@ impl SessionService {
         let token = RefreshToken::generate(rand::random());
         let now_ms = now_millis();
         self.store
-            .create(token.family(), &user.username, &token.hash(), now_ms, self.refresh_ttl)
+            .create(
+                token.family(),
+                &user.username,
+                &token.hash(),
+                now_ms,
+                self.refresh_ttl,
+            )
             .await?;
         self.pair(user, &token, now_ms / 1000)
     }
@@ -218,7 +224,9 @@ impl SessionService {
         let user = match self.users.find(&username).await? {
             Some(user) if !user.disabled => user,
             _ => {
-                self.store.revoke(successor.family(), &successor.hash()).await?;
+                self.store
+                    .revoke(successor.family(), &successor.hash())
+                    .await?;
                 return Err(RefreshError::UserGone(username));
             }
         };

@@ -265,8 +265,8 @@ impl Config {
 
     /// The configuration `authgate serve --dev` runs with: no files at all.
     pub fn dev(listen: SocketAddr) -> Config {
-        let mut config = Config::parse(Path::new("gateway.toml"), "")
-            .expect("the empty configuration is valid");
+        let mut config =
+            Config::parse(Path::new("gateway.toml"), "").expect("the empty configuration is valid");
         config.server.listen = listen;
         config.cookies.secure = false;
         config
@@ -407,7 +407,11 @@ impl Validator<'_> {
             let host = raw.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase());
             if let Some(h) = &raw.host {
                 if h.get_ref().is_empty() || h.get_ref().parse::<Authority>().is_err() {
-                    self.fail(h, key("host"), format!("{:?} is not a host name", h.get_ref()));
+                    self.fail(
+                        h,
+                        key("host"),
+                        format!("{:?} is not a host name", h.get_ref()),
+                    );
                 }
             }
             if routes.iter().any(|r| r.prefix == prefix && r.host == host) {
@@ -640,7 +644,10 @@ impl Validator<'_> {
     }
 
     fn cookies(&mut self, raw: raw::RawCookies) -> CookieConfig {
-        for (spanned, key) in [(&raw.access, "cookies.access"), (&raw.refresh, "cookies.refresh")] {
+        for (spanned, key) in [
+            (&raw.access, "cookies.access"),
+            (&raw.refresh, "cookies.refresh"),
+        ] {
             let name = spanned.get_ref();
             if name.is_empty() || !name.bytes().all(is_cookie_name_byte) {
                 self.fail(spanned, key, format!("{name:?} is not a valid cookie name"));

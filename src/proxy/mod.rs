@@ -77,8 +77,10 @@ impl RequestContext {
     pub fn set_session_cookies(&mut self, gw: &Gateway, pair: &TokenPair) {
         self.set_cookies
             .push(gw.cookies.set_access(&pair.access_token, gw.jwt.access_ttl));
-        self.set_cookies
-            .push(gw.cookies.set_refresh(&pair.refresh_token, gw.config.jwt.refresh_ttl));
+        self.set_cookies.push(
+            gw.cookies
+                .set_refresh(&pair.refresh_token, gw.config.jwt.refresh_ttl),
+        );
     }
 
     pub fn clear_session_cookies(&mut self, gw: &Gateway) {
@@ -184,7 +186,11 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// Phase 3.
-fn route_request<B>(gw: &Gateway, req: &Request<B>, path: &str) -> Result<Arc<Route>, GatewayError> {
+fn route_request<B>(
+    gw: &Gateway,
+    req: &Request<B>,
+    path: &str,
+) -> Result<Arc<Route>, GatewayError> {
     let host = request_host(req);
     gw.routes
         .find(host.as_deref(), path)
@@ -217,9 +223,7 @@ pub enum Authn {
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Phase 4. A Bearer header alone decides; otherwise the access cookie,
@@ -316,14 +320,21 @@ pub struct Permit {
 }
 
 /// Phase 5.
-pub fn authorize(route: &Route, authn: Authn, ctx: &mut RequestContext) -> Result<Permit, GatewayError> {
+pub fn authorize(
+    route: &Route,
+    authn: Authn,
+    ctx: &mut RequestContext,
+) -> Result<Permit, GatewayError> {
     match (route.auth, authn) {
         (AuthPolicy::Public, _) => Ok(Permit { identity: None }),
-        (_, Authn::Authenticated { identity, token, .. }) if identity.has_any_role(&route.roles) => {
-            Ok(Permit {
-                identity: Some((identity, token)),
-            })
-        }
+        (
+            _,
+            Authn::Authenticated {
+                identity, token, ..
+            },
+        ) if identity.has_any_role(&route.roles) => Ok(Permit {
+            identity: Some((identity, token)),
+        }),
         (AuthPolicy::Required, Authn::Authenticated { .. }) => {
             ctx.auth = "forbidden";
             Err(GatewayError::Forbidden)
@@ -398,7 +409,8 @@ async fn forward(
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     let started = Instant::now();
-    let result = tokio::time::timeout(gw.config.server.request_timeout, gw.upstream.request(req)).await;
+    let result =
+        tokio::time::timeout(gw.config.server.request_timeout, gw.upstream.request(req)).await;
     ctx.upstream_latency = Some(started.elapsed());
     let response = match result {
         Err(_) => return Err(GatewayError::UpstreamTimeout),
@@ -407,7 +419,10 @@ async fn forward(
     };
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(Into::into).boxed_unsync(),
+    ))
 }
 
 /// Phase 8: on every response.

@@ -146,7 +146,10 @@ mod tests {
     fn longest_prefix_at_segment_boundary() {
         let t = table(ROUTES);
         assert_eq!(upstream_of(&t, None, "/api/movies"), "http://movies/?q=1");
-        assert_eq!(upstream_of(&t, None, "/api/movies/7"), "http://movies/7?q=1");
+        assert_eq!(
+            upstream_of(&t, None, "/api/movies/7"),
+            "http://movies/7?q=1"
+        );
         assert_eq!(
             upstream_of(&t, None, "/api/moviesX"),
             "http://api/v1/api/moviesX?q=1"
@@ -161,7 +164,10 @@ mod tests {
             upstream_of(&t, Some("admin.example.com"), "/api/x"),
             "http://admin/api/x?q=1"
         );
-        assert_eq!(upstream_of(&t, Some("other"), "/api/x"), "http://api/v1/api/x?q=1");
+        assert_eq!(
+            upstream_of(&t, Some("other"), "/api/x"),
+            "http://api/v1/api/x?q=1"
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    hex, FamilyId, FamilyInfo, RotateRequest, Rotation, SealedSuccessor, SessionStore,
-    StoreError, TokenHash,
+    hex, FamilyId, FamilyInfo, RotateRequest, Rotation, SealedSuccessor, SessionStore, StoreError,
+    TokenHash,
 };
 use crate::auth::now_millis;
 

@@ -121,10 +121,12 @@ pub async fn open(config: &SessionsConfig) -> anyhow::Result<Arc<dyn SessionStor
 
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 pub fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {

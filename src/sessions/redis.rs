@@ -107,10 +107,12 @@ impl ConnectionLike for Conn {
 enum Target {
     Single(ConnectionManager),
     /// Connected on first use, and again after a failed first attempt.
-    Cluster {
-        client: redis::cluster::ClusterClient,
-        conn: Mutex<Option<ClusterConnection>>,
-    },
+    Cluster(Box<ClusterTarget>),
+}
+
+struct ClusterTarget {
+    client: redis::cluster::ClusterClient,
+    conn: Mutex<Option<ClusterConnection>>,
 }
 
 pub struct RedisSessionStore {
@@ -140,17 +142,24 @@ impl RedisSessionStore {
     /// Nothing is contacted here: a Redis that is down at start makes the
     /// gateway not-ready, not absent.
     pub async fn new(url: &str, prefix: &str) -> anyhow::Result<RedisSessionStore> {
-        let urls: Vec<&str> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+        let urls: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
         let target = if urls.len() > 1 || url.contains("cluster=true") {
-            let urls: Vec<String> = urls.iter().map(|u| u.replace("?cluster=true", "")).collect();
+            let urls: Vec<String> = urls
+                .iter()
+                .map(|u| u.replace("?cluster=true", ""))
+                .collect();
             let client = redis::cluster::ClusterClientBuilder::new(urls)
                 .connection_timeout(OP_TIMEOUT)
                 .response_timeout(OP_TIMEOUT)
                 .build()?;
-            Target::Cluster {
+            Target::Cluster(Box::new(ClusterTarget {
                 client,
                 conn: Mutex::new(None),
-            }
+            }))
         } else {
             let client = redis::Client::open(urls[0])?;
             let config = ConnectionManagerConfig::new()
@@ -173,7 +182,8 @@ impl RedisSessionStore {
     async fn conn(&self) -> Result<Conn, StoreError> {
         match &self.target {
             Target::Single(manager) => Ok(Conn::Single(manager.clone())),
-            Target::Cluster { client, conn } => {
+            Target::Cluster(cluster) => {
+                let ClusterTarget { client, conn } = &**cluster;
                 let mut guard = conn.lock().await;
                 if let Some(c) = guard.as_ref() {
                     return Ok(Conn::Cluster(c.clone()));
@@ -305,7 +315,13 @@ impl SessionStore for RedisSessionStore {
         let fam = self.family_key(family);
         let tok = self.token_key(family, token);
         let n: i64 = self
-            .run(async |c| self.revoke_with_token.key(&fam).key(&tok).invoke_async(c).await)
+            .run(async |c| {
+                self.revoke_with_token
+                    .key(&fam)
+                    .key(&tok)
+                    .invoke_async(c)
+                    .await
+            })
             .await?;
         Ok(n == 1)
     }
@@ -333,7 +349,9 @@ impl SessionStore for RedisSessionStore {
             .await?;
         let mut list = Vec::new();
         for id in families {
-            let Some(family) = unhex::<16>(&id) else { continue };
+            let Some(family) = unhex::<16>(&id) else {
+                continue;
+            };
             let fam = self.family_key(&family);
             let fields: Vec<Option<String>> = self
                 .run(async |c| {
@@ -349,7 +367,10 @@ impl SessionStore for RedisSessionStore {
                     family: id,
                     username: user.clone(),
                     created_ms: created.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
-                    last_used_ms: last_used.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
+                    last_used_ms: last_used
+                        .as_deref()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
                     revoked: revoked.as_deref() == Some("1"),
                 }),
                 _ => {
