@@ -172,7 +172,7 @@ impl RedisSessionStore {
         let target = if let Some(master) = sentinel_master {
             let client = redis::sentinel::SentinelClient::build(
                 urls.clone(),
-                master.to_string(),
+                master,
                 None,
                 redis::sentinel::SentinelServerType::Master,
             )?;
