@@ -14,6 +14,7 @@ use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Heade
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::token_cache::TokenCache;
 use super::Identity;
 use crate::config::{defaults, JwtAlgorithm, JwtConfig, Problem};
 use crate::users::User;
@@ -71,6 +72,7 @@ pub struct JwtService {
     audience: Option<String>,
     pub access_ttl: std::time::Duration,
     jwks: Option<Bytes>,
+    cache: TokenCache,
 }
 
 impl std::fmt::Debug for JwtService {
@@ -225,6 +227,7 @@ impl JwtService {
             audience: config.audience.clone(),
             access_ttl: config.access_ttl,
             jwks,
+            cache: TokenCache::default(),
         })
     }
 
@@ -252,10 +255,23 @@ impl JwtService {
         jsonwebtoken::encode(&self.header, &claims, &self.encoding)
     }
 
+    /// Verifies a token, or finds it among those verified before (see
+    /// [`TokenCache`]); only a success is remembered.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         if token.len() > defaults::MAX_TOKEN_BYTES {
             return Err(TokenError::Invalid);
         }
+        let now = super::now_secs();
+        let cache_key = TokenCache::key(token);
+        if let Some(claims) = self.cache.get(&cache_key, now) {
+            return Ok(claims);
+        }
+        let claims = self.verify_uncached(token)?;
+        self.cache.insert(cache_key, &claims, now);
+        Ok(claims)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Claims, TokenError> {
         let key = if self.select_by_kid {
             let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
             self.decoding.get(&header.kid)
@@ -321,6 +337,35 @@ mod tests {
         assert_eq!(jwt.verify(&old).unwrap_err(), TokenError::Expired);
         let tampered = format!("{}x", &token[..token.len() - 1]);
         assert_eq!(jwt.verify(&tampered).unwrap_err(), TokenError::Invalid);
+    }
+
+    #[test]
+    fn cached_tokens_verify_the_same_and_still_expire() {
+        let jwt = service(
+            "[jwt]\nsecret_env = \"JWT_TEST_CACHE\"\naccess_ttl = \"60s\"\n",
+            "JWT_TEST_CACHE",
+            &"c".repeat(32),
+        );
+        // Expires two seconds from now (exp = iat + 60).
+        let iat = crate::auth::now_secs() - 58;
+        let token = jwt.issue(&alice(), iat, "j-cache".into()).unwrap();
+        let first = jwt.verify(&token).unwrap();
+        assert_eq!(jwt.cache.len(), 1);
+        let second = jwt.verify(&token).unwrap();
+        assert_eq!(
+            serde_json::to_value(&first).unwrap(),
+            serde_json::to_value(&second).unwrap()
+        );
+        // Failures are never remembered.
+        let tampered = format!("{}x", &token[..token.len() - 1]);
+        assert_eq!(jwt.verify(&tampered).unwrap_err(), TokenError::Invalid);
+        assert_eq!(jwt.verify(&tampered).unwrap_err(), TokenError::Invalid);
+        assert_eq!(jwt.cache.len(), 1);
+        // Once past `exp`, the cached token reports Expired like any other.
+        while crate::auth::now_secs() <= first.exp {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(jwt.verify(&token).unwrap_err(), TokenError::Expired);
     }
 
     #[test]

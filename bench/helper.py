@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+"""Helpers for bench/run.sh: tokens, sessions, the idle-connection client,
+RSS probes and the report. Standard library only."""
+
+import argparse
+import asyncio
+import base64
+import glob
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import re
+import resource
+import statistics
+import sys
+import time
+import uuid
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def cmd_mint(a):
+    """An HS256 access token as authgate issues them (iss, sub, exp, ...)."""
+    now = int(time.time())
+    claims = {
+        "sub": a.sub,
+        "exp": now + a.exp_in,
+        "iat": now - 10,
+        "nbf": now - 10,
+        "iss": "authgate",
+        "jti": str(uuid.uuid4()),
+        "email": f"{a.sub}@example.com",
+        "roles": ["bench", "reader"],
+    }
+    if a.exp_in < 0:
+        claims["iat"] = claims["nbf"] = claims["exp"] - 900
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims, separators=(",", ":")).encode())
+    sig = hmac.new(a.secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    print(f"{head}.{body}.{b64(sig)}")
+
+
+def login(conn, user, password):
+    form = f"grant_type=password&username={user}&password={password}"
+    conn.request("POST", "/token", body=form,
+                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status != 200:
+        sys.exit(f"login failed: {resp.status} {data[:200]!r}")
+    return json.loads(data)
+
+
+def cmd_login(a):
+    conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
+    print(login(conn, a.user, a.password)["access_token"])
+
+
+def cmd_seeds(a):
+    """Logs in `n` times; writes one refresh token a line."""
+    conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
+    deadline = time.time() + 120
+    with open(a.out, "w") as out:
+        for _ in range(a.n):
+            if time.time() > deadline:
+                sys.exit("seeding took more than 120 s")
+            out.write(login(conn, a.user, a.password)["refresh_token"] + "\n")
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def hwm_kib(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def cmd_rss(a):
+    pids = [int(p) for p in a.pids.split(",")]
+    print(hwm_kib(pids) if a.peak else rss_kib(pids))
+
+
+async def idle_client(a):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    pids = [int(p) for p in a.pids.split(",")]
+    req = (f"GET /idle HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+           f"Authorization: Bearer {a.token}\r\n\r\n").encode()
+    gate = asyncio.Semaphore(256)
+    conns, failures = [], 0
+
+    async def open_one():
+        nonlocal failures
+        async with gate:
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", a.port), 10)
+                w.write(req)
+                head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+                m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+                if m:
+                    await asyncio.wait_for(r.readexactly(int(m.group(1))), 10)
+                if not head.startswith(b"HTTP/1.1 200"):
+                    failures += 1
+                conns.append(w)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+                failures += 1
+
+    before = rss_kib(pids)
+    started = time.time()
+    await asyncio.gather(*(open_one() for _ in range(a.n)))
+    opened = time.time() - started
+    await asyncio.sleep(a.hold)
+    with_open = rss_kib(pids)
+    for w in conns:
+        w.close()
+    await asyncio.sleep(a.settle)
+    after = rss_kib(pids)
+    print(json.dumps({
+        "connections": len(conns), "failures": failures, "open_secs": round(opened, 2),
+        "rss_before_kib": before, "rss_open_kib": with_open, "rss_closed_kib": after,
+    }))
+
+
+def cmd_idle(a):
+    asyncio.run(asyncio.wait_for(idle_client(a), 120))
+
+
+# ---------------------------------------------------------------- report
+
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s)$", text)
+    return float(m.group(1)) * UNITS[m.group(2)] if m else None
+
+
+def parse_wrk(path):
+    text = open(path).read()
+    out = {"rps": 0.0, "p50": None, "p99": None, "non2xx": 0, "errors": 0, "requests": 0}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if m:
+        out["rps"] = float(m.group(1))
+    for pct, key in (("50", "p50"), ("99", "p99")):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", text, re.M)
+        if m:
+            out[key] = ms(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        out["non2xx"] = int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        out["errors"] = sum(int(x) for x in m.groups())
+    m = re.search(r"(\d+) requests in ([\d.]+)(m|s)", text)
+    if m:
+        out["requests"] = int(m.group(1))
+        out["secs"] = float(m.group(2)) * (60 if m.group(3) == "m" else 1)
+    for key, value in re.findall(r"^bench: (\w+)=(\d+)", text, re.M):
+        out[key] = out.get(key, 0) + int(value)
+    return out
+
+
+def median_of(runs, key):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+ROWS = [
+    ("1", "nginx", "nginx plain proxy (no auth)"),
+    ("1", "haproxy", "HAProxy 2.6 jwt_verify HS256"),
+    ("1", "authgate", "authgate HS256 Bearer"),
+    ("1", "authgate-logs", "authgate HS256 Bearer, access log on"),
+    ("2", "authgate-cookie", "authgate HS256 access cookie"),
+    ("3", "authgate-es256", "authgate ES256 Bearer"),
+    ("3", "authgate-eddsa", "authgate EdDSA Bearer"),
+    ("4", "authgate-refresh", "authgate silent refresh (Redis)"),
+]
+
+
+def fmt(v, digits=2):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def cmd_report(a):
+    raw = os.path.join(a.dir, "raw")
+    med = {}
+    runs_by = {}
+    for _, key, _ in ROWS:
+        runs = [parse_wrk(p) for p in sorted(glob.glob(os.path.join(raw, f"{key}.r*.txt")))]
+        if not runs:
+            continue
+        runs_by[key] = runs
+        med[key] = {k: median_of(runs, k) for k in ("rps", "p50", "p99")}
+        med[key]["bad"] = sum(r["non2xx"] + r["errors"] for r in runs)
+        med[key]["rounds"] = len(runs)
+    lines = []
+    w = lines.append
+    nginx = med.get("nginx", {}).get("rps")
+    hap = med.get("haproxy", {}).get("rps")
+    case1 = med.get("authgate", {}).get("rps")
+    w("| case | target | req/s | p50 ms | p99 ms | × nginx | × HAProxy | × case 1 | non-2xx + socket errors |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for case, key, label in ROWS:
+        if key not in med:
+            continue
+        m = med[key]
+        ratio = lambda base: fmt(m["rps"] / base) if base else "-"
+        w(f"| {case} | {label} | {m['rps']:.0f} | {fmt(m['p50'])} | {fmt(m['p99'])} | "
+          f"{ratio(nginx)} | {ratio(hap)} | "
+          f"{ratio(case1) if key.startswith('authgate') else '-'} | {m['bad']} |")
+    refresh_runs = runs_by.get("authgate-refresh", [])
+    if refresh_runs:
+        fails = sum(r.get("failures", 0) for r in refresh_runs)
+        rotated = sum(r.get("rotated", 0) for r in refresh_runs)
+        w("")
+        w(f"Case 4: {rotated} silent refreshes answered with a new cookie pair, "
+          f"{fails} failed (status other than 200, or no new refresh cookie).")
+    extra = {}
+    for name in ("storm", "idle", "stream"):
+        path = os.path.join(a.dir, f"{name}.json")
+        if os.path.exists(path):
+            extra[name] = json.load(open(path))
+    targets = []
+    if "storm" in extra:
+        s = extra["storm"]
+        quiet, storm, login = parse_wrk(s["quiet"]), parse_wrk(s["during"]), parse_wrk(s["logins"])
+        w("")
+        w("Case 5, login storm (64 clients, bcrypt cost 12) while case 1 runs:")
+        w("")
+        w("| | req/s | p50 ms | p99 ms |")
+        w("|---|---:|---:|---:|")
+        w(f"| case 1 quiet | {quiet['rps']:.0f} | {fmt(quiet['p50'])} | {fmt(quiet['p99'])} |")
+        w(f"| case 1 during the storm | {storm['rps']:.0f} | {fmt(storm['p50'])} | {fmt(storm['p99'])} |")
+        secs = login.get("secs") or 1
+        w("")
+        w(f"Logins: {login['requests']} in {secs:.1f} s ({login['requests'] / secs:.1f}/s), "
+          f"{login['non2xx']} non-2xx, {login['errors']} socket errors/timeouts; "
+          f"case-1 p99 during/quiet = {fmt(storm['p99'] / quiet['p99'] if quiet['p99'] else None)}.")
+        targets.append(("5: p99 during storm ≤ 2 × quiet, no login failing",
+                        quiet["p99"] and storm["p99"] <= 2 * quiet["p99"]
+                        and login["non2xx"] == 0 and login["errors"] == 0 and login["requests"] > 0))
+    if "idle" in extra:
+        w("")
+        w("Case 6, 10,000 idle keep-alive connections (RSS in MiB):")
+        w("")
+        w("| target | before | 10k open | growth | per connection | after close | failures |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        growth = {}
+        for key, r in extra["idle"].items():
+            g = (r["rss_open_kib"] - r["rss_before_kib"]) / 1024
+            growth[key] = g
+            per = (r["rss_open_kib"] - r["rss_before_kib"]) / max(r["connections"], 1)
+            w(f"| {key} | {r['rss_before_kib'] / 1024:.1f} | {r['rss_open_kib'] / 1024:.1f} | "
+              f"{g:.1f} | {per:.2f} KiB | {r['rss_closed_kib'] / 1024:.1f} | {r['failures']} |")
+        if "authgate" in growth and "nginx" in growth:
+            targets.append(("6: growth ≤ 3 × nginx and ≤ 64 MiB",
+                            growth["authgate"] <= 3 * max(growth["nginx"], 0.1)
+                            and growth["authgate"] <= 64))
+    if "stream" in extra:
+        w("")
+        w("Case 7, 1 GiB streamed through one core (MB/s = 10^6 bytes/s; peak RSS during the transfer):")
+        w("")
+        w("| target | down MB/s | up MB/s | peak RSS down MiB | peak RSS up MiB |")
+        w("|---|---:|---:|---:|---:|")
+        st = extra["stream"]
+        for key, r in st.items():
+            w(f"| {key} | {r['down_mbs']:.0f} | {r['up_mbs']:.0f} | "
+              f"{r['down_peak_kib'] / 1024:.1f} | {r['up_peak_kib'] / 1024:.1f} |")
+        if "authgate" in st and "haproxy" in st:
+            targets.append(("7: ≥ 1.0 × HAProxy down and up",
+                            st["authgate"]["down_mbs"] >= st["haproxy"]["down_mbs"]
+                            and st["authgate"]["up_mbs"] >= st["haproxy"]["up_mbs"]))
+    ag = med.get("authgate")
+    if ag and nginx and hap:
+        targets.insert(0, ("1: ≥ 1.0 × nginx, ≥ 1.4 × HAProxy, p99 ≤ nginx's",
+                           ag["rps"] >= nginx and ag["rps"] >= 1.4 * hap
+                           and ag["p99"] <= med["nginx"]["p99"]))
+    if ag and "authgate-cookie" in med:
+        targets.insert(1, ("2: cookie within 5 % of case 1",
+                           med["authgate-cookie"]["rps"] >= 0.95 * ag["rps"]))
+    if ag and "authgate-es256" in med and "authgate-eddsa" in med:
+        targets.insert(2, ("3: ES256 and EdDSA ≥ 0.9 × case 1",
+                           min(med["authgate-es256"]["rps"], med["authgate-eddsa"]["rps"])
+                           >= 0.9 * ag["rps"]))
+    if ag and "authgate-refresh" in med:
+        fails = sum(r.get("failures", 0) + r["non2xx"] + r["errors"]
+                    for r in runs_by["authgate-refresh"])
+        targets.insert(3, ("4: silent refresh ≥ 0.33 × case 1, none failing",
+                           med["authgate-refresh"]["rps"] >= 0.33 * ag["rps"] and fails == 0))
+    w("")
+    w("Targets (this run):")
+    w("")
+    for name, ok in targets:
+        w(f"- {'met' if ok else 'NOT met'}: case {name}")
+    print("\n".join(lines))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("mint")
+    s.add_argument("--secret", required=True)
+    s.add_argument("--sub", default="bench")
+    s.add_argument("--exp-in", type=int, default=7200)
+    s.set_defaults(f=cmd_mint)
+    for name, f in (("login", cmd_login), ("seeds", cmd_seeds)):
+        s = sub.add_parser(name)
+        s.add_argument("--port", type=int, required=True)
+        s.add_argument("--user", required=True)
+        s.add_argument("--password", required=True)
+        s.add_argument("--n", type=int, default=1)
+        s.add_argument("--out")
+        s.set_defaults(f=f)
+    s = sub.add_parser("rss")
+    s.add_argument("--pids", required=True)
+    s.add_argument("--peak", action="store_true")
+    s.set_defaults(f=cmd_rss)
+    s = sub.add_parser("idle")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--pids", required=True)
+    s.add_argument("--token", required=True)
+    s.add_argument("--n", type=int, default=10000)
+    s.add_argument("--hold", type=float, default=3)
+    s.add_argument("--settle", type=float, default=3)
+    s.set_defaults(f=cmd_idle)
+    s = sub.add_parser("report")
+    s.add_argument("--dir", required=True)
+    s.set_defaults(f=cmd_report)
+    a = p.parse_args()
+    a.f(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+//! Verified access tokens, remembered until they expire.
+//!
+//! A browser or API client presents the same access token on every request
+//! for its whole lifetime, so after the first verification the signature
+//! check (an ES256 or EdDSA verification costs tens of microseconds) and the
+//! claims parsing are repeated work. The cache maps SHA-256 of the whole
+//! token string to the claims its verification returned.
+//!
+//! What keeps this as strict as verifying every time:
+//! - only tokens that verified are stored; a forged or altered token is a
+//!   different string, so it misses and is verified (and refused) in full;
+//! - an entry is served only while `now < exp`; from `exp` on the token is
+//!   verified again, so an expired token still reports `Expired`, with the
+//!   configured leeway applied by the verifier alone;
+//! - the key is a collision-resistant hash of every byte of the token, so no
+//!   token can be made to look up another's entry;
+//! - the cache belongs to one `JwtService`: new keys or settings mean a new
+//!   service and an empty cache.
+//!
+//! Size is bounded: [`MAX_ENTRIES`] across [`SHARDS`] shards. A full shard
+//! first drops expired entries, then the older half of what is left.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use sha2::{Digest, Sha256};
+
+use super::jwt::Claims;
+
+/// The most tokens remembered at once (about 300 bytes each with typical
+/// claims: ~20 MiB when full).
+pub const MAX_ENTRIES: usize = 64 * 1024;
+/// Independent locks, so threads verifying different tokens rarely meet.
+const SHARDS: usize = 16;
+
+pub type TokenKey = [u8; 32];
+
+#[derive(Debug)]
+struct Entry {
+    claims: Claims,
+    /// Insertion order within the shard, for evicting the oldest half.
+    seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    entries: HashMap<TokenKey, Entry>,
+    next_seq: u64,
+}
+
+#[derive(Debug)]
+pub struct TokenCache {
+    shards: Box<[RwLock<Shard>]>,
+    per_shard: usize,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache::with_capacity(MAX_ENTRIES)
+    }
+}
+
+impl TokenCache {
+    /// A cache of at most `capacity` entries (rounded up to whole shards).
+    pub fn with_capacity(capacity: usize) -> TokenCache {
+        TokenCache {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    pub fn key(token: &str) -> TokenKey {
+        Sha256::digest(token.as_bytes()).into()
+    }
+
+    fn shard(&self, key: &TokenKey) -> &RwLock<Shard> {
+        &self.shards[usize::from(key[0]) % SHARDS]
+    }
+
+    /// The claims of a token verified before, while `now < exp`.
+    pub fn get(&self, key: &TokenKey, now: u64) -> Option<Claims> {
+        let shard = self.shard(key).read().unwrap_or_else(|e| e.into_inner());
+        shard
+            .entries
+            .get(key)
+            .filter(|entry| now < entry.claims.exp)
+            .map(|entry| entry.claims.clone())
+    }
+
+    /// Remembers the claims of a token that just verified.
+    pub fn insert(&self, key: TokenKey, claims: &Claims, now: u64) {
+        if now >= claims.exp {
+            return;
+        }
+        let mut shard = self.shard(&key).write().unwrap_or_else(|e| e.into_inner());
+        if shard.entries.contains_key(&key) {
+            return;
+        }
+        if shard.entries.len() >= self.per_shard {
+            shard.entries.retain(|_, e| now < e.claims.exp);
+        }
+        if shard.entries.len() >= self.per_shard {
+            // Sequence numbers are dense per shard, so this keeps the newer
+            // half: amortized O(1) per insert even under a flood of tokens.
+            let keep_from = shard.next_seq.saturating_sub((self.per_shard / 2) as u64);
+            shard.entries.retain(|_, e| e.seq >= keep_from);
+        }
+        let seq = shard.next_seq;
+        shard.next_seq += 1;
+        shard.entries.insert(
+            key,
+            Entry {
+                claims: claims.clone(),
+                seq,
+            },
+        );
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).entries.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(sub: &str, exp: u64) -> Claims {
+        Claims {
+            sub: sub.into(),
+            exp,
+            iat: 0,
+            nbf: 0,
+            iss: "authgate".into(),
+            aud: None,
+            jti: format!("jti-{sub}"),
+            email: Some(format!("{sub}@example.com")),
+            roles: vec!["admin".into()],
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    #[test]
+    fn hit_returns_the_stored_claims() {
+        let cache = TokenCache::default();
+        let key = TokenCache::key("a.b.c");
+        assert!(cache.get(&key, 100).is_none());
+        cache.insert(key, &claims("alice", 200), 100);
+        let hit = cache.get(&key, 150).unwrap();
+        assert_eq!(hit.sub, "alice");
+        assert_eq!(hit.jti, "jti-alice");
+        assert_eq!(hit.email.as_deref(), Some("alice@example.com"));
+        // Another token, even one byte apart, misses.
+        assert!(cache.get(&TokenCache::key("a.b.d"), 150).is_none());
+    }
+
+    #[test]
+    fn entries_stop_at_exp() {
+        let cache = TokenCache::default();
+        let key = TokenCache::key("t");
+        cache.insert(key, &claims("bob", 200), 100);
+        assert!(cache.get(&key, 199).is_some());
+        assert!(cache.get(&key, 200).is_none());
+        assert!(cache.get(&key, 500).is_none());
+        // An already expired token is never stored.
+        let late = TokenCache::key("late");
+        cache.insert(late, &claims("carol", 200), 200);
+        assert!(cache.get(&late, 100).is_none());
+    }
+
+    #[test]
+    fn size_is_bounded_and_expired_entries_go_first() {
+        let capacity = SHARDS * 8;
+        let cache = TokenCache::with_capacity(capacity);
+        for i in 0..capacity {
+            cache.insert(TokenCache::key(&format!("old{i}")), &claims("o", 110), 100);
+        }
+        // At 120 the old entries have expired: they make room for new ones
+        // without touching the live ones.
+        let live: Vec<TokenKey> = (0..capacity * 4)
+            .map(|i| TokenCache::key(&format!("new{i}")))
+            .collect();
+        for key in &live {
+            cache.insert(*key, &claims("n", 1000), 120);
+            assert!(cache.len() <= capacity);
+        }
+        assert!(cache.len() >= capacity / 2);
+        assert!(cache.get(live.last().unwrap(), 130).is_some());
+        assert!(cache.get(&live[0], 130).is_none(), "the oldest were evicted");
+    }
+}
