@@ -289,24 +289,12 @@ if has 5; then
     "$WORK/storm-quiet.txt" "$WORK/storm-during.txt" "$WORK/storm-logins.txt" >"$WORK/storm.json"
 fi
 
-if has 6; then
-  log "case 6: $IDLE_N idle connections"
-  {
-    printf '{"nginx": '
-    taskset -c "$CCPU" $HELPER idle --port $P_NGINX --pids "$NGINX_WORKER" --token "$TOKEN" --n "$IDLE_N"
-    printf ', "authgate": '
-    taskset -c "$CCPU" $HELPER idle --port $P_AG --pids "$PID_authgate" --token "$TOKEN" --n "$IDLE_N"
-    printf '}\n'
-  } >"$WORK/idle.json"
-  cat "$WORK/idle.json" >&2
-fi
-
 if has 7; then
   log "case 7: 1 GiB down and up"
   truncate -s 1G "$WORK/upload.bin"
   transfer() { # pid port direction -> "MB/s peak_kib"
     local pid=$1 port=$2 dir=$3 res
-    echo 5 >"/proc/$pid/clear_refs" # resets the peak RSS
+    echo 5 >"/proc/$pid/clear_refs" # resets the peak RSS to the current RSS
     if [[ $dir == down ]]; then
       res=$(taskset -c "$CCPU" curl -s -o /dev/null --max-time 60 -H "Authorization: Bearer $TOKEN" \
         -w '%{size_download} %{time_total} %{http_code}' "http://127.0.0.1:$port/big")
@@ -324,15 +312,28 @@ if has 7; then
     for spec in "nginx (default buffers):$NGINX_WORKER:$P_NGINX" "nginx (64 KiB buffers):$NGINX_WORKER:$P_NGINX64" \
       "haproxy:$PID_haproxy:$P_HAPROXY" "authgate:$PID_authgate:$P_AG"; do
       IFS=: read -r name pid port <<<"$spec"
+      base=$($HELPER rss --pids "$pid")
       read -r down dpeak <<<"$(transfer "$pid" "$port" down)"
       read -r up upeak <<<"$(transfer "$pid" "$port" up)"
-      printf '%s"%s": {"down_mbs": %s, "up_mbs": %s, "down_peak_kib": %s, "up_peak_kib": %s}' \
-        "$sep" "$name" "$down" "$up" "$dpeak" "$upeak"
+      printf '%s"%s": {"down_mbs": %s, "up_mbs": %s, "base_kib": %s, "down_peak_kib": %s, "up_peak_kib": %s}' \
+        "$sep" "$name" "$down" "$up" "$base" "$dpeak" "$upeak"
       sep=', '
     done
     printf '}\n'
   } >"$WORK/stream.json"
   cat "$WORK/stream.json" >&2
+fi
+
+if has 6; then
+  log "case 6: $IDLE_N idle connections"
+  {
+    printf '{"nginx": '
+    taskset -c "$CCPU" $HELPER idle --port $P_NGINX --pids "$NGINX_WORKER" --token "$TOKEN" --n "$IDLE_N"
+    printf ', "authgate": '
+    taskset -c "$CCPU" $HELPER idle --port $P_AG --pids "$PID_authgate" --token "$TOKEN" --n "$IDLE_N"
+    printf '}\n'
+  } >"$WORK/idle.json"
+  cat "$WORK/idle.json" >&2
 fi
 
 LOAD_AFTER=$(uptime)

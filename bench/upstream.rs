@@ -45,7 +45,9 @@ async fn handle(req: Request<Incoming>, big_bytes: u64) -> Result<Response<Body>
                 received += data.len() as u64;
             }
         }
-        return Ok(Response::new(Full::new(Bytes::from(received.to_string())).boxed()));
+        return Ok(Response::new(
+            Full::new(Bytes::from(received.to_string())).boxed(),
+        ));
     }
     if req.uri().path() == "/big" {
         return Ok(big(big_bytes));

@@ -109,12 +109,21 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// One worker (`worker_threads = 1`, or one CPU to run on) gets tokio's
+/// current-thread scheduler: the same work without the multi-thread
+/// scheduler's queues and cross-thread wakeups (README "Performance").
 fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let workers = worker_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
     builder.enable_all();
-    if let Some(n) = worker_threads {
-        builder.worker_threads(n.max(1));
-    }
     Ok(builder.build()?)
 }
 

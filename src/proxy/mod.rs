@@ -57,10 +57,7 @@ impl RequestContext {
             .get(&headers::X_REQUEST_ID)
             .filter(|v| headers::valid_request_id(v))
             .cloned()
-            .unwrap_or_else(|| {
-                HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                    .expect("a uuid is a valid header value")
-            });
+            .unwrap_or_else(new_request_id);
         RequestContext {
             request_id,
             started: Instant::now(),
@@ -86,6 +83,15 @@ impl RequestContext {
     pub fn clear_session_cookies(&mut self, gw: &Gateway) {
         self.set_cookies.extend(gw.cookies.clear());
     }
+}
+
+/// A random (v4) UUID from the thread's userspace generator: `Uuid::new_v4`
+/// asks the kernel for every id, one `getrandom` syscall per request.
+fn new_request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut text).as_bytes())
+        .expect("a uuid is a valid header value")
 }
 
 /// Entry point from the server: never fails, always answers.
@@ -410,6 +416,8 @@ fn mutate(
         }
     }
     let headers = &mut parts.headers;
+    // Room for the identity and forwarding headers: one growth, not several.
+    headers.reserve(8);
     headers::remove_hop_by_hop(headers);
     gw.identity.strip(headers);
     cookies::remove(headers, &[&gw.cookies.access, &gw.cookies.refresh]);
