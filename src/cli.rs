@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::auth::password::hash_blocking;
-use crate::config::{Config, SessionsBackend};
+use crate::config::{Config, SessionsBackend, UsersBackend};
 use crate::gateway::Gateway;
 use crate::users::{self, User, UserStoreError};
 
@@ -86,6 +86,8 @@ pub enum UsersCommand {
     Del { username: String },
     /// List users.
     List,
+    /// Create or upgrade the PostgreSQL schema (backend = "postgres").
+    Migrate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,7 +198,15 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    if let Err(problems) = crate::auth::jwt::JwtService::from_config(&config.jwt) {
+    let mut problems = crate::auth::jwt::JwtService::from_config(&config.jwt)
+        .err()
+        .unwrap_or_default();
+    if config.users.backend == UsersBackend::Postgres {
+        if let Err(e) = users::postgres::connect_config(&config) {
+            problems.extend(e.problems);
+        }
+    }
+    if !problems.is_empty() {
         eprintln!(
             "{}",
             crate::config::ConfigError {
@@ -272,6 +282,13 @@ fn read_password(from_stdin: bool, confirm: bool) -> anyhow::Result<String> {
 }
 
 async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result<ExitCode> {
+    if let UsersCommand::Migrate = command {
+        if config.users.backend != UsersBackend::Postgres {
+            anyhow::bail!("users.backend is \"file\": only the postgres backend has a schema to migrate");
+        }
+        println!("{}", users::postgres::migrate(config).await?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let store = users::open(config, false).await?;
     let cost = config.users.bcrypt_cost;
     let hash = |password: String| async move {
@@ -326,6 +343,7 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
                 );
             }
         }),
+        UsersCommand::Migrate => unreachable!("handled before the store is opened"),
     };
     result?;
     Ok(ExitCode::SUCCESS)

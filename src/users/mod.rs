@@ -37,6 +37,9 @@ pub enum UserStoreError {
     NotFound(String),
     #[error("invalid users data: {0}")]
     Invalid(String),
+    /// The store cannot be written (a mapped PostgreSQL table).
+    #[error("{0}")]
+    ReadOnly(String),
     #[error("user store unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -66,7 +69,7 @@ pub async fn open(config: &Config, watch: bool) -> anyhow::Result<Arc<dyn UserSt
             store
         }
         UsersBackend::Postgres => {
-            Arc::new(postgres::PostgresUserStore::open(&config.users.postgres, watch).await?)
+            Arc::new(postgres::PostgresUserStore::open(config, watch).await?)
         }
     })
 }
