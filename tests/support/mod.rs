@@ -2,6 +2,8 @@
 //! HTTP server that records what reaches it, users files, Redis prefixes.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
