@@ -284,7 +284,9 @@ fn read_password(from_stdin: bool, confirm: bool) -> anyhow::Result<String> {
 async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result<ExitCode> {
     if let UsersCommand::Migrate = command {
         if config.users.backend != UsersBackend::Postgres {
-            anyhow::bail!("users.backend is \"file\": only the postgres backend has a schema to migrate");
+            anyhow::bail!(
+                "users.backend is \"file\": only the postgres backend has a schema to migrate"
+            );
         }
         println!("{}", users::postgres::migrate(config).await?);
         return Ok(ExitCode::SUCCESS);

@@ -48,10 +48,9 @@ async fn setup(backend: Backend) -> Setup {
             _schema: None,
         },
         Backend::Postgres => {
-            pg::url();
             let schema = PgSchema::migrated("login").await;
             schema.insert(&people()).await;
-            let toml = format!("{routes}{}", schema.users_toml(pg::URL_ENV));
+            let toml = format!("{routes}{}", schema.users_toml(pg::shared_env()));
             Setup {
                 gw: TestGateway::start(&toml, &[]).await,
                 up,
@@ -110,7 +109,10 @@ async fn form_login(backend: Backend) {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["token_type"], "bearer");
     let access = body["access_token"].as_str().unwrap();
-    assert_eq!(cookie_value(&cookies, "access_token").as_deref(), Some(access));
+    assert_eq!(
+        cookie_value(&cookies, "access_token").as_deref(),
+        Some(access)
+    );
     assert_eq!(
         cookie_value(&cookies, "refresh_token").as_deref(),
         body["refresh_token"].as_str()

@@ -606,15 +606,22 @@ impl Validator<'_> {
             }
         }
         let c = raw.columns;
-        let any_column = [&c.username, &c.password_hash, &c.email, &c.roles, &c.disabled]
-            .iter()
-            .any(|column| column.is_some());
+        let any_column = [
+            &c.username,
+            &c.password_hash,
+            &c.email,
+            &c.roles,
+            &c.disabled,
+        ]
+        .iter()
+        .any(|column| column.is_some());
         if any_column && table.is_none() {
             self.problems.push(Problem {
                 line: None,
                 key: "users.columns".into(),
-                message: "applies only with users.table (authgate's own table has fixed column names)"
-                    .into(),
+                message:
+                    "applies only with users.table (authgate's own table has fixed column names)"
+                        .into(),
             });
         }
         let columns = Columns {

@@ -68,9 +68,7 @@ pub async fn open(config: &Config, watch: bool) -> anyhow::Result<Arc<dyn UserSt
             }
             store
         }
-        UsersBackend::Postgres => {
-            Arc::new(postgres::PostgresUserStore::open(config, watch).await?)
-        }
+        UsersBackend::Postgres => Arc::new(postgres::PostgresUserStore::open(config, watch).await?),
     })
 }
 

@@ -9,8 +9,9 @@
 //! and refreshes answer 503, and the schema is checked on first contact.
 //! Every operation is bounded by short timeouts, so a dead database costs a
 //! quick 503 rather than a hung request; the pool drops connections the
-//! server closed, and one query that meets a just-closed connection is
-//! retried once on a fresh one, so a server restart costs no failed login.
+//! server closed, and a read that meets a connection the server just ended
+//! is retried once on a fresh one, so a server restart costs no failed
+//! login.
 
 pub mod migrate;
 
@@ -21,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, Pool, Runtime, Timeouts};
 use tokio_postgres::config::SslMode;
-use tokio_postgres::error::SqlState;
+use tokio_postgres::error::{Severity, SqlState};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
@@ -105,10 +106,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<String> {
     let applied = applied?;
     let latest = migrate::latest();
     Ok(if applied.is_empty() {
-        format!(
-            "schema {:?} is up to date (migration {latest})",
-            pg.schema
-        )
+        format!("schema {:?} is up to date (migration {latest})", pg.schema)
     } else {
         let names: Vec<String> = applied
             .iter()
@@ -194,6 +192,25 @@ enum Query<'a> {
     Delete(&'a str),
 }
 
+impl Query<'_> {
+    /// Safe to send twice: a write whose answer was lost may have happened.
+    fn is_read(self) -> bool {
+        matches!(self, Query::Ping | Query::Find(_) | Query::List)
+    }
+}
+
+/// The connection is gone: closed, or ended by the server with a FATAL
+/// error (`pg_terminate_backend`, a shutdown), which aborts the statement.
+fn session_ended(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || e.as_db_error().is_some_and(|db| {
+            matches!(
+                db.parsed_severity(),
+                Some(Severity::Fatal | Severity::Panic)
+            )
+        })
+}
+
 #[derive(Debug)]
 enum Answer {
     Rows(Vec<Row>),
@@ -274,7 +291,12 @@ impl PostgresUserStore {
                 file: config.file.clone(),
                 problems: vec![Problem {
                     line: None,
-                    key: if store.mapped.is_some() { "users.table" } else { "users.schema" }.into(),
+                    key: if store.mapped.is_some() {
+                        "users.table"
+                    } else {
+                        "users.schema"
+                    }
+                    .into(),
                     message,
                 }],
             }
@@ -343,9 +365,9 @@ impl PostgresUserStore {
             loop {
                 let client = self.client().await?;
                 match self.send(&client, query).await {
-                    // The server closed this connection (a restart) before
-                    // the pool noticed: once more, on a fresh one.
-                    Err(e) if e.is_closed() && !retried => {
+                    // The server ended this session (a restart) before the
+                    // pool noticed: a read goes once more, on a fresh one.
+                    Err(e) if session_ended(&e) && query.is_read() && !retried => {
                         tracing::info!(event = "postgres_reconnect", error = %chain(&e));
                         retried = true;
                     }
@@ -512,13 +534,17 @@ mod tests {
 
     #[test]
     fn url_problems_name_the_variable() {
-        let mut c = config("[users]\nbackend = \"postgres\"\nurl_env = \"AUTHGATE_UNIT_NO_SUCH_URL\"\n");
+        let mut c =
+            config("[users]\nbackend = \"postgres\"\nurl_env = \"AUTHGATE_UNIT_NO_SUCH_URL\"\n");
         let e = connect_config(&c).unwrap_err();
         assert_eq!(e.problems[0].key, "users.url_env");
         assert_eq!(e.problems[0].line, Some(3));
         assert!(e.problems[0].message.contains("AUTHGATE_UNIT_NO_SUCH_URL"));
         c.users.postgres.url_env.value = "PATH".into();
         let e = connect_config(&c).unwrap_err();
-        assert!(e.problems[0].message.contains("not a PostgreSQL URL"), "{e}");
+        assert!(
+            e.problems[0].message.contains("not a PostgreSQL URL"),
+            "{e}"
+        );
     }
 }

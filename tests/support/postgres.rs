@@ -29,6 +29,12 @@ pub fn url() -> String {
     std::env::var(URL_ENV).unwrap()
 }
 
+/// [`URL_ENV`], set: what a gateway on the test database names as `url_env`.
+pub fn shared_env() -> &'static str {
+    url();
+    URL_ENV
+}
+
 /// A new env var holding `url`, for a gateway pointed somewhere else.
 pub fn url_env(url: &str) -> String {
     let name = format!("AUTHGATE_TEST_PG_URL_{:016X}", rand::random::<u64>());

@@ -207,7 +207,10 @@ mod tests {
         assert_eq!(compare(Some(&[])), SchemaState::Behind { at: 0 });
         let mut ahead = all.clone();
         ahead.push((latest() + 1, "x".into()));
-        assert_eq!(compare(Some(&ahead)), SchemaState::Ahead { at: latest() + 1 });
+        assert_eq!(
+            compare(Some(&ahead)),
+            SchemaState::Ahead { at: latest() + 1 }
+        );
         let mut changed = all.clone();
         changed[0].1 = "0".repeat(64);
         assert_eq!(compare(Some(&changed)), SchemaState::Changed { version: 1 });
