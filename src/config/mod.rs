@@ -70,6 +70,13 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub sessions: SessionsConfig,
     pub auth: AuthConfig,
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    /// The metrics listener; never the public one.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +220,8 @@ pub struct SessionsConfig {
 pub struct AuthConfig {
     /// Empty, or `/auth`-like: where `/token`, `/logout`, ... live.
     pub path_prefix: String,
+    /// Browsers on `required` routes are sent to the sign-in page.
+    pub login_redirect: bool,
 }
 
 impl Config {
@@ -327,6 +336,7 @@ impl Validator<'_> {
         let identity = self.identity(raw.identity);
         let sessions = self.sessions(raw.sessions);
         let auth = self.auth(raw.auth);
+        let admin = self.admin(raw.admin, &server);
         Config {
             file: file.to_path_buf(),
             base_dir,
@@ -338,6 +348,31 @@ impl Validator<'_> {
             identity,
             sessions,
             auth,
+            admin,
+        }
+    }
+
+    fn admin(&mut self, raw: raw::RawAdmin, server: &ServerConfig) -> AdminConfig {
+        let Some(listen) = raw.listen else {
+            return AdminConfig::default();
+        };
+        match listen.get_ref().parse::<SocketAddr>() {
+            Ok(addr) if addr == server.listen => {
+                self.fail(&listen, "admin.listen", "must differ from server.listen");
+                AdminConfig::default()
+            }
+            Ok(addr) => AdminConfig { listen: Some(addr) },
+            Err(_) => {
+                self.fail(
+                    &listen,
+                    "admin.listen",
+                    format!(
+                        "{:?} is not an address:port such as \"127.0.0.1:9901\"",
+                        listen.get_ref()
+                    ),
+                );
+                AdminConfig::default()
+            }
         }
     }
 
@@ -774,6 +809,7 @@ impl Validator<'_> {
         }
         AuthConfig {
             path_prefix: prefix.clone(),
+            login_redirect: raw.login_redirect,
         }
     }
 }

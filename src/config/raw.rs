@@ -33,6 +33,16 @@ pub struct RawConfig {
     pub sessions: RawSessions,
     #[serde(default)]
     pub auth: RawAuth,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Separate listener for `/metrics`; none by default.
+    #[serde(default)]
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,6 +301,8 @@ impl Default for RawSessions {
 pub struct RawAuth {
     #[serde(default = "d::path_prefix")]
     pub path_prefix: Spanned<String>,
+    #[serde(default = "d::login_redirect")]
+    pub login_redirect: bool,
 }
 
 impl Default for RawAuth {
