@@ -288,3 +288,163 @@ async fn rotation_and_reuse_detection_across_two_instances_on_a_cluster() {
     let _ = a.child.kill().await;
     let _ = b.child.kill().await;
 }
+
+fn spawn_redis(dir: &std::path::Path, args: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed")
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_master_survives_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master_port, replica_port, sentinel_port) = (closed_port(), closed_port(), closed_port());
+    let base_args = |port: u16| {
+        vec![
+            "--port".to_string(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            "".into(),
+            "--appendonly".into(),
+            "no".into(),
+        ]
+    };
+    let master_args = base_args(master_port);
+    let mut master = spawn_redis(
+        dir.path(),
+        &master_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    wait_for_ping(master_port);
+    let mut replica_args = base_args(replica_port);
+    replica_args.extend([
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        master_port.to_string(),
+    ]);
+    let mut replica = spawn_redis(
+        dir.path(),
+        &replica_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    wait_for_ping(replica_port);
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor authgate 127.0.0.1 {master_port} 1\n\
+             sentinel down-after-milliseconds authgate 1000\nsentinel failover-timeout authgate 5000\n"
+        ),
+    )
+    .unwrap();
+    let mut sentinel = spawn_redis(dir.path(), &[conf.to_str().unwrap(), "--sentinel"]);
+    wait_for_ping(sentinel_port);
+    // Wait for the replica to be in sync and known to Sentinel.
+    for _ in 0..100 {
+        if redis_cli(replica_port, &["info", "replication"]).contains("master_link_status:up")
+            && redis_cli(sentinel_port, &["sentinel", "replicas", "authgate"])
+                .contains(&replica_port.to_string())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let up = Upstream::start("api").await;
+    std::fs::write(
+        dir.path().join("users.toml"),
+        support::users_toml(&[support::user("alice", "alice-pw", &[])]),
+    )
+    .unwrap();
+    let config = dir.path().join("g.toml");
+    let port = closed_port();
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[[routes]]\nprefix = \"/api\"\nupstream = \"{}\"\n\
+             [users]\npath = \"users.toml\"\nbcrypt_cost = 4\n[cookies]\nsecure = false\n\
+             [sessions]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{sentinel_port}\"\nsentinel_master = \"authgate\"\n",
+            up.url()
+        ),
+    )
+    .unwrap();
+    let mut gw = tokio::process::Command::new(binary())
+        .arg("-c")
+        .arg(&config)
+        .env("AUTHGATE_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut login = None;
+    for _ in 0..100 {
+        if let Ok(r) = client()
+            .post(format!("{base}/token"))
+            .form(&[("username", "alice"), ("password", "alice-pw")])
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                login = Some(r.json::<serde_json::Value>().await.unwrap());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut token = login.expect("login through Sentinel failed")["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = refresh(&base, &token).await;
+    assert_eq!(r.status(), 200);
+    token = r.json::<serde_json::Value>().await.unwrap()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Let the replica catch up, then fail over.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(redis_cli(sentinel_port, &["sentinel", "failover", "authgate"]).contains("OK"));
+    for _ in 0..100 {
+        if redis_cli(
+            sentinel_port,
+            &["sentinel", "get-master-addr-by-name", "authgate"],
+        )
+        .contains(&replica_port.to_string())
+            && redis_cli(replica_port, &["info", "replication"]).contains("role:master")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The session, written before the failover, keeps rotating on the new
+    // master (the first attempt may meet the demoted master and answer 503).
+    let mut status = 0;
+    for _ in 0..50 {
+        let r = refresh(&base, &token).await;
+        status = r.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "a failover must never look like a bad token");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 200);
+    let _ = gw.kill().await;
+    for child in [&mut sentinel, &mut replica, &mut master] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
