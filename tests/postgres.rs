@@ -425,7 +425,7 @@ async fn mapped_existing_table_is_read_only() {
         "INSERT INTO \"{}\".accounts (login, pw, mail, groups, locked) VALUES ($1, $2, $3, $4, $5)",
         schema.name
     );
-    let rows: [(&str, String, Option<&str>, Option<Vec<&str>>, Option<bool>); 4] = [
+    let rows = [
         (
             "php",
             hash("php-pw", "$2y$"),
