@@ -69,17 +69,6 @@ async fn post_form(gw: &TestGateway, fields: &[(&str, &str)]) -> reqwest::Respon
         .unwrap()
 }
 
-async fn userinfo(gw: &TestGateway, token: &str) -> Value {
-    let response = client()
-        .get(gw.url("/userinfo"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
-}
-
 /// A refused login: 401 `invalid_grant`, a Bearer challenge, no cookies.
 async fn assert_refused(response: reqwest::Response) {
     assert_eq!(response.status(), 401);
@@ -117,7 +106,7 @@ async fn form_login(backend: Backend) {
         cookie_value(&cookies, "refresh_token").as_deref(),
         body["refresh_token"].as_str()
     );
-    assert_eq!(userinfo(&s.gw, access).await["sub"], "alice");
+    assert_eq!(s.gw.userinfo(access).await["sub"], "alice");
 }
 
 async fn json_login(backend: Backend) {
@@ -130,7 +119,7 @@ async fn json_login(backend: Backend) {
         .unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
-    let info = userinfo(&s.gw, body["access_token"].as_str().unwrap()).await;
+    let info = s.gw.userinfo(body["access_token"].as_str().unwrap()).await;
     assert_eq!(info["sub"], "bob");
 }
 
@@ -171,7 +160,7 @@ async fn missing_fields(backend: Backend) {
 async fn identity_in_token_and_headers(backend: Backend) {
     let s = setup(backend).await;
     let token = s.gw.access_token("alice", "alice-pw").await;
-    let info = userinfo(&s.gw, &token).await;
+    let info = s.gw.userinfo(&token).await;
     assert_eq!(info["email"], "alice@example.com");
     assert_eq!(info["roles"], json!(["admin", "dev"]));
     let response = client()
@@ -188,7 +177,7 @@ async fn identity_in_token_and_headers(backend: Backend) {
 
     // No email and no roles: no email claim, empty roles.
     let token = s.gw.access_token("dave", "dave-pw").await;
-    let info = userinfo(&s.gw, &token).await;
+    let info = s.gw.userinfo(&token).await;
     assert!(info.get("email").is_none(), "{info}");
     assert_eq!(info["roles"], json!([]));
 }

@@ -25,6 +25,14 @@ fn routes(up: &Upstream) -> String {
     )
 }
 
+/// A gateway whose users live in `schema`, its URL read from `url_env`,
+/// with `/api` proxied to a recording upstream.
+async fn gateway(schema: &PgSchema, url_env: &str) -> (Upstream, TestGateway) {
+    let up = Upstream::start("api").await;
+    let toml = format!("{}{}", routes(&up), schema.users_toml(url_env));
+    (up, TestGateway::start(&toml, &[]).await)
+}
+
 /// Runs the authgate binary with `dir/gateway.toml` and the test database
 /// URL in its environment; `stdin` is piped in when given.
 fn cli(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
@@ -107,17 +115,6 @@ async fn tokens(response: reqwest::Response) -> (String, String) {
         body["access_token"].as_str().unwrap().to_string(),
         body["refresh_token"].as_str().unwrap().to_string(),
     )
-}
-
-async fn userinfo(gw: &TestGateway, token: &str) -> Value {
-    let response = client()
-        .get(gw.url("/userinfo"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
 }
 
 async fn readyz(gw: &TestGateway) -> (u16, Value) {
@@ -319,11 +316,9 @@ async fn cli_round_trip_then_login_through_the_gateway() {
         stderr(&again)
     );
 
-    let up = Upstream::start("api").await;
-    let toml = format!("{}{}", routes(&up), schema.users_toml(pg::shared_env()));
-    let gw = TestGateway::start(&toml, &[]).await;
+    let (_up, gw) = gateway(&schema, pg::shared_env()).await;
     let (access, _) = tokens(login(&gw, "erin", "erin-pw").await).await;
-    let info = userinfo(&gw, &access).await;
+    let info = gw.userinfo(&access).await;
     assert_eq!(info["roles"], json!(["ops", "dev"]));
     assert_eq!(info["email"], "erin@example.com");
 
@@ -373,18 +368,16 @@ async fn cli_round_trip_then_login_through_the_gateway() {
 async fn refresh_picks_up_role_changes_made_in_the_database() {
     let schema = PgSchema::migrated("refresh").await;
     schema.insert(&[user("alice", "alice-pw", &["dev"])]).await;
-    let up = Upstream::start("api").await;
-    let toml = format!("{}{}", routes(&up), schema.users_toml(pg::shared_env()));
-    let gw = TestGateway::start(&toml, &[]).await;
+    let (up, gw) = gateway(&schema, pg::shared_env()).await;
     let (access, refresh_token) = tokens(login(&gw, "alice", "alice-pw").await).await;
-    assert_eq!(userinfo(&gw, &access).await["roles"], json!(["dev"]));
+    assert_eq!(gw.userinfo(&access).await["roles"], json!(["dev"]));
 
     schema
         .execute("UPDATE {schema}.users SET roles = '{auditor,ops}' WHERE username = 'alice'")
         .await;
     let (access, refresh_token) = tokens(refresh(&gw, &refresh_token).await).await;
     assert_eq!(
-        userinfo(&gw, &access).await["roles"],
+        gw.userinfo(&access).await["roles"],
         json!(["auditor", "ops"])
     );
     get_api(&gw, &access).await;
@@ -461,13 +454,13 @@ async fn mapped_existing_table_is_read_only() {
     let gw = TestGateway::start(&toml, &[]).await;
 
     let (access, _) = tokens(login(&gw, "php", "php-pw").await).await;
-    let info = userinfo(&gw, &access).await;
+    let info = gw.userinfo(&access).await;
     assert_eq!(info["roles"], json!(["admin"]));
     assert_eq!(info["email"], "php@example.com");
     let (access, _) = tokens(login(&gw, "old", "old-pw").await).await;
-    assert_eq!(userinfo(&gw, &access).await["roles"], json!([]));
+    assert_eq!(gw.userinfo(&access).await["roles"], json!([]));
     let (access, _) = tokens(login(&gw, "new", "new-pw").await).await;
-    assert_eq!(userinfo(&gw, &access).await["roles"], json!(["dev", "ops"]));
+    assert_eq!(gw.userinfo(&access).await["roles"], json!(["dev", "ops"]));
     assert_eq!(login(&gw, "gone", "gone-pw").await.status(), 401);
     assert_eq!(login(&gw, "php", "old-pw").await.status(), 401);
     assert_eq!(login(&gw, "nobody", "php-pw").await.status(), 401);
@@ -577,13 +570,7 @@ async fn outage_and_recovery() {
     let schema = PgSchema::migrated("outage").await;
     schema.insert(&[user("alice", "alice-pw", &["dev"])]).await;
     let mut relay = Relay::down();
-    let up = Upstream::start("api").await;
-    let toml = format!(
-        "{}{}",
-        routes(&up),
-        schema.users_toml(&pg::url_env(&relay.url()))
-    );
-    let gw = TestGateway::start(&toml, &[]).await;
+    let (_up, gw) = gateway(&schema, &pg::url_env(&relay.url())).await;
     assert_eq!(readyz(&gw).await.0, 503);
     assert_unavailable(login(&gw, "alice", "alice-pw").await).await;
 
@@ -602,7 +589,7 @@ async fn outage_and_recovery() {
     relay.start().await;
     // The refresh refused during the outage did not rotate the token.
     let (access, _) = tokens(refresh(&gw, &refresh_token).await).await;
-    assert_eq!(userinfo(&gw, &access).await["sub"], "alice");
+    assert_eq!(gw.userinfo(&access).await["sub"], "alice");
     assert_eq!(login(&gw, "alice", "alice-pw").await.status(), 200);
     assert_eq!(readyz(&gw).await.0, 200);
 }
@@ -613,13 +600,7 @@ async fn outage_and_recovery() {
 async fn schema_is_checked_when_the_database_comes_back() {
     let schema = PgSchema::new("late").await;
     let mut relay = Relay::down();
-    let up = Upstream::start("api").await;
-    let toml = format!(
-        "{}{}",
-        routes(&up),
-        schema.users_toml(&pg::url_env(&relay.url()))
-    );
-    let gw = TestGateway::start(&toml, &[]).await;
+    let (_up, gw) = gateway(&schema, &pg::url_env(&relay.url())).await;
     relay.start().await;
     assert_eq!(readyz(&gw).await.0, 503);
     assert_unavailable(login(&gw, "alice", "alice-pw").await).await;
@@ -641,9 +622,7 @@ async fn pool_replaces_connections_the_server_closed() {
     schema.insert(&[user("alice", "alice-pw", &["dev"])]).await;
     let app = schema.name.clone();
     let url = format!("{}?application_name={app}", pg::url());
-    let up = Upstream::start("api").await;
-    let toml = format!("{}{}", routes(&up), schema.users_toml(&pg::url_env(&url)));
-    let gw = TestGateway::start(&toml, &[]).await;
+    let (_up, gw) = gateway(&schema, &pg::url_env(&url)).await;
     for _ in 0..3 {
         assert_eq!(login(&gw, "alice", "alice-pw").await.status(), 200);
         let ended: i64 = schema

@@ -304,6 +304,18 @@ impl TestGateway {
         let (body, _) = self.login(username, password).await;
         body["access_token"].as_str().unwrap().to_string()
     }
+
+    /// The claims `/userinfo` shows for `token` (which must be valid).
+    pub async fn userinfo(&self, token: &str) -> serde_json::Value {
+        let response = client()
+            .get(self.url("/userinfo"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "/userinfo refused the token");
+        response.json().await.unwrap()
+    }
 }
 
 impl Drop for TestGateway {
