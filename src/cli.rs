@@ -297,6 +297,10 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
         return Ok(ExitCode::SUCCESS);
     }
     let store = users::open(config, false).await?;
+    if !matches!(command, UsersCommand::List) {
+        // Before any password prompt.
+        store.writable()?;
+    }
     let cost = config.users.bcrypt_cost;
     let hash = |password: String| async move {
         tokio::task::spawn_blocking(move || hash_blocking(&password, cost)).await?

@@ -487,7 +487,8 @@ async fn mapped_existing_table_is_read_only() {
         &["users", "passwd", "php", "--password-stdin"],
         &["users", "del", "php"],
     ] {
-        let out = cli(dir.path(), args, Some("pw\n"));
+        // No password given: the refusal comes before any prompt.
+        let out = cli(dir.path(), args, None);
         assert!(!out.status.success(), "{args:?}");
         assert!(
             stderr(&out).contains("only reads"),

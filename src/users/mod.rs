@@ -52,6 +52,10 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
     async fn add(&self, user: User) -> Result<(), UserStoreError>;
     async fn set_password(&self, username: &str, hash: &str) -> Result<(), UserStoreError>;
     async fn delete(&self, username: &str) -> Result<(), UserStoreError>;
+    /// Fails when the store can only be read.
+    fn writable(&self) -> Result<(), UserStoreError> {
+        Ok(())
+    }
     /// Fails while the store cannot answer (readiness).
     async fn check(&self) -> Result<(), UserStoreError>;
     /// Re-reads the backing data where that means something (SIGHUP).

@@ -423,16 +423,6 @@ impl PostgresUserStore {
         }
     }
 
-    fn writable(&self) -> Result<(), UserStoreError> {
-        match &self.mapped {
-            Some(table) => Err(UserStoreError::ReadOnly(format!(
-                "users.table maps the existing table {table}, which authgate only reads; \
-                 add, change and delete its users in the application that owns it"
-            ))),
-            None => Ok(()),
-        }
-    }
-
     async fn count(&self, query: Query<'_>) -> Result<u64, UserStoreError> {
         match self.run(query).await? {
             Answer::Count(n) => Ok(n),
@@ -504,6 +494,16 @@ impl UserStore for PostgresUserStore {
 
     async fn check(&self) -> Result<(), UserStoreError> {
         self.count(Query::Ping).await.map(drop)
+    }
+
+    fn writable(&self) -> Result<(), UserStoreError> {
+        match &self.mapped {
+            Some(table) => Err(UserStoreError::ReadOnly(format!(
+                "users.table maps the existing table {table}, which authgate only reads; \
+                 add, change and delete its users in the application that owns it"
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
