@@ -641,3 +641,24 @@ async fn pool_replaces_connections_the_server_closed() {
     assert_eq!(login(&gw, "alice", "alice-pw").await.status(), 200);
     assert_eq!(readyz(&gw).await.0, 200);
 }
+
+/// A server that accepts connections and never says a word: the timeouts
+/// turn it into a 503 (the test client would give up after 30 s).
+#[tokio::test]
+async fn silent_database_means_503_not_a_hang() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let schema = PgSchema::new("silent").await;
+    let url = format!("postgres://postgres@127.0.0.1:{port}/test");
+    let (_up, gw) = gateway(&schema, &pg::url_env(&url)).await;
+    assert_unavailable(login(&gw, "alice", "alice-pw").await).await;
+    let (status, body) = readyz(&gw).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["checks"]["users"], "unavailable");
+}

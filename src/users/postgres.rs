@@ -98,7 +98,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<String> {
     let (mut client, connection) = connect_config(config)?
         .connect(NoTls)
         .await
-        .map_err(|e| unreachable(config, e))?;
+        .map_err(|e| unreachable(config, e.into()))?;
     let driver = tokio::spawn(connection);
     let applied = migrate::migrate(&mut client, &pg.schema).await;
     drop(client);
@@ -120,11 +120,8 @@ pub async fn migrate(config: &Config) -> anyhow::Result<String> {
     })
 }
 
-fn unreachable<E>(config: &Config, e: E) -> anyhow::Error
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    anyhow::Error::new(e).context(format!(
+fn unreachable(config: &Config, e: BoxError) -> anyhow::Error {
+    anyhow::Error::from_boxed(e).context(format!(
         "cannot reach PostgreSQL (the URL in {})",
         config.users.postgres.url_env.value
     ))
@@ -217,16 +214,32 @@ enum Answer {
     Count(u64),
 }
 
-/// Why the schema or the mapped table cannot be used.
-#[derive(Debug, thiserror::Error)]
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the schema or the mapped table cannot be used (yet).
+#[derive(Debug)]
 enum VerifyError {
-    #[error(transparent)]
-    Postgres(#[from] tokio_postgres::Error),
-    #[error("{0}")]
+    /// No answer: no connection, or no reply in time.
+    Unreachable(BoxError),
+    /// The database answered: the schema or the mapped table is wrong.
     Schema(String),
 }
 
-fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> UserStoreError {
+fn no_answer(e: impl Into<BoxError>) -> VerifyError {
+    VerifyError::Unreachable(e.into())
+}
+
+/// An error the database answered with (permission denied, no such
+/// column) is a schema problem, described by `describe`; a lost session
+/// is no answer.
+fn answered(e: tokio_postgres::Error, describe: impl FnOnce(&str) -> String) -> VerifyError {
+    match e.as_db_error() {
+        Some(db) if !session_ended(&e) => VerifyError::Schema(describe(db.message())),
+        _ => no_answer(e),
+    }
+}
+
+fn unavailable(e: impl Into<BoxError>) -> UserStoreError {
     UserStoreError::Unavailable(e.into())
 }
 
@@ -270,22 +283,13 @@ impl PostgresUserStore {
             sql: Sql::new(pg),
             verified: AtomicBool::new(false),
         };
-        let client = match store.pool.get().await {
-            Ok(client) => client,
-            Err(e) if serve => {
-                tracing::warn!(
-                    event = "postgres_unreachable",
-                    error = %chain(&e),
-                    "PostgreSQL does not answer; starting anyway, not ready until it does (the schema is checked then)"
-                );
-                return Ok(store);
-            }
-            Err(e) => return Err(unreachable(config, e)),
-        };
-        let verified = tokio::time::timeout(STATEMENT_TIMEOUT, store.verify(&client))
-            .await
-            .map_err(|elapsed| unreachable(config, elapsed))?;
-        match verified {
+        let contact = tokio::time::timeout(STATEMENT_TIMEOUT, async {
+            let client = store.pool.get().await.map_err(no_answer)?;
+            store.verify(&client).await
+        })
+        .await
+        .unwrap_or_else(|elapsed| Err(no_answer(elapsed)));
+        match contact {
             Ok(()) => Ok(store),
             Err(VerifyError::Schema(message)) => Err(ConfigError {
                 file: config.file.clone(),
@@ -301,7 +305,15 @@ impl PostgresUserStore {
                 }],
             }
             .into()),
-            Err(VerifyError::Postgres(e)) => Err(unreachable(config, e)),
+            Err(VerifyError::Unreachable(e)) if serve => {
+                tracing::warn!(
+                    event = "postgres_unreachable",
+                    error = %chain(&*e),
+                    "PostgreSQL does not answer; starting anyway, not ready until it does (the schema is checked then)"
+                );
+                Ok(store)
+            }
+            Err(VerifyError::Unreachable(e)) => Err(unreachable(config, e)),
         }
     }
 
@@ -311,16 +323,21 @@ impl PostgresUserStore {
         if let Some(table) = &self.mapped {
             // Preparing the login query checks the table and every column.
             client.prepare_cached(&self.sql.find).await.map_err(|e| {
-                match e.as_db_error() {
-                    Some(db) => VerifyError::Schema(format!(
-                        "the mapped table {table} cannot be read with the configured [users.columns]: {}",
-                        db.message()
-                    )),
-                    None => VerifyError::Postgres(e),
-                }
+                answered(e, |db| {
+                    format!(
+                        "the mapped table {table} cannot be read with the configured [users.columns]: {db}"
+                    )
+                })
             })?;
         } else {
-            let state = migrate::state(client, &self.schema).await?;
+            let state = migrate::state(client, &self.schema).await.map_err(|e| {
+                answered(e, |db| {
+                    format!(
+                        "cannot read the migrations of schema {:?}: {db}",
+                        self.schema
+                    )
+                })
+            })?;
             if let Some(problem) = state.problem(&self.schema) {
                 return Err(VerifyError::Schema(problem));
             }
@@ -352,7 +369,7 @@ impl PostgresUserStore {
                     tracing::error!(event = "postgres_schema_invalid", error = %message);
                     return Err(unavailable(message));
                 }
-                Err(VerifyError::Postgres(e)) => return Err(unavailable(e)),
+                Err(VerifyError::Unreachable(e)) => return Err(UserStoreError::Unavailable(e)),
             }
         }
         Ok(client)
