@@ -9,6 +9,7 @@
 //! - [`endpoints`]: the paths authgate answers itself
 //! - [`response`]: the request-time error type and its HTTP rendering
 //! - [`server`]: listener, connection limits, graceful shutdown
+//! - [`tls`]: TLS termination, certificate reload, the https redirect
 //! - [`cli`]: the `authgate` command
 
 pub mod auth;
@@ -23,4 +24,5 @@ pub mod response;
 pub mod server;
 pub mod sessions;
 pub mod telemetry;
+pub mod tls;
 pub mod users;
