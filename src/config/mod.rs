@@ -403,7 +403,7 @@ impl Validator<'_> {
         let redirect_http = raw.redirect_http.as_ref().and_then(|spanned| {
             let text = spanned.get_ref();
             match text.parse::<SocketAddr>() {
-                Ok(addr) if addr == listen => {
+                Ok(addr) if addr == listen && addr.port() != 0 => {
                     self.fail(
                         spanned,
                         "server.tls.redirect_http",
