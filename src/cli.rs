@@ -13,10 +13,20 @@ use crate::gateway::Gateway;
 use crate::users::{self, User, UserStoreError};
 
 #[derive(Debug, Parser)]
-#[command(name = "authgate", version, about = "A reverse-proxy authentication gateway")]
+#[command(
+    name = "authgate",
+    version,
+    about = "A reverse-proxy authentication gateway"
+)]
 pub struct Cli {
     /// The configuration file.
-    #[arg(short = 'c', long = "config", global = true, env = "AUTHGATE_CONFIG", default_value = "gateway.toml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        env = "AUTHGATE_CONFIG",
+        default_value = "gateway.toml"
+    )]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -112,9 +122,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
     match command {
         Command::Serve(args) if args.dev => {
-            let listen = args
-                .listen
-                .unwrap_or_else(|| crate::config::defaults::LISTEN.parse().expect("valid default"));
+            let listen = args.listen.unwrap_or_else(|| {
+                crate::config::defaults::LISTEN
+                    .parse()
+                    .expect("valid default")
+            });
             crate::dev::prepare_secret();
             runtime(None)?.block_on(crate::dev::serve(listen))
         }
@@ -130,7 +142,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::HashPassword { cost } => {
             let cost = match cost {
                 Some(c) => c,
-                None => Config::load(&cli.config).map_or(crate::config::defaults::BCRYPT_COST, |c| c.users.bcrypt_cost),
+                None => Config::load(&cli.config)
+                    .map_or(crate::config::defaults::BCRYPT_COST, |c| {
+                        c.users.bcrypt_cost
+                    }),
             };
             let password = read_password(true, false)?;
             println!("{}", hash_blocking(&password, cost)?);
@@ -154,6 +169,11 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     tracing::info!(event = "listening", address = %listener.local_addr()?, scheme = gw.scheme, routes = gw.routes.iter().count());
+    if let Some(admin) = gw.config.admin.listen {
+        let admin_listener = crate::admin::bind(admin).await?;
+        tracing::info!(event = "admin_listening", address = %admin_listener.local_addr()?);
+        crate::admin::spawn(admin_listener, gw.clone());
+    }
     if let Some(redirect) = gw.config.server.tls.as_ref().and_then(|t| t.redirect_http) {
         let plain = tokio::net::TcpListener::bind(redirect)
             .await
@@ -169,7 +189,8 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
 /// SIGHUP re-reads the users file and the TLS certificate and key.
 fn spawn_reload_on_hangup(gw: Arc<Gateway>) {
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
             return;
         };
         while hup.recv().await.is_some() {
@@ -273,7 +294,9 @@ fn read_password(from_stdin: bool, confirm: bool) -> anyhow::Result<String> {
             .to_string();
         text
     } else {
-        anyhow::bail!("stdin is not a terminal: pass --password-stdin to read the password from it");
+        anyhow::bail!(
+            "stdin is not a terminal: pass --password-stdin to read the password from it"
+        );
     };
     if password.is_empty() {
         anyhow::bail!("the password is empty");
@@ -288,7 +311,12 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
         tokio::task::spawn_blocking(move || hash_blocking(&password, cost)).await?
     };
     let result = match command {
-        UsersCommand::Add { username, email, roles, password_stdin } => {
+        UsersCommand::Add {
+            username,
+            email,
+            roles,
+            password_stdin,
+        } => {
             let password = read_password(password_stdin, true)?;
             let user = User {
                 username: username.clone(),
@@ -297,9 +325,15 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
                 roles,
                 ..User::default()
             };
-            store.add(user).await.map(|()| println!("added user {username}"))
+            store
+                .add(user)
+                .await
+                .map(|()| println!("added user {username}"))
         }
-        UsersCommand::Passwd { username, password_stdin } => {
+        UsersCommand::Passwd {
+            username,
+            password_stdin,
+        } => {
             if store.find(&username).await?.is_none() {
                 return Err(UserStoreError::NotFound(username).into());
             }

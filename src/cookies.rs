@@ -166,6 +166,9 @@ mod tests {
             v,
             "access_token=tok; Max-Age=900; Path=/; HttpOnly; Secure; SameSite=Lax"
         );
-        assert!(jar.clear()[1].to_str().unwrap().starts_with("refresh_token=; Max-Age=0"));
+        assert!(jar.clear()[1]
+            .to_str()
+            .unwrap()
+            .starts_with("refresh_token=; Max-Age=0"));
     }
 }

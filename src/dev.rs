@@ -33,7 +33,9 @@ pub fn prepare_secret() {
 
 pub async fn serve(listen: SocketAddr) -> anyhow::Result<ExitCode> {
     if !listen.ip().is_loopback() {
-        anyhow::bail!("--dev refuses to listen on {listen}: development mode is for loopback addresses only");
+        anyhow::bail!(
+            "--dev refuses to listen on {listen}: development mode is for loopback addresses only"
+        );
     }
     crate::telemetry::init(crate::config::LogFormat::Text);
     let echo = spawn_echo().await?;
@@ -71,7 +73,13 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<ExitCode> {
         ..User::default()
     }]));
     let jwt = Arc::new(JwtService::from_config(&config.jwt).map_err(|p| {
-        anyhow::anyhow!("dev secret: {}", p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        anyhow::anyhow!(
+            "dev secret: {}",
+            p.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
     })?);
     let gw = Arc::new(Gateway::with_stores(config, jwt, users).await?);
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -81,9 +89,7 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<ExitCode> {
     println!("url: http://{address}");
     println!("user: dev");
     println!("password: {password}");
-    println!(
-        "try:  curl -s -d username=dev -d password={password} http://{address}/token"
-    );
+    println!("try:  curl -s -d username=dev -d password={password} http://{address}/token");
     crate::server::serve(gw, listener, crate::server::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -94,7 +100,9 @@ async fn spawn_echo() -> anyhow::Result<SocketAddr> {
     let address = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service_fn(echo))
@@ -112,7 +120,9 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         .map(|(name, value)| {
             (
                 name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned().into(),
+                String::from_utf8_lossy(value.as_bytes())
+                    .into_owned()
+                    .into(),
             )
         })
         .collect();

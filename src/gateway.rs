@@ -18,6 +18,7 @@ use crate::users::{self, UserStore};
 /// The paths authgate answers itself, under `[auth] path_prefix`.
 #[derive(Debug, Clone)]
 pub struct OwnPaths {
+    pub login: String,
     pub token: String,
     pub logout: String,
     pub userinfo: String,
@@ -29,6 +30,7 @@ pub struct OwnPaths {
 impl OwnPaths {
     fn new(prefix: &str) -> OwnPaths {
         OwnPaths {
+            login: format!("{prefix}/login"),
             token: format!("{prefix}/token"),
             logout: format!("{prefix}/logout"),
             userinfo: format!("{prefix}/userinfo"),
@@ -55,16 +57,21 @@ pub struct Gateway {
     pub scheme: &'static str,
     /// `Some` when the listener terminates TLS (`[server.tls]`).
     pub tls: Option<Arc<Tls>>,
+    /// Metrics of requests that matched no route (own endpoints, 404s).
+    pub own_metrics: crate::metrics::RouteMetrics,
 }
 
 impl Gateway {
     /// Reads secrets, opens the stores and compiles the routes.
     pub async fn build(config: Config) -> anyhow::Result<Gateway> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let jwt = Arc::new(JwtService::from_config(&config.jwt).map_err(|problems| ConfigError {
-            file: config.file.clone(),
-            problems,
-        })?);
+        let jwt =
+            Arc::new(
+                JwtService::from_config(&config.jwt).map_err(|problems| ConfigError {
+                    file: config.file.clone(),
+                    problems,
+                })?,
+            );
         let users = users::open(&config, true).await?;
         Self::with_stores(config, jwt, users).await
     }
@@ -105,6 +112,7 @@ impl Gateway {
             identity: IdentityHeaders::new(&config.identity),
             scheme: if tls.is_some() { "https" } else { "http" },
             tls,
+            own_metrics: crate::metrics::get().route("(gateway)"),
             jwt,
             users,
             sessions,

@@ -10,8 +10,10 @@
 //! - [`response`]: the request-time error type and its HTTP rendering
 //! - [`server`]: listener, connection limits, graceful shutdown
 //! - [`tls`]: TLS termination, certificate reload, the https redirect
+//! - [`metrics`]: Prometheus metrics for the admin listener
 //! - [`cli`]: the `authgate` command
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -19,6 +21,8 @@ pub mod cookies;
 pub mod dev;
 pub mod endpoints;
 pub mod gateway;
+pub mod metrics;
+pub mod pages;
 pub mod proxy;
 pub mod response;
 pub mod server;

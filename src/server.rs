@@ -74,7 +74,11 @@ pub async fn serve(
         serve_connection(&gw, &builder, &graceful, stream, peer, permit);
     }
     drop(listener);
-    tracing::info!(event = "shutdown", grace_secs = grace.as_secs(), "draining connections");
+    tracing::info!(
+        event = "shutdown",
+        grace_secs = grace.as_secs(),
+        "draining connections"
+    );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!(event = "drained"),
         () = tokio::time::sleep(grace) => tracing::warn!(event = "drain_timeout", "closing remaining connections"),
@@ -100,6 +104,7 @@ fn serve_connection(
     });
     let builder = builder.clone();
     let watcher = graceful.watcher();
+    crate::metrics::get().open_connections.inc();
     tokio::spawn(async move {
         let _permit = permit;
         let served = match tls {
@@ -110,21 +115,24 @@ fn serve_connection(
             Some(tls) => {
                 // The handshake shares the head's deadline: a client that
                 // opens a socket and says nothing is let go either way.
-                let stream = match tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
+                match tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(event = "tls_handshake_failed", peer = %peer, error = %e);
-                        return;
+                        Ok(())
                     }
                     Err(_) => {
                         tracing::debug!(event = "tls_handshake_timeout", peer = %peer);
-                        return;
+                        Ok(())
                     }
-                };
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                watcher.watch(conn.into_owned()).await
+                }
             }
         };
+        crate::metrics::get().open_connections.dec();
         if let Err(e) = served {
             tracing::debug!(event = "connection_error", peer = %peer, error = %e);
         }

@@ -219,9 +219,8 @@ impl JwtService {
 
         let mut header = Header::new(alg);
         header.kid = config.key_id.clone();
-        let jwks = (!config.algorithm.is_hmac()).then(|| {
-            Bytes::from(serde_json::to_vec(&JwkSet { keys: jwks }).unwrap_or_default())
-        });
+        let jwks = (!config.algorithm.is_hmac())
+            .then(|| Bytes::from(serde_json::to_vec(&JwkSet { keys: jwks }).unwrap_or_default()));
         Ok(JwtService {
             header,
             encoding,
@@ -238,7 +237,12 @@ impl JwtService {
     /// Signs an access token for `user`, valid from `iat` for the access TTL.
     /// Deterministic for the same inputs, so parallel refreshes that share a
     /// rotation hand out the same token.
-    pub fn issue(&self, user: &User, iat: u64, jti: String) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn issue(
+        &self,
+        user: &User,
+        iat: u64,
+        jti: String,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         self.sign(user, iat, jti, None)
     }
 
@@ -363,10 +367,23 @@ mod tests {
 
     #[test]
     fn other_secret_and_oversized_tokens_are_invalid() {
-        let a = service("[jwt]\nsecret_env = \"JWT_TEST_B\"\n", "JWT_TEST_B", &"a".repeat(32));
-        let b = service("[jwt]\nsecret_env = \"JWT_TEST_C\"\n", "JWT_TEST_C", &"b".repeat(32));
-        let token = b.issue(&alice(), crate::auth::now_secs(), "j".into()).unwrap();
+        let a = service(
+            "[jwt]\nsecret_env = \"JWT_TEST_B\"\n",
+            "JWT_TEST_B",
+            &"a".repeat(32),
+        );
+        let b = service(
+            "[jwt]\nsecret_env = \"JWT_TEST_C\"\n",
+            "JWT_TEST_C",
+            &"b".repeat(32),
+        );
+        let token = b
+            .issue(&alice(), crate::auth::now_secs(), "j".into())
+            .unwrap();
         assert_eq!(a.verify(&token).unwrap_err(), TokenError::Invalid);
-        assert_eq!(a.verify(&"a".repeat(9000)).unwrap_err(), TokenError::Invalid);
+        assert_eq!(
+            a.verify(&"a".repeat(9000)).unwrap_err(),
+            TokenError::Invalid
+        );
     }
 }

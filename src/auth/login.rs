@@ -152,7 +152,10 @@ mod tests {
             form("grant_type=client_credentials&username=a&password=b"),
             Err(GatewayError::UnsupportedGrantType)
         ));
-        assert!(matches!(form("username=a"), Err(GatewayError::InvalidRequest(_))));
+        assert!(matches!(
+            form("username=a"),
+            Err(GatewayError::InvalidRequest(_))
+        ));
         assert!(matches!(
             form("username=a&username=b&password=c"),
             Err(GatewayError::InvalidRequest(_))
@@ -162,7 +165,10 @@ mod tests {
     #[test]
     fn json_body() {
         let f = fields(BodyKind::Json, br#"{"username":"a","password":"b"}"#).unwrap();
-        assert!(matches!(token_request(f), Ok(TokenRequest::Password { .. })));
+        assert!(matches!(
+            token_request(f),
+            Ok(TokenRequest::Password { .. })
+        ));
         assert!(fields(BodyKind::Json, b"[1]").is_err());
         assert!(fields(BodyKind::Json, b"{").is_err());
     }
@@ -173,7 +179,10 @@ mod tests {
             BodyKind::from_content_type(Some("application/x-www-form-urlencoded; charset=utf-8")),
             Some(BodyKind::Form)
         );
-        assert_eq!(BodyKind::from_content_type(Some("Application/JSON")), Some(BodyKind::Json));
+        assert_eq!(
+            BodyKind::from_content_type(Some("Application/JSON")),
+            Some(BodyKind::Json)
+        );
         assert_eq!(BodyKind::from_content_type(Some("text/plain")), None);
         assert_eq!(BodyKind::from_content_type(None), None);
     }

@@ -40,7 +40,11 @@ impl Passwords {
     /// store that has no usable hash) the dummy hash is verified and the
     /// answer is `false`.
     pub async fn verify(&self, password: String, hash: Option<String>) -> bool {
-        let _permit = self.permits.acquire().await.expect("semaphore never closes");
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore never closes");
         let known = hash.is_some();
         let hash: Arc<str> = match hash {
             Some(h) => h.into(),
@@ -55,7 +59,11 @@ impl Passwords {
     }
 
     pub async fn hash(&self, password: String) -> anyhow::Result<String> {
-        let _permit = self.permits.acquire().await.expect("semaphore never closes");
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore never closes");
         let cost = self.cost;
         Ok(tokio::task::spawn_blocking(move || bcrypt::hash(password.as_bytes(), cost)).await??)
     }

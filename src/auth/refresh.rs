@@ -166,7 +166,13 @@ impl SessionService {
         let token = RefreshToken::generate(rand::random());
         let now_ms = now_millis();
         self.store
-            .create(token.family(), &user.username, &token.hash(), now_ms, self.refresh_ttl)
+            .create(
+                token.family(),
+                &user.username,
+                &token.hash(),
+                now_ms,
+                self.refresh_ttl,
+            )
             .await?;
         self.pair(user, &token, now_ms / 1000)
     }
@@ -210,6 +216,7 @@ impl SessionService {
                 sealed,
             } => (username, presented.unseal(&sealed), at_ms),
             Rotation::Reused { username } => {
+                crate::metrics::get().reuse_detected();
                 tracing::warn!(
                     event = "refresh_token_reuse",
                     user = %username,
@@ -223,7 +230,9 @@ impl SessionService {
         let user = match self.users.find(&username).await? {
             Some(user) if !user.disabled => user,
             _ => {
-                self.store.revoke(successor.family(), &successor.hash()).await?;
+                self.store
+                    .revoke(successor.family(), &successor.hash())
+                    .await?;
                 return Err(RefreshError::UserGone(username));
             }
         };

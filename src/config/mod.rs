@@ -72,6 +72,13 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub sessions: SessionsConfig,
     pub auth: AuthConfig,
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    /// The metrics listener; never the public one.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -226,6 +233,7 @@ pub struct IdentityConfig {
 pub struct SessionsConfig {
     pub backend: SessionsBackend,
     pub redis_url: Option<String>,
+    pub sentinel_master: Option<String>,
     pub key_prefix: String,
     pub reuse_grace: Duration,
 }
@@ -234,6 +242,8 @@ pub struct SessionsConfig {
 pub struct AuthConfig {
     /// Empty, or `/auth`-like: where `/token`, `/logout`, ... live.
     pub path_prefix: String,
+    /// Browsers on `required` routes are sent to the sign-in page.
+    pub login_redirect: bool,
 }
 
 impl Config {
@@ -286,8 +296,8 @@ impl Config {
 
     /// The configuration `authgate serve --dev` runs with: no files at all.
     pub fn dev(listen: SocketAddr) -> Config {
-        let mut config = Config::parse(Path::new("gateway.toml"), "")
-            .expect("the empty configuration is valid");
+        let mut config =
+            Config::parse(Path::new("gateway.toml"), "").expect("the empty configuration is valid");
         config.server.listen = listen;
         config.cookies.secure = false;
         config
@@ -348,6 +358,7 @@ impl Validator<'_> {
         let identity = self.identity(raw.identity);
         let sessions = self.sessions(raw.sessions);
         let auth = self.auth(raw.auth);
+        let admin = self.admin(raw.admin, &server);
         Config {
             file: file.to_path_buf(),
             base_dir,
@@ -359,6 +370,31 @@ impl Validator<'_> {
             identity,
             sessions,
             auth,
+            admin,
+        }
+    }
+
+    fn admin(&mut self, raw: raw::RawAdmin, server: &ServerConfig) -> AdminConfig {
+        let Some(listen) = raw.listen else {
+            return AdminConfig::default();
+        };
+        match listen.get_ref().parse::<SocketAddr>() {
+            Ok(addr) if addr == server.listen => {
+                self.fail(&listen, "admin.listen", "must differ from server.listen");
+                AdminConfig::default()
+            }
+            Ok(addr) => AdminConfig { listen: Some(addr) },
+            Err(_) => {
+                self.fail(
+                    &listen,
+                    "admin.listen",
+                    format!(
+                        "{:?} is not an address:port such as \"127.0.0.1:9901\"",
+                        listen.get_ref()
+                    ),
+                );
+                AdminConfig::default()
+            }
         }
     }
 
@@ -470,7 +506,11 @@ impl Validator<'_> {
             let host = raw.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase());
             if let Some(h) = &raw.host {
                 if h.get_ref().is_empty() || h.get_ref().parse::<Authority>().is_err() {
-                    self.fail(h, key("host"), format!("{:?} is not a host name", h.get_ref()));
+                    self.fail(
+                        h,
+                        key("host"),
+                        format!("{:?} is not a host name", h.get_ref()),
+                    );
                 }
             }
             if routes.iter().any(|r| r.prefix == prefix && r.host == host) {
@@ -705,7 +745,10 @@ impl Validator<'_> {
     }
 
     fn cookies(&mut self, raw: raw::RawCookies) -> CookieConfig {
-        for (spanned, key) in [(&raw.access, "cookies.access"), (&raw.refresh, "cookies.refresh")] {
+        for (spanned, key) in [
+            (&raw.access, "cookies.access"),
+            (&raw.refresh, "cookies.refresh"),
+        ] {
             let name = spanned.get_ref();
             if name.is_empty() || !name.bytes().all(is_cookie_name_byte) {
                 self.fail(spanned, key, format!("{name:?} is not a valid cookie name"));
@@ -798,6 +841,7 @@ impl Validator<'_> {
         SessionsConfig {
             backend,
             redis_url,
+            sentinel_master: raw.sentinel_master,
             key_prefix: raw.key_prefix,
             reuse_grace: raw.reuse_grace.0,
         }
@@ -814,6 +858,7 @@ impl Validator<'_> {
         }
         AuthConfig {
             path_prefix: prefix.clone(),
+            login_redirect: raw.login_redirect,
         }
     }
 }

@@ -118,10 +118,9 @@ impl IdentityHeaders {
 
     fn is_reserved(&self, name: &HeaderName) -> bool {
         let name = name.as_str().as_bytes();
-        self.reserved.iter().any(|r| {
-            r.len() == name.len()
-                && r.iter().zip(name).all(|(&a, &b)| a == fold_byte(b))
-        })
+        self.reserved
+            .iter()
+            .any(|r| r.len() == name.len() && r.iter().zip(name).all(|(&a, &b)| a == fold_byte(b)))
     }
 
     /// Removes every client-sent header that could pass for identity.
@@ -201,7 +200,13 @@ mod tests {
     fn strips_every_spelling() {
         let rules = identity_headers();
         let mut h = HeaderMap::new();
-        for name in ["x-auth-user", "X_Auth_User", "x_auth-roles", "X-AUTH-EMAIL", "x-auth-tenant"] {
+        for name in [
+            "x-auth-user",
+            "X_Auth_User",
+            "x_auth-roles",
+            "X-AUTH-EMAIL",
+            "x-auth-tenant",
+        ] {
             h.append(
                 HeaderName::from_bytes(name.as_bytes()).unwrap(),
                 HeaderValue::from_static("evil"),

@@ -80,8 +80,10 @@ impl RequestContext {
     pub fn set_session_cookies(&mut self, gw: &Gateway, pair: &TokenPair) {
         self.set_cookies
             .push(gw.cookies.set_access(&pair.access_token, gw.jwt.access_ttl));
-        self.set_cookies
-            .push(gw.cookies.set_refresh(&pair.refresh_token, gw.config.jwt.refresh_ttl));
+        self.set_cookies.push(
+            gw.cookies
+                .set_refresh(&pair.refresh_token, gw.config.jwt.refresh_ttl),
+        );
     }
 
     pub fn clear_session_cookies(&mut self, gw: &Gateway) {
@@ -97,6 +99,14 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
     let mut response = match process(&gw, req, &mut ctx).await {
         Ok(response) => response,
         Err(error) => {
+            match &error {
+                GatewayError::Unavailable(_) => crate::metrics::get().store_error("store"),
+                GatewayError::UpstreamUnreachable(_) => {
+                    crate::metrics::get().upstream_error("connect")
+                }
+                GatewayError::UpstreamTimeout => crate::metrics::get().upstream_error("timeout"),
+                _ => {}
+            }
             if error.status().is_server_error() {
                 tracing::warn!(
                     event = "request_failed",
@@ -109,6 +119,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
         }
     };
     response_filter(&mut response, &mut ctx);
+    record_metrics(&gw, &ctx, response.status().as_u16());
     tracing::info!(
         target: "authgate::access",
         method = %method,
@@ -122,6 +133,22 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
         request_id = ctx.request_id.to_str().unwrap_or("-"),
     );
     response
+}
+
+fn record_metrics(gw: &Gateway, ctx: &RequestContext, status: u16) {
+    let metrics = crate::metrics::get();
+    let route = ctx.route.as_ref().map_or(&gw.own_metrics, |r| &r.metrics);
+    route.observe(
+        status,
+        ctx.started.elapsed().as_secs_f64(),
+        ctx.upstream_latency.map(|d| d.as_secs_f64()),
+    );
+    if matches!(
+        ctx.auth,
+        "ok" | "missing" | "invalid" | "expired" | "refreshed" | "refresh_failed" | "forbidden"
+    ) {
+        metrics.auth_outcome(ctx.auth);
+    }
 }
 
 /// The phases, top to bottom.
@@ -154,12 +181,26 @@ async fn process(
         authenticate(gw, req.headers(), ctx).await?
     };
     let lifetime = upgrade.then(|| websocket::Lifetime::of(&authn));
-    let permit = authorize(&route, authn, ctx)?;
+    let permit = match authorize(&route, authn, ctx) {
+        Err(GatewayError::Unauthenticated(_)) if !upgrade && sends_to_sign_in(gw, req.headers()) => {
+            let original = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            return Ok(crate::pages::redirect_to_sign_in(&gw.paths.login, original));
+        }
+        other => other?,
+    };
     if let Some(lifetime) = lifetime {
         return websocket::proxy(gw, &route, req, &path, permit, lifetime, ctx).await;
     }
     let upstream_request = mutate(gw, &route, req, &path, permit, ctx)?;
     forward(gw, &route, &route.clients.request, upstream_request, ctx).await
+}
+
+/// A browser (it names `text/html`) without an `Authorization` header is
+/// sent to the sign-in page instead of a JSON 401.
+fn sends_to_sign_in(gw: &Gateway, headers: &HeaderMap) -> bool {
+    gw.config.auth.login_redirect
+        && !headers.contains_key(AUTHORIZATION)
+        && crate::pages::wants_html(headers)
 }
 
 /// Phase 1: limits and framing that hyper leaves to us.
@@ -197,7 +238,11 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// Phase 3.
-fn route_request<B>(gw: &Gateway, req: &Request<B>, path: &str) -> Result<Arc<Route>, GatewayError> {
+fn route_request<B>(
+    gw: &Gateway,
+    req: &Request<B>,
+    path: &str,
+) -> Result<Arc<Route>, GatewayError> {
     let host = request_host(req);
     gw.routes
         .find(host.as_deref(), path)
@@ -230,9 +275,7 @@ pub enum Authn {
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Phase 4. A Bearer header alone decides; otherwise the access cookie,
@@ -251,7 +294,10 @@ pub async fn authenticate(
     }
     let cookie_outcome = match cookies::get(headers, &gw.cookies.access) {
         Some(token) => verified(gw, token, Via::Cookie, ctx),
-        None => Authn::Anonymous(AuthFailure::Missing),
+        None => {
+            ctx.auth = "missing";
+            Authn::Anonymous(AuthFailure::Missing)
+        }
     };
     let failure = match cookie_outcome {
         Authn::Anonymous(failure @ (AuthFailure::Missing | AuthFailure::Expired)) => failure,
@@ -330,14 +376,21 @@ pub struct Permit {
 }
 
 /// Phase 5.
-pub fn authorize(route: &Route, authn: Authn, ctx: &mut RequestContext) -> Result<Permit, GatewayError> {
+pub fn authorize(
+    route: &Route,
+    authn: Authn,
+    ctx: &mut RequestContext,
+) -> Result<Permit, GatewayError> {
     match (route.auth, authn) {
         (AuthPolicy::Public, _) => Ok(Permit { identity: None }),
-        (_, Authn::Authenticated { identity, token, .. }) if identity.has_any_role(&route.roles) => {
-            Ok(Permit {
-                identity: Some((identity, token)),
-            })
-        }
+        (
+            _,
+            Authn::Authenticated {
+                identity, token, ..
+            },
+        ) if identity.has_any_role(&route.roles) => Ok(Permit {
+            identity: Some((identity, token)),
+        }),
         (AuthPolicy::Required, Authn::Authenticated { .. }) => {
             ctx.auth = "forbidden";
             Err(GatewayError::Forbidden)
@@ -436,7 +489,10 @@ async fn forward(
     };
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(Into::into).boxed_unsync(),
+    ))
 }
 
 /// Phase 8: on every response.

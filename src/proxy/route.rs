@@ -25,15 +25,18 @@ pub struct Route {
     pub max_body: Option<u64>,
     pub websocket: bool,
     pub clients: RouteClients,
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 impl Route {
     fn new(config: &RouteConfig, upstreams: &Upstreams) -> Route {
+        let name = match &config.host {
+            Some(host) => format!("{host}{}", config.prefix),
+            None => config.prefix.clone(),
+        };
         Route {
-            name: match &config.host {
-                Some(host) => format!("{host}{}", config.prefix),
-                None => config.prefix.clone(),
-            },
+            metrics: crate::metrics::get().route(&name),
+            name,
             prefix: config.prefix.clone(),
             host: config.host.clone(),
             scheme: config.upstream.scheme.clone(),
@@ -155,7 +158,10 @@ mod tests {
     fn longest_prefix_at_segment_boundary() {
         let t = table(ROUTES);
         assert_eq!(upstream_of(&t, None, "/api/movies"), "http://movies/?q=1");
-        assert_eq!(upstream_of(&t, None, "/api/movies/7"), "http://movies/7?q=1");
+        assert_eq!(
+            upstream_of(&t, None, "/api/movies/7"),
+            "http://movies/7?q=1"
+        );
         assert_eq!(
             upstream_of(&t, None, "/api/moviesX"),
             "http://api/v1/api/moviesX?q=1"
@@ -170,7 +176,10 @@ mod tests {
             upstream_of(&t, Some("admin.example.com"), "/api/x"),
             "http://admin/api/x?q=1"
         );
-        assert_eq!(upstream_of(&t, Some("other"), "/api/x"), "http://api/v1/api/x?q=1");
+        assert_eq!(
+            upstream_of(&t, Some("other"), "/api/x"),
+            "http://api/v1/api/x?q=1"
+        );
     }
 
     #[test]

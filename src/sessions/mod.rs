@@ -113,6 +113,7 @@ pub async fn open(config: &SessionsConfig) -> anyhow::Result<Arc<dyn SessionStor
             redis::RedisSessionStore::new(
                 config.redis_url.as_deref().expect("validated at load"),
                 &config.key_prefix,
+                config.sentinel_master.as_deref(),
             )
             .await?,
         ),
@@ -121,10 +122,12 @@ pub async fn open(config: &SessionsConfig) -> anyhow::Result<Arc<dyn SessionStor
 
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 pub fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {

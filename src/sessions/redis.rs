@@ -107,10 +107,28 @@ impl ConnectionLike for Conn {
 enum Target {
     Single(ConnectionManager),
     /// Connected on first use, and again after a failed first attempt.
-    Cluster {
-        client: redis::cluster::ClusterClient,
-        conn: Mutex<Option<ClusterConnection>>,
-    },
+    Cluster(Box<ClusterTarget>),
+    /// The master named by Sentinel, asked again after any failure (a
+    /// failover moves it).
+    Sentinel(Box<SentinelTarget>),
+}
+
+struct SentinelTarget {
+    client: Mutex<redis::sentinel::SentinelClient>,
+    master: Mutex<Option<ConnectionManager>>,
+}
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(OP_TIMEOUT))
+        .set_response_timeout(Some(OP_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500))
+}
+
+struct ClusterTarget {
+    client: redis::cluster::ClusterClient,
+    conn: Mutex<Option<ClusterConnection>>,
 }
 
 pub struct RedisSessionStore {
@@ -139,26 +157,48 @@ impl RedisSessionStore {
     /// commas for a Redis Cluster (any reachable nodes; the rest are found).
     /// Nothing is contacted here: a Redis that is down at start makes the
     /// gateway not-ready, not absent.
-    pub async fn new(url: &str, prefix: &str) -> anyhow::Result<RedisSessionStore> {
-        let urls: Vec<&str> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
-        let target = if urls.len() > 1 || url.contains("cluster=true") {
-            let urls: Vec<String> = urls.iter().map(|u| u.replace("?cluster=true", "")).collect();
+    /// With `sentinel_master`, the URLs are Sentinel nodes and the store
+    /// talks to the master Sentinel names.
+    pub async fn new(
+        url: &str,
+        prefix: &str,
+        sentinel_master: Option<&str>,
+    ) -> anyhow::Result<RedisSessionStore> {
+        let urls: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let target = if let Some(master) = sentinel_master {
+            let client = redis::sentinel::SentinelClient::build(
+                urls.clone(),
+                master,
+                None,
+                redis::sentinel::SentinelServerType::Master,
+            )?;
+            Target::Sentinel(Box::new(SentinelTarget {
+                client: Mutex::new(client),
+                master: Mutex::new(None),
+            }))
+        } else if urls.len() > 1 || url.contains("cluster=true") {
+            let urls: Vec<String> = urls
+                .iter()
+                .map(|u| u.replace("?cluster=true", ""))
+                .collect();
             let client = redis::cluster::ClusterClientBuilder::new(urls)
                 .connection_timeout(OP_TIMEOUT)
                 .response_timeout(OP_TIMEOUT)
                 .build()?;
-            Target::Cluster {
+            Target::Cluster(Box::new(ClusterTarget {
                 client,
                 conn: Mutex::new(None),
-            }
+            }))
         } else {
             let client = redis::Client::open(urls[0])?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(OP_TIMEOUT))
-                .set_response_timeout(Some(OP_TIMEOUT))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_millis(500));
-            Target::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+            Target::Single(ConnectionManager::new_lazy_with_config(
+                client,
+                manager_config(),
+            )?)
         };
         Ok(RedisSessionStore {
             target,
@@ -173,7 +213,8 @@ impl RedisSessionStore {
     async fn conn(&self) -> Result<Conn, StoreError> {
         match &self.target {
             Target::Single(manager) => Ok(Conn::Single(manager.clone())),
-            Target::Cluster { client, conn } => {
+            Target::Cluster(cluster) => {
+                let ClusterTarget { client, conn } = &**cluster;
                 let mut guard = conn.lock().await;
                 if let Some(c) = guard.as_ref() {
                     return Ok(Conn::Cluster(c.clone()));
@@ -185,6 +226,29 @@ impl RedisSessionStore {
                 *guard = Some(c.clone());
                 Ok(Conn::Cluster(c))
             }
+            Target::Sentinel(sentinel) => {
+                let mut guard = sentinel.master.lock().await;
+                if let Some(c) = guard.as_ref() {
+                    return Ok(Conn::Single(c.clone()));
+                }
+                let mut client = sentinel.client.lock().await;
+                let master = tokio::time::timeout(OP_TIMEOUT, client.async_get_client())
+                    .await
+                    .map_err(unavailable)?
+                    .map_err(unavailable)?;
+                let manager = ConnectionManager::new_lazy_with_config(master, manager_config())
+                    .map_err(unavailable)?;
+                *guard = Some(manager.clone());
+                Ok(Conn::Single(manager))
+            }
+        }
+    }
+
+    /// After a failure, forget the Sentinel master so the next operation
+    /// asks Sentinel again.
+    async fn forget_master(&self) {
+        if let Target::Sentinel(sentinel) = &self.target {
+            *sentinel.master.lock().await = None;
         }
     }
 
@@ -194,11 +258,13 @@ impl RedisSessionStore {
         op: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn().await?;
-        match tokio::time::timeout(OP_TIMEOUT, op(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(unavailable(e)),
-            Err(elapsed) => Err(unavailable(elapsed)),
-        }
+        let result = match tokio::time::timeout(OP_TIMEOUT, op(&mut conn)).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => unavailable(e),
+            Err(elapsed) => unavailable(elapsed),
+        };
+        self.forget_master().await;
+        Err(result)
     }
 
     fn family_key(&self, family: &FamilyId) -> String {
@@ -305,7 +371,13 @@ impl SessionStore for RedisSessionStore {
         let fam = self.family_key(family);
         let tok = self.token_key(family, token);
         let n: i64 = self
-            .run(async |c| self.revoke_with_token.key(&fam).key(&tok).invoke_async(c).await)
+            .run(async |c| {
+                self.revoke_with_token
+                    .key(&fam)
+                    .key(&tok)
+                    .invoke_async(c)
+                    .await
+            })
             .await?;
         Ok(n == 1)
     }
@@ -333,7 +405,9 @@ impl SessionStore for RedisSessionStore {
             .await?;
         let mut list = Vec::new();
         for id in families {
-            let Some(family) = unhex::<16>(&id) else { continue };
+            let Some(family) = unhex::<16>(&id) else {
+                continue;
+            };
             let fam = self.family_key(&family);
             let fields: Vec<Option<String>> = self
                 .run(async |c| {
@@ -349,7 +423,10 @@ impl SessionStore for RedisSessionStore {
                     family: id,
                     username: user.clone(),
                     created_ms: created.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
-                    last_used_ms: last_used.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
+                    last_used_ms: last_used
+                        .as_deref()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
                     revoked: revoked.as_deref() == Some("1"),
                 }),
                 _ => {

@@ -133,13 +133,17 @@ impl FileUserStore {
     }
 
     /// Applies `edit` to the file's document and writes it back atomically.
-    fn edit(&self, edit: impl FnOnce(&mut ArrayOfTables) -> Result<(), UserStoreError>) -> Result<(), UserStoreError> {
+    fn edit(
+        &self,
+        edit: impl FnOnce(&mut ArrayOfTables) -> Result<(), UserStoreError>,
+    ) -> Result<(), UserStoreError> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(UserStoreError::Invalid(e.to_string())),
         };
-        parse(&text).map_err(|e| UserStoreError::Invalid(format!("{}: {e}", self.path.display())))?;
+        parse(&text)
+            .map_err(|e| UserStoreError::Invalid(format!("{}: {e}", self.path.display())))?;
         let mut doc: DocumentMut = text
             .parse()
             .map_err(|e: toml_edit::TomlError| UserStoreError::Invalid(e.to_string()))?;
@@ -152,8 +156,9 @@ impl FileUserStore {
         edit(users)?;
         let new_text = doc.to_string();
         parse(&new_text).map_err(UserStoreError::Invalid)?;
-        write_atomically(&self.path, new_text.as_bytes())
-            .map_err(|e| UserStoreError::Invalid(format!("writing {}: {e}", self.path.display())))?;
+        write_atomically(&self.path, new_text.as_bytes()).map_err(|e| {
+            UserStoreError::Invalid(format!("writing {}: {e}", self.path.display()))
+        })?;
         self.reload_if_changed();
         Ok(())
     }
@@ -166,7 +171,10 @@ fn position(users: &ArrayOfTables, username: &str) -> Option<usize> {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile_in(dir, path)?;
     tmp.1.write_all(bytes)?;
     tmp.1.sync_all()?;
@@ -179,7 +187,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// A new file beside `path`, readable by its owner only (it holds hashes).
 fn tempfile_in(dir: &Path, path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     use std::os::unix::fs::OpenOptionsExt;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("users.toml");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("users.toml");
     let tmp = dir.join(format!(".{name}.{}.tmp", rand::random::<u64>()));
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -203,7 +214,10 @@ impl UserStore for FileUserStore {
 
     async fn add(&self, user: User) -> Result<(), UserStoreError> {
         if !valid_username(&user.username) {
-            return Err(UserStoreError::Invalid(format!("invalid username {:?}", user.username)));
+            return Err(UserStoreError::Invalid(format!(
+                "invalid username {:?}",
+                user.username
+            )));
         }
         self.edit(|users| {
             if position(users, &user.username).is_some() {
@@ -226,7 +240,8 @@ impl UserStore for FileUserStore {
 
     async fn set_password(&self, username: &str, hash: &str) -> Result<(), UserStoreError> {
         self.edit(|users| {
-            let i = position(users, username).ok_or_else(|| UserStoreError::NotFound(username.into()))?;
+            let i = position(users, username)
+                .ok_or_else(|| UserStoreError::NotFound(username.into()))?;
             let table = users.get_mut(i).expect("position is in range");
             table.insert("password_hash", value(hash));
             Ok(())
@@ -235,7 +250,8 @@ impl UserStore for FileUserStore {
 
     async fn delete(&self, username: &str) -> Result<(), UserStoreError> {
         self.edit(|users| {
-            let i = position(users, username).ok_or_else(|| UserStoreError::NotFound(username.into()))?;
+            let i = position(users, username)
+                .ok_or_else(|| UserStoreError::NotFound(username.into()))?;
             users.remove(i);
             Ok(())
         })
@@ -277,14 +293,23 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            store.add(User { username: "bob".into(), password_hash: HASH.into(), ..User::default() }).await,
+            store
+                .add(User {
+                    username: "bob".into(),
+                    password_hash: HASH.into(),
+                    ..User::default()
+                })
+                .await,
             Err(UserStoreError::Exists(_))
         ));
         store.set_password("alice", "$2b$04$new").await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# our team\n"), "{text}");
         assert!(text.contains("# the boss"), "{text}");
-        assert_eq!(store.find("alice").await.unwrap().unwrap().password_hash, "$2b$04$new");
+        assert_eq!(
+            store.find("alice").await.unwrap().unwrap().password_hash,
+            "$2b$04$new"
+        );
         store.delete("alice").await.unwrap();
         assert!(store.find("alice").await.unwrap().is_none());
         assert_eq!(store.list().await.unwrap().len(), 1);
@@ -294,7 +319,11 @@ mod tests {
     async fn broken_edit_keeps_last_good_version() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.toml");
-        std::fs::write(&path, format!("[[users]]\nusername = \"alice\"\npassword_hash = \"{HASH}\"\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("[[users]]\nusername = \"alice\"\npassword_hash = \"{HASH}\"\n"),
+        )
+        .unwrap();
         let store = FileUserStore::open(&path).unwrap();
         std::fs::write(&path, "[[users]]\nusername = \"alice\"\nbroken = \n").unwrap();
         store.reload();

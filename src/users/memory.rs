@@ -23,16 +23,30 @@ impl MemoryUserStore {
 #[async_trait]
 impl UserStore for MemoryUserStore {
     async fn find(&self, username: &str) -> Result<Option<User>, UserStoreError> {
-        Ok(self.users.read().expect("users lock").get(username).cloned())
+        Ok(self
+            .users
+            .read()
+            .expect("users lock")
+            .get(username)
+            .cloned())
     }
 
     async fn list(&self) -> Result<Vec<User>, UserStoreError> {
-        Ok(self.users.read().expect("users lock").values().cloned().collect())
+        Ok(self
+            .users
+            .read()
+            .expect("users lock")
+            .values()
+            .cloned()
+            .collect())
     }
 
     async fn add(&self, user: User) -> Result<(), UserStoreError> {
         if !valid_username(&user.username) {
-            return Err(UserStoreError::Invalid(format!("invalid username {:?}", user.username)));
+            return Err(UserStoreError::Invalid(format!(
+                "invalid username {:?}",
+                user.username
+            )));
         }
         let mut users = self.users.write().expect("users lock");
         if users.contains_key(&user.username) {

@@ -65,7 +65,9 @@ pub async fn open(config: &Config, watch: bool) -> anyhow::Result<Arc<dyn UserSt
             }
             store
         }
-        UsersBackend::Postgres => Arc::new(postgres::PostgresUserStore::open(&config.users.postgres, watch).await?),
+        UsersBackend::Postgres => {
+            Arc::new(postgres::PostgresUserStore::open(&config.users.postgres, watch).await?)
+        }
     })
 }
 
@@ -74,5 +76,7 @@ pub async fn open(config: &Config, watch: bool) -> anyhow::Result<Arc<dyn UserSt
 pub fn valid_username(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
-        && name.chars().all(|c| !c.is_control() && !c.is_whitespace() && c != ',')
+        && name
+            .chars()
+            .all(|c| !c.is_control() && !c.is_whitespace() && c != ',')
 }

@@ -72,7 +72,9 @@ impl Upstream {
         let (seen2, name2) = (seen.clone(), name.to_string());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (seen, name) = (seen2.clone(), name2.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -128,7 +130,11 @@ async fn upstream_answer(
         return Response::new(Full::new(Bytes::from(total.to_string())).boxed());
     }
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     seen.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
@@ -160,9 +166,15 @@ async fn upstream_answer(
         ))
         .boxed(),
     );
-    response.headers_mut().insert("content-type", "application/json".parse().unwrap());
-    response.headers_mut().insert("connection", "x-upstream-private".parse().unwrap());
-    response.headers_mut().insert("x-upstream-private", "1".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("connection", "x-upstream-private".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("x-upstream-private", "1".parse().unwrap());
     if path == "/set-cookie" {
         response
             .headers_mut()
@@ -357,4 +369,45 @@ pub fn sign_hs256(claims: &serde_json::Value, secret: &str) -> String {
 
 pub fn now() -> u64 {
     authgate::auth::now_secs()
+}
+
+/// Sends raw bytes on a fresh connection and returns the whole response
+/// text (the connection is closed by `Connection: close` or a 2 s pause).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A GET with the path sent exactly as given (no client-side normalization).
+pub async fn raw_get(addr: SocketAddr, path: &str, extra_headers: &str) -> String {
+    raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n{extra_headers}\r\n")
+            .as_bytes(),
+    )
+    .await
+}
+
+pub fn status_of(raw_response: &str) -> u16 {
+    raw_response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A TCP port nothing listens on.
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }

@@ -1,0 +1,207 @@
+//! The `authgate` binary: config errors, check-config, serve and SIGTERM,
+//! the users commands against the users file.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{binary, client, closed_port, Upstream, SECRET};
+
+fn write_config(dir: &tempfile::TempDir, body: &str) -> std::path::PathBuf {
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+fn authgate(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .env("AUTHGATE_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// Each bad file is refused by `check-config` and `serve` with a message
+/// that names the key and the line.
+#[test]
+fn bad_configs_are_refused_with_key_and_line() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("[server]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n", "line 3", "listn"),
+        ("[server]\nrequest_timeout = \"forever\"\n", "line 2", "invalid duration"),
+        ("[server]\nlisten = \"nowhere\"\n", "line 2", "server.listen"),
+        ("[[routes]]\nprefix = \"api\"\nupstream = \"http://a\"\n", "line 2", "routes[0].prefix"),
+        ("[[routes]]\nprefix = \"/a\"\nupstream = \"ftp://a\"\n", "line 3", "routes[0].upstream"),
+        (
+            "[[routes]]\nprefix = \"/a\"\nupstream = \"http://a\"\n[[routes]]\nprefix = \"/a/\"\nupstream = \"http://b\"\n",
+            "line 5",
+            "duplicate route",
+        ),
+        ("[jwt]\nalgorithm = \"none\"\n", "line 2", "none"),
+        ("[jwt]\nsecret_env = \"AUTHGATE_TEST_UNSET_VAR\"\n", "line 2", "jwt.secret_env"),
+        ("[cookies]\nsame_site = \"none\"\nsecure = false\n", "line 2", "cookies.same_site"),
+        ("[sessions]\nbackend = \"redis\"\n", "line 2", "sessions.redis_url"),
+        ("[[routes]]\nprefix = \"/a\"\nupstream = \"http://a\"\nauth = \"maybe\"\n", "line 4", "maybe"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (body, line, key) in cases {
+        let path = write_config(&dir, body);
+        for command in [
+            &["check-config"][..],
+            &["serve", "--listen", "127.0.0.1:0"][..],
+        ] {
+            let out = authgate(&path, command);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{command:?} accepted:\n{body}");
+            assert!(
+                stderr.contains(line),
+                "{command:?}: no {line:?} in {stderr}\nfor:\n{body}"
+            );
+            assert!(
+                stderr.contains(key),
+                "{command:?}: no {key:?} in {stderr}\nfor:\n{body}"
+            );
+        }
+    }
+}
+
+#[test]
+fn check_config_prints_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "[server]\nlisten = \"127.0.0.1:9999\"\n[[routes]]\nprefix = \"/api/\"\nupstream = \"http://127.0.0.1:9000\"\nstrip_prefix = true\n",
+    );
+    let out = authgate(&path, &["check-config"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("127.0.0.1:9999"), "{stdout}");
+    assert!(stdout.contains("/api -> http://127.0.0.1:9000"), "{stdout}");
+}
+
+#[test]
+fn the_example_gateway_toml_is_valid() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
+    let out = authgate(&example, &["check-config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn config_path_comes_from_env_and_relative_paths_from_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(&dir, "[users]\npath = \"people.toml\"\nbcrypt_cost = 4\n");
+    let mut child = Command::new(binary())
+        .args(["users", "add", "zoe", "--password-stdin", "--role", "dev"])
+        .env("AUTHGATE_CONFIG", dir.path().join("gateway.toml"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"pw-of-zoe\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.path().join("people.toml")).unwrap();
+    assert!(text.contains("username = \"zoe\""), "{text}");
+}
+
+#[test]
+fn hash_password_reads_stdin() {
+    let mut child = Command::new(binary())
+        .args([
+            "-c",
+            "/nonexistent/gateway.toml",
+            "hash-password",
+            "--cost",
+            "4",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hunter2\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap();
+    assert!(hash.starts_with("$2b$04$"), "{hash}");
+    // The trailing newline was not part of the password.
+    assert!(bcrypt::verify("hunter2", hash.trim()).unwrap());
+}
+
+#[tokio::test]
+async fn serve_answers_then_drains_on_sigterm() {
+    let up = Upstream::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let path = write_config(
+        &dir,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\nauth = \"public\"\n[users]\nbcrypt_cost = 4\n",
+            up.url()
+        ),
+    );
+    let mut child = tokio::process::Command::new(binary())
+        .arg("-c")
+        .arg(&path)
+        .env("AUTHGATE_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up_now = false;
+    for _ in 0..100 {
+        if client().get(format!("{base}/healthz")).send().await.is_ok() {
+            up_now = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up_now, "authgate did not start");
+    let slow = tokio::spawn(async move {
+        client()
+            .get(format!("{base}/slow/700"))
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    for _ in 0..100 {
+        if up.count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(slow.await.unwrap().unwrap(), 200);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
