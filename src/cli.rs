@@ -175,11 +175,14 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         crate::admin::spawn(admin_listener, gw.clone());
     }
     if let Some(redirect) = gw.config.server.tls.as_ref().and_then(|t| t.redirect_http) {
-        let plain = tokio::net::TcpListener::bind(redirect)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {redirect} (server.tls.redirect_http): {e}"))?;
+        let plain = tokio::net::TcpListener::bind(redirect).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {redirect} (server.tls.redirect_http): {e}")
+        })?;
         tracing::info!(event = "redirect_listening", address = %plain.local_addr()?);
-        tokio::spawn(crate::tls::redirect_to_https(plain, listener.local_addr()?.port()));
+        tokio::spawn(crate::tls::redirect_to_https(
+            plain,
+            listener.local_addr()?.port(),
+        ));
     }
     spawn_reload_on_hangup(gw.clone());
     crate::server::serve(gw, listener, crate::server::shutdown_signal()).await?;
@@ -194,7 +197,10 @@ fn spawn_reload_on_hangup(gw: Arc<Gateway>) {
             return;
         };
         while hup.recv().await.is_some() {
-            tracing::info!(event = "sighup", "reloading the users file and the TLS certificate");
+            tracing::info!(
+                event = "sighup",
+                "reloading the users file and the TLS certificate"
+            );
             gw.users.reload();
             if let Some(tls) = &gw.tls {
                 tls.reload_logged();
@@ -235,7 +241,11 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
     println!("configuration {} is valid", path.display());
     match &config.server.tls {
         Some(tls) => {
-            println!("listen: https://{} (TLS {}+)", config.server.listen, tls.min_version.as_str());
+            println!(
+                "listen: https://{} (TLS {}+)",
+                config.server.listen,
+                tls.min_version.as_str()
+            );
             if let Some(plain) = tls.redirect_http {
                 println!("redirect: http://{plain} -> https");
             }
@@ -260,10 +270,22 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
             route.prefix,
             route.upstream,
             route.auth,
-            if route.strip_prefix { ", strip_prefix" } else { "" },
+            if route.strip_prefix {
+                ", strip_prefix"
+            } else {
+                ""
+            },
             if route.upstream_http2 { ", http2" } else { "" },
-            if route.upstream_ca.is_some() { ", own CA" } else { "" },
-            if route.websocket { "" } else { ", no websocket" },
+            if route.upstream_ca.is_some() {
+                ", own CA"
+            } else {
+                ""
+            },
+            if route.websocket {
+                ""
+            } else {
+                ", no websocket"
+            },
             if route.roles.is_empty() {
                 String::new()
             } else {

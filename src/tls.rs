@@ -50,11 +50,13 @@ impl Tls {
         };
         let mut server = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
-            .map_err(|e| vec![Problem {
-                line: None,
-                key: "server.tls.min_version".into(),
-                message: e.to_string(),
-            }])?
+            .map_err(|e| {
+                vec![Problem {
+                    line: None,
+                    key: "server.tls.min_version".into(),
+                    message: e.to_string(),
+                }]
+            })?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
@@ -70,7 +72,11 @@ impl Tls {
     pub fn reload(&self) -> Result<(), Problem> {
         let provider = rustls::crypto::ring::default_provider();
         let certified = load(&self.config, &provider)?;
-        *self.resolver.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(certified);
+        *self
+            .resolver
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(certified);
         Ok(())
     }
 
@@ -107,7 +113,12 @@ struct CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
     }
 }
 
@@ -123,9 +134,17 @@ pub fn read_certificates(
     let pem = read(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| path.problem(format!("{}: not a PEM certificate file: {e}", path.value.display())))?;
+        .map_err(|e| {
+            path.problem(format!(
+                "{}: not a PEM certificate file: {e}",
+                path.value.display()
+            ))
+        })?;
     if certs.is_empty() {
-        return Err(path.problem(format!("{}: no CERTIFICATE block found", path.value.display())));
+        return Err(path.problem(format!(
+            "{}: no CERTIFICATE block found",
+            path.value.display()
+        )));
     }
     Ok(certs)
 }
@@ -150,9 +169,10 @@ fn load(config: &TlsConfig, provider: &CryptoProvider) -> Result<CertifiedKey, P
             "{}: unsupported private key: {e}",
             config.key.value.display()
         )),
-        other => config
-            .cert
-            .problem(format!("{}: unusable certificate: {other}", config.cert.value.display())),
+        other => config.cert.problem(format!(
+            "{}: unusable certificate: {other}",
+            config.cert.value.display()
+        )),
     })
 }
 
@@ -165,9 +185,10 @@ pub async fn redirect_to_https(listener: TcpListener, https_port: u16) {
             continue;
         };
         tokio::spawn(async move {
-            let service = service_fn(move |req| async move {
-                Ok::<_, Infallible>(redirect(&req, https_port))
-            });
+            let service =
+                service_fn(
+                    move |req| async move { Ok::<_, Infallible>(redirect(&req, https_port)) },
+                );
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(crate::config::defaults::HEADER_TIMEOUT)
@@ -192,7 +213,9 @@ fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<Body> {
     };
     let mut response = Response::new(response::empty());
     *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    response.headers_mut().insert(http::header::LOCATION, location);
+    response
+        .headers_mut()
+        .insert(http::header::LOCATION, location);
     response
 }
 

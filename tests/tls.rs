@@ -159,7 +159,10 @@ async fn https_clients_on_http2_and_http11_are_authenticated_and_proxied() {
     let upstream = Upstream::start("api").await;
     let gw = tls_gateway(
         &pki,
-        &format!("[[routes]]\nprefix = \"/api\"\nupstream = \"{}\"\n", upstream.url()),
+        &format!(
+            "[[routes]]\nprefix = \"/api\"\nupstream = \"{}\"\n",
+            upstream.url()
+        ),
         &[user("alice", "pw-alice", &["dev"])],
     )
     .await;
@@ -169,7 +172,10 @@ async fn https_clients_on_http2_and_http11_are_authenticated_and_proxied() {
     let h2 = https_client(&pki).build().unwrap();
     let h1 = https_client(&pki).http1_only().build().unwrap();
     let (token, cookies) = https_login(&h2, https(&gw, "/token")).await;
-    assert!(cookies.iter().all(|c| c.contains("; Secure")), "{cookies:?}");
+    assert!(
+        cookies.iter().all(|c| c.contains("; Secure")),
+        "{cookies:?}"
+    );
 
     let response = h2
         .get(https(&gw, "/api/two"))
@@ -209,7 +215,10 @@ async fn https_clients_on_http2_and_http11_are_authenticated_and_proxied() {
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.status(), 200);
     let renewed = set_cookies(response.headers());
-    assert!(cookie_value(&renewed, "access_token").is_some(), "{renewed:?}");
+    assert!(
+        cookie_value(&renewed, "access_token").is_some(),
+        "{renewed:?}"
+    );
     assert!(renewed.iter().all(|c| c.contains("; Secure")));
     assert_eq!(upstream.last().headers["x-auth-user"], "alice");
 
@@ -243,7 +252,8 @@ async fn a_bad_certificate_is_refused_at_start_with_its_key_and_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
-        stderr.contains("line 3: server.tls.key") && stderr.contains("does not belong to the certificate"),
+        stderr.contains("line 3: server.tls.key")
+            && stderr.contains("does not belong to the certificate"),
         "{stderr}"
     );
 
@@ -289,10 +299,14 @@ impl Echo {
         );
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 count.fetch_add(1, Ordering::SeqCst);
                 let (seen, closes) = (seen.clone(), closes.clone());
                 tokio::spawn(async move {
+                    // The Result type is tungstenite's, not ours to shrink.
+                    #[allow(clippy::result_large_err)]
                     let callback = |req: &tungstenite::handshake::server::Request, response| {
                         seen.lock().unwrap().push(req.headers().clone());
                         Ok(response)
@@ -303,10 +317,9 @@ impl Echo {
                     };
                     while let Some(Ok(message)) = ws.next().await {
                         match message {
+                            // A failed send ends the loop at the next read.
                             Message::Text(_) | Message::Binary(_) => {
-                                if ws.send(message).await.is_err() {
-                                    return;
-                                }
+                                let _ = ws.send(message).await;
                             }
                             Message::Close(frame) => {
                                 closes.lock().unwrap().push(frame.map(|f| f.code));
@@ -326,16 +339,23 @@ impl Echo {
     }
 
     fn route(&self, prefix: &str) -> String {
-        format!("[[routes]]\nprefix = \"{prefix}\"\nupstream = \"http://{}\"\n", self.addr)
+        format!(
+            "[[routes]]\nprefix = \"{prefix}\"\nupstream = \"http://{}\"\n",
+            self.addr
+        )
     }
 }
 
-fn ws_request(url: &str, header: Option<(&str, String)>) -> tungstenite::handshake::client::Request {
+fn ws_request(
+    url: &str,
+    header: Option<(&str, String)>,
+) -> tungstenite::handshake::client::Request {
     let mut request = url.into_client_request().unwrap();
     if let Some((name, value)) = header {
-        request
-            .headers_mut()
-            .insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
     }
     request
 }
@@ -419,7 +439,9 @@ async fn idle_websockets_outlive_the_request_timeout() {
     let url = format!("ws://{}/ws/echo", gw.addr);
     let stream = TcpStream::connect(gw.addr).await.unwrap();
     let request = ws_request(&url, Some(("authorization", format!("Bearer {token}"))));
-    let (mut ws, _) = tokio_tungstenite::client_async(request, stream).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     round_trip(&mut ws).await;
 }
@@ -433,7 +455,9 @@ async fn websocket_silent_refresh_sets_cookies_on_the_101() {
     let url = format!("ws://{}/ws/echo", gw.addr);
     let stream = TcpStream::connect(gw.addr).await.unwrap();
     let request = ws_request(&url, Some(("cookie", format!("refresh_token={refresh}"))));
-    let (mut ws, response) = tokio_tungstenite::client_async(request, stream).await.unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     let renewed: Vec<String> = response
         .headers()
@@ -441,7 +465,10 @@ async fn websocket_silent_refresh_sets_cookies_on_the_101() {
         .iter()
         .map(|v| v.to_str().unwrap().to_string())
         .collect();
-    assert!(cookie_value(&renewed, "access_token").is_some(), "{renewed:?}");
+    assert!(
+        cookie_value(&renewed, "access_token").is_some(),
+        "{renewed:?}"
+    );
     assert_ne!(cookie_value(&renewed, "refresh_token"), Some(refresh));
     assert_eq!(echo.last_handshake()["x-auth-user"], "alice");
     round_trip(&mut ws).await;
@@ -453,7 +480,11 @@ async fn websocket_with_bearer_over_tls_round_trips_and_refuses_without_token() 
     let echo = Echo::start().await;
     let gw = tls_gateway(
         &pki,
-        &format!("{}{}websocket = false\n", echo.route("/ws"), echo.route("/nows")),
+        &format!(
+            "{}{}websocket = false\n",
+            echo.route("/ws"),
+            echo.route("/nows")
+        ),
         &[user("alice", "pw-alice", &["dev"])],
     )
     .await;
@@ -485,7 +516,9 @@ async fn websocket_with_bearer_over_tls_round_trips_and_refuses_without_token() 
     // A route that does not allow WebSockets refuses the upgrade.
     let nows = format!("wss://127.0.0.1:{}/nows/echo", gw.addr.port());
     let bearer = ("authorization", format!("Bearer {token}"));
-    match tokio_tungstenite::client_async(ws_request(&nows, Some(bearer.clone())), connect().await).await {
+    match tokio_tungstenite::client_async(ws_request(&nows, Some(bearer.clone())), connect().await)
+        .await
+    {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 400),
         other => panic!("expected a 400, got {other:?}"),
     }
@@ -517,9 +550,14 @@ async fn bearer_only_websocket_closes_1008_when_its_token_expires() {
     let url = format!("ws://{}/ws/echo", gw.addr);
     let stream = TcpStream::connect(gw.addr).await.unwrap();
     let request = ws_request(&url, Some(("authorization", format!("Bearer {token}"))));
-    let (mut ws, _) = tokio_tungstenite::client_async(request, stream).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
     ws.send(Message::text("still here")).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("still here"));
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
     assert_eq!(close_code(&mut ws).await, Some(CloseCode::Policy));
     assert!(now() > issued + 2, "closed only after the token expired");
 }
@@ -547,7 +585,9 @@ async fn versioned_upstream(tls: Option<rustls::ServerConfig>) -> SocketAddr {
     let acceptor = tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let service = service_fn(|req: Request<Incoming>| async move {
@@ -561,10 +601,18 @@ async fn versioned_upstream(tls: Option<rustls::ServerConfig>) -> SocketAddr {
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 let _ = match acceptor {
                     Some(acceptor) => {
-                        let Ok(stream) = acceptor.accept(stream).await else { return };
-                        builder.serve_connection(TokioIo::new(stream), service).await
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
                     }
-                    None => builder.serve_connection(TokioIo::new(stream), service).await,
+                    None => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
                 };
             });
         }
@@ -640,9 +688,15 @@ async fn an_unreadable_upstream_ca_is_a_config_problem() {
     let toml = format!("{toml}[jwt]\nsecret_env = \"{SECRET_ENV}\"\n");
     std::fs::write(dir.path().join("gateway.toml"), toml).unwrap();
     let config = authgate::config::Config::load(&dir.path().join("gateway.toml")).unwrap();
-    let error = authgate::gateway::Gateway::build(config).await.unwrap_err().to_string();
+    let error = authgate::gateway::Gateway::build(config)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("line 4: routes[0].upstream_ca"), "{error}");
-    assert!(error.contains("line 8: routes[1].upstream_ca") && error.contains("cannot read"), "{error}");
+    assert!(
+        error.contains("line 8: routes[1].upstream_ca") && error.contains("cannot read"),
+        "{error}"
+    );
 }
 
 /// A spawned `authgate serve`, killed when dropped.
@@ -724,7 +778,11 @@ async fn sighup_swaps_the_certificate_for_new_connections_only() {
     )
     .unwrap();
     let gateway = Running::start(dir.path());
-    let address: SocketAddr = gateway.event("listening")["address"].as_str().unwrap().parse().unwrap();
+    let address: SocketAddr = gateway.event("listening")["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let plain: SocketAddr = gateway.event("redirect_listening")["address"]
         .as_str()
         .unwrap()
@@ -763,11 +821,27 @@ async fn sighup_swaps_the_certificate_for_new_connections_only() {
     assert_eq!(peer_certificate(&response), first.der);
 
     // A broken certificate at reload keeps the current one.
-    std::fs::write(dir.path().join("gateway.crt"), "-----BEGIN CERTIFICATE-----\nbroken\n").unwrap();
+    std::fs::write(
+        dir.path().join("gateway.crt"),
+        "-----BEGIN CERTIFICATE-----\nbroken\n",
+    )
+    .unwrap();
     gateway.hang_up();
     let failure = gateway.event("tls_reload_failed");
-    assert!(failure["problem"].as_str().unwrap().contains("server.tls.cert"), "{failure}");
-    let response = https_client(&pki).build().unwrap().get(&url).send().await.unwrap();
+    assert!(
+        failure["problem"]
+            .as_str()
+            .unwrap()
+            .contains("server.tls.cert"),
+        "{failure}"
+    );
+    let response = https_client(&pki)
+        .build()
+        .unwrap()
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(peer_certificate(&response), second.der);
 }

@@ -182,7 +182,9 @@ async fn process(
     };
     let lifetime = upgrade.then(|| websocket::Lifetime::of(&authn));
     let permit = match authorize(&route, authn, ctx) {
-        Err(GatewayError::Unauthenticated(_)) if !upgrade && sends_to_sign_in(gw, req.headers()) => {
+        Err(GatewayError::Unauthenticated(_))
+            if !upgrade && sends_to_sign_in(gw, req.headers()) =>
+        {
             let original = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
             return Ok(crate::pages::redirect_to_sign_in(&gw.paths.login, original));
         }

@@ -64,7 +64,9 @@ impl Upstreams {
         add(None, &system);
         let mut seen = Vec::new();
         for (i, route) in routes.iter().enumerate() {
-            let Some(ca) = &route.upstream_ca else { continue };
+            let Some(ca) = &route.upstream_ca else {
+                continue;
+            };
             if seen.contains(&ca.value) {
                 continue;
             }
@@ -72,10 +74,9 @@ impl Upstreams {
             let mut roots = system.clone();
             let added = crate::tls::read_certificates(ca).and_then(|certs| {
                 match roots.add_parsable_certificates(certs) {
-                    (0, _) => Err(ca.problem(format!(
-                        "{}: no usable CA certificate",
-                        ca.value.display()
-                    ))),
+                    (0, _) => {
+                        Err(ca.problem(format!("{}: no usable CA certificate", ca.value.display())))
+                    }
                     _ => Ok(()),
                 }
             });
@@ -131,7 +132,9 @@ fn client(roots: RootCertStore, http2: bool) -> UpstreamClient {
     .expect("ring supports the default versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let builder = HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
     // h2 alone in ALPN: an upstream configured for HTTP/2 that cannot speak
     // it fails loudly rather than being spoken to in the wrong protocol.
     let connector = if http2 {
@@ -158,7 +161,9 @@ pub fn tls_failure<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&
         }
         // An io::Error hides its payload from `source()`: step into it.
         next = match e.downcast_ref::<std::io::Error>() {
-            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
             None => e.source(),
         };
     }

@@ -149,7 +149,9 @@ async fn session_ended(lifetime: Lifetime, sessions: Arc<dyn SessionStore>) -> &
         if lifetime.expires.is_some_and(|exp| now_secs() > exp) {
             return "token_expired";
         }
-        let Some(family) = &lifetime.session else { continue };
+        let Some(family) = &lifetime.session else {
+            continue;
+        };
         match sessions.family_alive(family).await {
             Ok(true) => store_failing = false,
             Ok(false) => return "session_ended",
@@ -178,7 +180,11 @@ enum Ended {
 
 /// Splices `client` and `upstream` both ways until both directions end,
 /// either fails, or `ended` resolves. Returns why it stopped.
-async fn relay<C, U>(client: C, upstream: U, ended: impl Future<Output = &'static str>) -> &'static str
+async fn relay<C, U>(
+    client: C,
+    upstream: U,
+    ended: impl Future<Output = &'static str>,
+) -> &'static str
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -223,7 +229,9 @@ where
             let _ = to_client.shutdown().await;
         }
         if let Some((mut to_upstream, Ended::Stopped)) = up_done {
-            let _ = to_upstream.write_all(&close_frame(Some(rand::random()))).await;
+            let _ = to_upstream
+                .write_all(&close_frame(Some(rand::random())))
+                .await;
             let _ = to_upstream.shutdown().await;
         }
     };
@@ -233,7 +241,11 @@ where
 
 /// Copies `from` to `to`. Once `stop` turns true, finishes the frame in
 /// flight and returns the writer, so a close frame can follow it.
-async fn pump<R, W>(mut from: R, mut to: W, mut stop: watch::Receiver<bool>) -> io::Result<(W, Ended)>
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<(W, Ended)>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -294,7 +306,9 @@ impl FrameCursor {
         let mut used = 0;
         if self.payload_left == 0 {
             loop {
-                let Some(&byte) = data.get(used) else { return used };
+                let Some(&byte) = data.get(used) else {
+                    return used;
+                };
                 self.header[self.have] = byte;
                 self.have += 1;
                 used += 1;
@@ -388,7 +402,12 @@ mod tests {
 
     #[test]
     fn cursor_finds_boundaries_across_any_split() {
-        let frames = [frame(0, false), frame(5, true), frame(300, false), frame(70_000, true)];
+        let frames = [
+            frame(0, false),
+            frame(5, true),
+            frame(300, false),
+            frame(70_000, true),
+        ];
         let stream: Vec<u8> = frames.concat();
         let ends: Vec<usize> = frames
             .iter()
@@ -419,7 +438,10 @@ mod tests {
     #[test]
     fn close_frames_carry_1008() {
         let plain = close_frame(None);
-        assert_eq!(&plain[..4], &[0x88, 2 + CLOSE_REASON.len() as u8, 0x03, 0xf0]);
+        assert_eq!(
+            &plain[..4],
+            &[0x88, 2 + CLOSE_REASON.len() as u8, 0x03, 0xf0]
+        );
         let masked = close_frame(Some([9, 8, 7, 6]));
         assert_eq!(masked[1], 0x80 | (2 + CLOSE_REASON.len() as u8));
         assert_eq!([masked[6] ^ 9, masked[7] ^ 8], [0x03, 0xf0]);
