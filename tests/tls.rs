@@ -230,6 +230,20 @@ async fn https_clients_on_http2_and_http11_are_authenticated_and_proxied() {
 }
 
 #[tokio::test]
+async fn min_version_13_refuses_tls_12_clients() {
+    let pki = Pki::new("gateway CA");
+    let gw = tls_gateway(&pki, "min_version = \"1.3\"\n", &[]).await;
+    let old = https_client(&pki)
+        .max_tls_version(reqwest::tls::Version::TLS_1_2)
+        .build()
+        .unwrap();
+    assert!(old.get(https(&gw, "/healthz")).send().await.is_err());
+    let current = https_client(&pki).build().unwrap();
+    let response = current.get(https(&gw, "/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
 async fn a_bad_certificate_is_refused_at_start_with_its_key_and_line() {
     init();
     let pki = Pki::new("gateway CA");

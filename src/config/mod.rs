@@ -964,4 +964,59 @@ mod tests {
         assert_eq!(raw::ByteSize::parse("512").unwrap(), 512);
         assert!(raw::ByteSize::parse("10 parsecs").is_err());
     }
+
+    #[test]
+    fn tls_paths_resolve_against_the_config_folder() {
+        let c = Config::parse(
+            Path::new("etc/gateway.toml"),
+            "[server.tls]\ncert = \"certs/g.crt\"\nkey = \"/abs/g.key\"\nmin_version = \"1.3\"\n\
+             [[routes]]\nprefix = \"/\"\nupstream = \"https://a\"\nupstream_ca = \"ca.pem\"\nupstream_http2 = true\n",
+        )
+        .unwrap();
+        let tls = c.server.tls.unwrap();
+        assert_eq!(tls.cert.value, PathBuf::from("etc/certs/g.crt"));
+        assert_eq!(tls.cert.line, Some(2));
+        assert_eq!(tls.key.value, PathBuf::from("/abs/g.key"));
+        assert_eq!(tls.min_version, TlsVersion::V1_3);
+        assert_eq!(tls.redirect_http, None);
+        let route = &c.routes[0];
+        assert_eq!(
+            route.upstream_ca.as_ref().unwrap().value,
+            PathBuf::from("etc/ca.pem")
+        );
+        assert!(route.upstream_http2 && route.websocket);
+        assert!(Config::parse(Path::new("g"), "")
+            .unwrap()
+            .server
+            .tls
+            .is_none());
+    }
+
+    #[test]
+    fn tls_problems_name_key_and_line() {
+        let p = problems("[server.tls]\ncert = \"c\"\nkey = \"k\"\nmin_version = \"1.1\"\n");
+        assert_eq!(p[0].line, Some(4));
+        let p = problems("[server.tls]\ncert = \"c\"\n");
+        assert!(p[0].message.contains("key"), "{}", p[0].message);
+        let p = problems(
+            "[server]\nlisten = \"127.0.0.1:8443\"\n[server.tls]\ncert = \"c\"\nkey = \"k\"\n\
+             redirect_http = \"127.0.0.1:8443\"\n",
+        );
+        assert_eq!(
+            (p[0].key.as_str(), p[0].line),
+            ("server.tls.redirect_http", Some(6))
+        );
+        let p = problems("[server.tls]\ncert = \"c\"\nkey = \"k\"\nredirect_http = \"port 80\"\n");
+        assert_eq!(
+            (p[0].key.as_str(), p[0].line),
+            ("server.tls.redirect_http", Some(4))
+        );
+        let p = problems(
+            "[[routes]]\nprefix = \"/\"\nupstream = \"http://a\"\nupstream_ca = \"ca.pem\"\n",
+        );
+        assert_eq!(
+            (p[0].key.as_str(), p[0].line),
+            ("routes[0].upstream_ca", Some(4))
+        );
+    }
 }
