@@ -257,14 +257,8 @@ async fn a_bad_certificate_is_refused_at_start_with_its_key_and_line() {
     );
     std::fs::write(dir.path().join("gateway.toml"), &toml).unwrap();
     std::fs::write(dir.path().join("users.toml"), "").unwrap();
-    let output = Command::new(binary())
-        .current_dir(dir.path())
-        .args(["-c", "gateway.toml", "check-config"])
-        .env(SECRET_ENV, SECRET)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let (ok, stderr) = run_binary(dir.path(), "check-config");
+    assert!(!ok);
     assert!(
         stderr.contains("line 3: server.tls.key")
             && stderr.contains("does not belong to the certificate"),
@@ -272,18 +266,25 @@ async fn a_bad_certificate_is_refused_at_start_with_its_key_and_line() {
     );
 
     std::fs::write(dir.path().join("gateway.crt"), "not a certificate").unwrap();
-    let output = Command::new(binary())
-        .current_dir(dir.path())
-        .args(["-c", "gateway.toml", "serve"])
-        .env(SECRET_ENV, SECRET)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let (ok, stderr) = run_binary(dir.path(), "serve");
+    assert!(!ok);
     assert!(
         stderr.contains("line 2: server.tls.cert") && stderr.contains("no CERTIFICATE block"),
         "{stderr}"
     );
+}
+
+/// Runs `authgate -c gateway.toml <command>` in `dir`; whether it
+/// succeeded, and its stderr.
+fn run_binary(dir: &Path, command: &str) -> (bool, String) {
+    let output = Command::new(binary())
+        .current_dir(dir)
+        .args(["-c", "gateway.toml", command])
+        .env(SECRET_ENV, SECRET)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.success(), stderr)
 }
 
 /// A WebSocket echo server and what it saw.
@@ -374,6 +375,33 @@ fn ws_request(
     request
 }
 
+type Handshake = tungstenite::handshake::client::Response;
+
+/// A plain `ws://` socket to `gw` at `path`, with one extra header.
+async fn open_ws(
+    gw: &TestGateway,
+    path: &str,
+    header: (&str, String),
+) -> (tokio_tungstenite::WebSocketStream<TcpStream>, Handshake) {
+    let url = format!("ws://{}{path}", gw.addr);
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    tokio_tungstenite::client_async(ws_request(&url, Some(header)), stream)
+        .await
+        .unwrap()
+}
+
+/// The status of a refused handshake.
+async fn refused<S>(url: &str, header: Option<(&str, String)>, stream: S) -> StatusCode
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio_tungstenite::client_async(ws_request(url, header), stream).await {
+        Err(tungstenite::Error::Http(response)) => response.status(),
+        Err(e) => panic!("expected a refused handshake, got {e}"),
+        Ok((_, response)) => panic!("expected a refused handshake, got {response:?}"),
+    }
+}
+
 /// Sends a text and a binary message and expects both back.
 async fn round_trip<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
 where
@@ -411,13 +439,7 @@ async fn websocket_with_cookies_round_trips_and_closes_1008_on_logout() {
     let echo = Echo::start().await;
     let gw = TestGateway::start(&echo.route("/ws"), &[user("alice", "pw-alice", &["dev"])]).await;
     let (_, cookies) = gw.login("alice", "pw-alice").await;
-    let cookie = cookie_header(&cookies);
-    let url = format!("ws://{}/ws/echo", gw.addr);
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut ws, response) =
-        tokio_tungstenite::client_async(ws_request(&url, Some(("cookie", cookie))), stream)
-            .await
-            .unwrap();
+    let (mut ws, response) = open_ws(&gw, "/ws/echo", ("cookie", cookie_header(&cookies))).await;
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     let seen = echo.last_handshake();
     assert_eq!(seen["x-auth-user"], "alice");
@@ -450,12 +472,12 @@ async fn idle_websockets_outlive_the_request_timeout() {
     )
     .await;
     let token = gw.access_token("alice", "pw-alice").await;
-    let url = format!("ws://{}/ws/echo", gw.addr);
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let request = ws_request(&url, Some(("authorization", format!("Bearer {token}"))));
-    let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
-        .await
-        .unwrap();
+    let (mut ws, _) = open_ws(
+        &gw,
+        "/ws/echo",
+        ("authorization", format!("Bearer {token}")),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     round_trip(&mut ws).await;
 }
@@ -466,12 +488,8 @@ async fn websocket_silent_refresh_sets_cookies_on_the_101() {
     let gw = TestGateway::start(&echo.route("/ws"), &[user("alice", "pw-alice", &["dev"])]).await;
     let (_, cookies) = gw.login("alice", "pw-alice").await;
     let refresh = cookie_value(&cookies, "refresh_token").unwrap();
-    let url = format!("ws://{}/ws/echo", gw.addr);
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let request = ws_request(&url, Some(("cookie", format!("refresh_token={refresh}"))));
-    let (mut ws, response) = tokio_tungstenite::client_async(request, stream)
-        .await
-        .unwrap();
+    let only_refresh = ("cookie", format!("refresh_token={refresh}"));
+    let (mut ws, response) = open_ws(&gw, "/ws/echo", only_refresh).await;
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     let renewed: Vec<String> = response
         .headers()
@@ -516,26 +534,18 @@ async fn websocket_with_bearer_over_tls_round_trips_and_refuses_without_token() 
     let url = format!("wss://127.0.0.1:{}/ws/echo", gw.addr.port());
 
     // Refused before anything reaches the upstream.
-    match tokio_tungstenite::client_async(ws_request(&url, None), connect().await).await {
-        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
-        other => panic!("expected a 401, got {other:?}"),
-    }
+    assert_eq!(refused(&url, None, connect().await).await, 401);
     let forged = ("authorization", "Bearer not.a.token".to_string());
-    match tokio_tungstenite::client_async(ws_request(&url, Some(forged)), connect().await).await {
-        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
-        other => panic!("expected a 401, got {other:?}"),
-    }
+    assert_eq!(refused(&url, Some(forged), connect().await).await, 401);
     assert_eq!(echo.connections.load(Ordering::SeqCst), 0);
 
     // A route that does not allow WebSockets refuses the upgrade.
     let nows = format!("wss://127.0.0.1:{}/nows/echo", gw.addr.port());
     let bearer = ("authorization", format!("Bearer {token}"));
-    match tokio_tungstenite::client_async(ws_request(&nows, Some(bearer.clone())), connect().await)
-        .await
-    {
-        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 400),
-        other => panic!("expected a 400, got {other:?}"),
-    }
+    assert_eq!(
+        refused(&nows, Some(bearer.clone()), connect().await).await,
+        400
+    );
     assert_eq!(echo.connections.load(Ordering::SeqCst), 0);
 
     let (mut ws, response) =
@@ -561,12 +571,12 @@ async fn bearer_only_websocket_closes_1008_when_its_token_expires() {
         &serde_json::json!({"sub": "alice", "iss": "authgate", "iat": issued, "nbf": issued, "exp": issued + 2, "jti": "t"}),
         SECRET,
     );
-    let url = format!("ws://{}/ws/echo", gw.addr);
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let request = ws_request(&url, Some(("authorization", format!("Bearer {token}"))));
-    let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
-        .await
-        .unwrap();
+    let (mut ws, _) = open_ws(
+        &gw,
+        "/ws/echo",
+        ("authorization", format!("Bearer {token}")),
+    )
+    .await;
     ws.send(Message::text("still here")).await.unwrap();
     assert_eq!(
         ws.next().await.unwrap().unwrap(),
