@@ -39,6 +39,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// its own `options`.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often a read is sent again after meeting a connection the server
+/// had ended (after a restart, several idle connections may be).
+const MAX_RETRIES: usize = 2;
+
 /// The table `authgate users migrate` creates.
 const OWN_TABLE: &str = "users";
 
@@ -378,18 +382,25 @@ impl PostgresUserStore {
     /// Sends `query`, bounded by [`STATEMENT_TIMEOUT`].
     async fn run(&self, query: Query<'_>) -> Result<Answer, UserStoreError> {
         let attempts = async {
-            let mut retried = false;
+            let mut retries = 0;
             loop {
                 let client = self.client().await?;
-                match self.send(&client, query).await {
-                    // The server ended this session (a restart) before the
-                    // pool noticed: a read goes once more, on a fresh one.
-                    Err(e) if session_ended(&e) && query.is_read() && !retried => {
-                        tracing::info!(event = "postgres_reconnect", error = %chain(&e));
-                        retried = true;
-                    }
-                    result => return result.map_err(|e| self.error(e, query)),
+                let result = self.send(&client, query).await;
+                let Err(e) = result else {
+                    return result.map_err(|e| self.error(e, query));
+                };
+                if !session_ended(&e) {
+                    return Err(self.error(e, query));
                 }
+                // The server ended this session (a restart) before the pool
+                // noticed. Keep the connection out of the pool, which may
+                // not see it closed yet, and send a read again.
+                drop(deadpool_postgres::Object::take(client));
+                if !query.is_read() || retries == MAX_RETRIES {
+                    return Err(self.error(e, query));
+                }
+                tracing::info!(event = "postgres_reconnect", error = %chain(&e));
+                retries += 1;
             }
         };
         tokio::time::timeout(STATEMENT_TIMEOUT, attempts)
