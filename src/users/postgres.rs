@@ -10,7 +10,7 @@
 //! Every operation is bounded by short timeouts, so a dead database costs a
 //! quick 503 rather than a hung request; the pool drops connections the
 //! server closed, and a read that meets a connection the server just ended
-//! is retried once on a fresh one, so a server restart costs no failed
+//! is sent again (up to twice) on another one, so a server restart costs no failed
 //! login.
 
 pub mod migrate;
