@@ -10,8 +10,8 @@
 //! Every operation is bounded by short timeouts, so a dead database costs a
 //! quick 503 rather than a hung request; the pool drops connections the
 //! server closed, and a read that meets a connection the server just ended
-//! is sent again (up to twice) on another one, so a server restart costs no failed
-//! login.
+//! is sent again (up to twice) on another one, so a server restart costs no
+//! failed login.
 
 pub mod migrate;
 
