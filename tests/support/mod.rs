@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use authgate::config::Config;
-use authgate::gateway::Gateway;
+use authgate::gateway::{Gateway, SharedGateway};
 
 /// The HMAC secret every test gateway signs with (env var name).
 pub const SECRET_ENV: &str = "AUTHGATE_TEST_SECRET";
@@ -231,7 +231,7 @@ pub fn redis_prefix(test: &str) -> String {
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
-    pub gateway: Arc<Gateway>,
+    pub gateway: SharedGateway,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -253,7 +253,7 @@ impl TestGateway {
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, &toml).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        let gateway = Arc::new(Gateway::build(config).await.unwrap());
+        let gateway = authgate::gateway::shared(Gateway::build(config).await.unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
