@@ -211,17 +211,8 @@ impl Setup {
             .unwrap()
     }
 
-    /// `POST /token` with `grant_type=refresh_token` in the form.
     async fn refresh_grant(&self, refresh_token: &str) -> reqwest::Response {
-        client()
-            .post(self.gw.url("/token"))
-            .form(&[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh_token),
-            ])
-            .send()
-            .await
-            .unwrap()
+        refresh_grant(self.gw.url("/token"), refresh_token).await
     }
 
     /// The successor of `refresh_token`; panics unless the grant succeeds.
@@ -268,6 +259,48 @@ impl Setup {
         }
         panic!("the users file edit was not picked up");
     }
+}
+
+/// `POST /token` with `grant_type=refresh_token` in the form.
+async fn refresh_grant(token_url: String, refresh_token: &str) -> reqwest::Response {
+    client()
+        .post(token_url)
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// GETs every URL at once with the same cookies; each must succeed with
+/// the same new pair (no fork), which is returned.
+async fn parallel_silent_refreshes(urls: Vec<String>, cookie: &str) -> Session {
+    let mut requests = JoinSet::new();
+    for url in urls {
+        let cookie = cookie.to_string();
+        requests.spawn(async move {
+            let response = client()
+                .get(url)
+                .header(COOKIE, cookie)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), set_cookies(response.headers()))
+        });
+    }
+    let mut pairs = Vec::new();
+    while let Some(result) = requests.join_next().await {
+        let (status, set) = result.unwrap();
+        assert_eq!(status, 200);
+        let pair = Session::from_set_cookies(&set);
+        pairs.push((pair.access, pair.refresh));
+    }
+    pairs.dedup();
+    assert_eq!(pairs.len(), 1, "the family forked: {pairs:?}");
+    let (access, refresh) = pairs.pop().unwrap();
+    Session { access, refresh }
 }
 
 /// The claims of a JWT, read without verification (the test's own view).
@@ -407,29 +440,11 @@ async fn parallel_refreshes_share_one_successor(backend: Backend) {
     let old = s.login("alice").await;
     wait_expired(&old.access).await;
 
-    let mut requests = JoinSet::new();
-    for i in 0..20 {
-        let (url, cookie) = (s.gw.url(&format!("/page/{i}")), old.cookies());
-        requests.spawn(async move {
-            let response = client()
-                .get(url)
-                .header(COOKIE, cookie)
-                .send()
-                .await
-                .unwrap();
-            (response.status(), set_cookies(response.headers()))
-        });
-    }
-    let mut pairs = Vec::new();
-    while let Some(result) = requests.join_next().await {
-        let (status, set) = result.unwrap();
-        assert_eq!(status, 200);
-        let pair = Session::from_set_cookies(&set);
-        pairs.push((pair.access, pair.refresh));
-    }
-    pairs.dedup();
-    assert_eq!(pairs.len(), 1, "the family forked: {pairs:?}");
-    let (access, successor) = pairs.pop().unwrap();
+    let urls = (0..20).map(|i| s.gw.url(&format!("/page/{i}"))).collect();
+    let Session {
+        access,
+        refresh: successor,
+    } = parallel_silent_refreshes(urls, &old.cookies()).await;
     assert_ne!(successor, old.refresh);
     assert_eq!(claims_of(&access)["sub"], "alice");
     assert_eq!(s.up.count(), 20);
@@ -1161,15 +1176,7 @@ impl Process {
     }
 
     async fn refresh_grant(&self, refresh_token: &str) -> reqwest::Response {
-        client()
-            .post(self.url("/token"))
-            .form(&[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh_token),
-            ])
-            .send()
-            .await
-            .unwrap()
+        refresh_grant(self.url("/token"), refresh_token).await
     }
 }
 
@@ -1256,32 +1263,14 @@ async fn two_processes_parallel_refresh_does_not_fork() {
     } = two_processes("two-parallel", &Options::default()).await;
     let old = a.login("alice").await;
     wait_expired(&old.access).await;
-    let mut requests = JoinSet::new();
-    for i in 0..20 {
-        let url = if i % 2 == 0 { a.url("/p") } else { b.url("/p") };
-        let cookie = old.cookies();
-        requests.spawn(async move {
-            let response = client()
-                .get(url)
-                .header(COOKIE, cookie)
-                .send()
-                .await
-                .unwrap();
-            (response.status(), set_cookies(response.headers()))
-        });
-    }
-    let mut pairs = Vec::new();
-    while let Some(result) = requests.join_next().await {
-        let (status, set) = result.unwrap();
-        assert_eq!(status, 200);
-        let pair = Session::from_set_cookies(&set);
-        pairs.push((pair.access, pair.refresh));
-    }
-    pairs.dedup();
-    assert_eq!(pairs.len(), 1, "the family forked: {pairs:?}");
+    let urls = (0..20)
+        .map(|i| if i % 2 == 0 { a.url("/p") } else { b.url("/p") })
+        .collect();
+    let new = parallel_silent_refreshes(urls, &old.cookies()).await;
+    assert_ne!(new.refresh, old.refresh);
     assert_eq!(up.count(), 20);
     assert_eq!(token_states(REDIS_URL, &prefix).await, ["live", "used"]);
-    let response = b.refresh_grant(&pairs[0].1).await;
+    let response = b.refresh_grant(&new.refresh).await;
     assert_eq!(response.status(), 200);
 }
 
