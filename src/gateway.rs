@@ -17,6 +17,7 @@ use crate::users::{self, UserStore};
 /// The paths authgate answers itself, under `[auth] path_prefix`.
 #[derive(Debug, Clone)]
 pub struct OwnPaths {
+    pub login: String,
     pub token: String,
     pub logout: String,
     pub userinfo: String,
@@ -28,6 +29,7 @@ pub struct OwnPaths {
 impl OwnPaths {
     fn new(prefix: &str) -> OwnPaths {
         OwnPaths {
+            login: format!("{prefix}/login"),
             token: format!("{prefix}/token"),
             logout: format!("{prefix}/logout"),
             userinfo: format!("{prefix}/userinfo"),
@@ -53,6 +55,8 @@ pub struct Gateway {
     pub upstream: UpstreamClient,
     /// `"http"` or `"https"`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
+    /// Metrics of requests that matched no route (own endpoints, 404s).
+    pub own_metrics: crate::metrics::RouteMetrics,
 }
 
 impl Gateway {
@@ -94,6 +98,7 @@ impl Gateway {
             identity: IdentityHeaders::new(&config.identity),
             upstream: upstream::client(),
             scheme: "http",
+            own_metrics: crate::metrics::get().route("(gateway)"),
             jwt,
             users,
             sessions,

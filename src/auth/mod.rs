@@ -4,6 +4,7 @@
 pub mod jwt;
 pub mod login;
 pub mod password;
+pub mod redirect;
 pub mod refresh;
 
 use serde_json::{Map, Value};

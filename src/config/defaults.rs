@@ -174,3 +174,6 @@ pub fn reuse_grace() -> HumanDuration {
 pub fn path_prefix() -> Spanned<String> {
     spanned(String::new())
 }
+pub fn login_redirect() -> bool {
+    true
+}
