@@ -916,8 +916,16 @@ async fn rotation_is_atomic_under_parallelism(backend: Backend) {
     let stores: Vec<Arc<dyn SessionStore>> = match backend {
         Backend::Memory => vec![Arc::new(MemorySessionStore::new())],
         Backend::Redis => vec![
-            Arc::new(RedisSessionStore::new(REDIS_URL, &prefix).await.unwrap()),
-            Arc::new(RedisSessionStore::new(REDIS_URL, &prefix).await.unwrap()),
+            Arc::new(
+                RedisSessionStore::new(REDIS_URL, &prefix, None)
+                    .await
+                    .unwrap(),
+            ),
+            Arc::new(
+                RedisSessionStore::new(REDIS_URL, &prefix, None)
+                    .await
+                    .unwrap(),
+            ),
         ],
     };
     let ttl = Duration::from_secs(60);
