@@ -190,8 +190,8 @@ impl Setup {
         Setup { up, gw, prefix }
     }
 
-    fn store(&self) -> &dyn SessionStore {
-        &*self.gw.gateway.sessions
+    fn store(&self) -> std::sync::Arc<dyn SessionStore> {
+        self.gw.gateway.load().sessions.clone()
     }
 
     async fn login(&self, username: &str) -> Session {
@@ -252,7 +252,7 @@ impl Setup {
     ) {
         std::fs::write(self.gw.path("users.toml"), users_toml(users)).unwrap();
         for _ in 0..100 {
-            if applied(self.gw.gateway.users.find(probe).await.unwrap()) {
+            if applied(self.gw.gateway.load().users.find(probe).await.unwrap()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -766,6 +766,7 @@ async fn deleted_or_disabled_user_cannot_refresh(backend: Backend) {
     s.replace_users(&users, |bob| bob.is_none(), "bob").await;
     assert!(
         s.gw.gateway
+            .load()
             .users
             .find("carol")
             .await
