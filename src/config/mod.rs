@@ -212,6 +212,7 @@ pub struct IdentityConfig {
 pub struct SessionsConfig {
     pub backend: SessionsBackend,
     pub redis_url: Option<String>,
+    pub sentinel_master: Option<String>,
     pub key_prefix: String,
     pub reuse_grace: Duration,
 }
@@ -775,6 +776,7 @@ impl Validator<'_> {
         SessionsConfig {
             backend,
             redis_url,
+            sentinel_master: raw.sentinel_master,
             key_prefix: raw.key_prefix,
             reuse_grace: raw.reuse_grace.0,
         }

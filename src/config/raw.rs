@@ -284,6 +284,9 @@ pub struct RawSessions {
     pub backend: Spanned<SessionsBackend>,
     #[serde(default)]
     pub redis_url: Option<Spanned<String>>,
+    /// With Sentinel: the monitored master's name; `redis_url` lists Sentinels.
+    #[serde(default)]
+    pub sentinel_master: Option<String>,
     #[serde(default = "d::key_prefix")]
     pub key_prefix: String,
     #[serde(default = "d::reuse_grace")]
