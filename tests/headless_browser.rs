@@ -57,7 +57,10 @@ async fn run(command: &mut tokio::process::Command, what: &str) -> String {
 
 /// `npm ci` once, when `tests/e2e/node_modules` is missing.
 async fn ensure_node_modules() {
-    if Path::new(E2E_DIR).join("node_modules/playwright-core").exists() {
+    if Path::new(E2E_DIR)
+        .join("node_modules/playwright-core")
+        .exists()
+    {
         return;
     }
     run(
