@@ -4,7 +4,6 @@ use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-
 use clap::{Parser, Subcommand};
 
 use crate::auth::password::hash_blocking;
@@ -232,12 +231,21 @@ fn reload(path: &Path) -> anyhow::Result<ExitCode> {
         anyhow::bail!("[server] pid_file is empty: no way to find the running gateway");
     };
     let text = std::fs::read_to_string(pid_file).map_err(|e| {
-        anyhow::anyhow!("cannot read {} ({e}): is authgate running with this configuration?", pid_file.display())
+        anyhow::anyhow!(
+            "cannot read {} ({e}): is authgate running with this configuration?",
+            pid_file.display()
+        )
     })?;
-    let pid: i32 = text.trim().parse().map_err(|_| anyhow::anyhow!("{} holds no pid", pid_file.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{} holds no pid", pid_file.display()))?;
     // SAFETY: kill(2) with a pid read from our own pid file and a constant signal.
     if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-        anyhow::bail!("cannot signal pid {pid}: {}", std::io::Error::last_os_error());
+        anyhow::bail!(
+            "cannot signal pid {pid}: {}",
+            std::io::Error::last_os_error()
+        );
     }
     println!("sent SIGHUP to authgate (pid {pid}); it logs the outcome (event config_reloaded or config_reload_failed)");
     Ok(ExitCode::SUCCESS)

@@ -133,7 +133,10 @@ impl Gateway {
     /// A gateway for `config` that keeps this one's stores (sessions, users,
     /// bcrypt pool). Returns it with the changed settings that only a
     /// restart applies (they keep their current values meanwhile).
-    pub async fn reconfigure(&self, mut config: Config) -> anyhow::Result<(Gateway, Vec<&'static str>)> {
+    pub async fn reconfigure(
+        &self,
+        mut config: Config,
+    ) -> anyhow::Result<(Gateway, Vec<&'static str>)> {
         let old = &self.config;
         let mut restart = Vec::new();
         if config.server.listen != old.server.listen {
@@ -145,7 +148,8 @@ impl Gateway {
             config.admin.listen = old.admin.listen;
         }
         if config.server.tls.is_some() != old.server.tls.is_some()
-            || config.server.tls.as_ref().map(|t| t.redirect_http) != old.server.tls.as_ref().map(|t| t.redirect_http)
+            || config.server.tls.as_ref().map(|t| t.redirect_http)
+                != old.server.tls.as_ref().map(|t| t.redirect_http)
         {
             restart.push("server.tls (on/off, redirect_http)");
         }
