@@ -14,7 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, SharedGateway};
 use crate::proxy;
 
 /// hyper's own floor for its read buffer.
@@ -43,10 +43,13 @@ fn builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
 /// Serves until `shutdown` resolves, then stops accepting and waits up to
 /// `shutdown_grace` for in-flight requests.
 pub async fn serve(
-    gw: Arc<Gateway>,
+    shared: SharedGateway,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Connection-level settings are fixed for the process (a reload reports
+    // them as needing a restart); everything per request follows reloads.
+    let gw = shared.load_full();
     let builder = Arc::new(builder(&gw));
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(gw.config.server.max_connections));
@@ -71,7 +74,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        serve_connection(&gw, &builder, &graceful, stream, peer, permit);
+        serve_connection(&shared, &builder, &graceful, stream, peer, permit);
     }
     drop(listener);
     tracing::info!(
@@ -87,7 +90,7 @@ pub async fn serve(
 }
 
 fn serve_connection(
-    gw: &Arc<Gateway>,
+    shared: &SharedGateway,
     builder: &Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
     stream: TcpStream,
@@ -95,11 +98,14 @@ fn serve_connection(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    let tls = gw.tls.clone();
-    let handshake_timeout = gw.config.server.header_timeout;
-    let gw = gw.clone();
+    let current = shared.load();
+    let tls = current.tls.clone();
+    let handshake_timeout = current.config.server.header_timeout;
+    drop(current);
+    let shared = shared.clone();
     let service = service_fn(move |req| {
-        let gw = gw.clone();
+        // Each request sees the configuration current when it arrives.
+        let gw = shared.load_full();
         async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer).await) }
     });
     let builder = builder.clone();

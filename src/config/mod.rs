@@ -93,6 +93,7 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub log_format: LogFormat,
     pub worker_threads: Option<usize>,
+    pub pid_file: Option<PathBuf>,
     /// `Some` when the listener speaks HTTPS.
     pub tls: Option<TlsConfig>,
 }
@@ -431,6 +432,7 @@ impl Validator<'_> {
             max_connections: raw.max_connections.max(1),
             log_format: raw.log_format,
             worker_threads: raw.worker_threads,
+            pid_file: (!raw.pid_file.is_empty()).then(|| base_dir.join(&raw.pid_file)),
             tls: raw.tls.map(|tls| self.tls(tls, listen, base_dir)),
         }
     }

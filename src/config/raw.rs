@@ -68,6 +68,9 @@ pub struct RawServer {
     pub log_format: LogFormat,
     #[serde(default)]
     pub worker_threads: Option<usize>,
+    /// Where `serve` writes its pid for `authgate reload`; "" for none.
+    #[serde(default = "d::pid_file")]
+    pub pid_file: String,
     #[serde(default)]
     pub tls: Option<RawTls>,
 }
