@@ -3,12 +3,11 @@
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 use crate::auth::password::hash_blocking;
-use crate::config::{Config, SessionsBackend};
+use crate::config::{Config, SessionsBackend, UsersBackend};
 use crate::gateway::Gateway;
 use crate::users::{self, User, UserStoreError};
 
@@ -38,6 +37,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Validate the configuration and print a summary.
     CheckConfig,
+    /// Make the running gateway reload its configuration (SIGHUP through
+    /// the pid file), after validating the file here.
+    Reload,
     /// Read a password from stdin and print its bcrypt hash.
     HashPassword {
         /// bcrypt cost (default: `[users] bcrypt_cost`, else 12).
@@ -86,6 +88,8 @@ pub enum UsersCommand {
     Del { username: String },
     /// List users.
     List,
+    /// Create or upgrade the PostgreSQL schema (backend = "postgres").
+    Migrate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime(config.server.worker_threads)?.block_on(serve(config))
         }
         Command::CheckConfig => check_config(&cli.config),
+        Command::Reload => reload(&cli.config),
         Command::HashPassword { cost } => {
             let cost = match cost {
                 Some(c) => c,
@@ -173,31 +178,119 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let listen = config.server.listen;
-    let gw = Arc::new(Gateway::build(config).await?);
+    let pid_file = config.server.pid_file.clone();
+    let shared = crate::gateway::shared(Gateway::build(config).await?);
+    let gw = shared.load_full();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    tracing::info!(event = "listening", address = %listener.local_addr()?, routes = gw.routes.iter().count());
+    tracing::info!(event = "listening", address = %listener.local_addr()?, scheme = gw.scheme, routes = gw.routes.iter().count());
     if let Some(admin) = gw.config.admin.listen {
         let admin_listener = crate::admin::bind(admin).await?;
         tracing::info!(event = "admin_listening", address = %admin_listener.local_addr()?);
-        crate::admin::spawn(admin_listener, gw.clone());
+        crate::admin::spawn(admin_listener, shared.clone());
     }
-    spawn_reload_on_hangup(gw.clone());
-    crate::server::serve(gw, listener, crate::server::shutdown_signal()).await?;
+    if let Some(redirect) = gw.config.server.tls.as_ref().and_then(|t| t.redirect_http) {
+        let plain = tokio::net::TcpListener::bind(redirect).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {redirect} (server.tls.redirect_http): {e}")
+        })?;
+        tracing::info!(event = "redirect_listening", address = %plain.local_addr()?);
+        tokio::spawn(crate::tls::redirect_to_https(
+            plain,
+            listener.local_addr()?.port(),
+        ));
+    }
+    let _pid = pid_file.map(PidFile::write);
+    drop(gw);
+    spawn_reload_on_hangup(shared.clone());
+    crate::server::serve(shared, listener, crate::server::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGHUP re-reads the users file.
-fn spawn_reload_on_hangup(gw: Arc<Gateway>) {
+/// The pid file `authgate reload` signals through; removed on exit.
+struct PidFile(Option<PathBuf>);
+
+impl PidFile {
+    fn write(path: PathBuf) -> PidFile {
+        match std::fs::write(&path, format!("{}\n", std::process::id())) {
+            Ok(()) => PidFile(Some(path)),
+            Err(e) => {
+                tracing::warn!(event = "pid_file_failed", path = %path.display(), error = %e, "`authgate reload` will not find this process");
+                PidFile(None)
+            }
+        }
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn reload(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}\nnot reloaded: the running gateway keeps its configuration");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let Some(pid_file) = &config.server.pid_file else {
+        anyhow::bail!("[server] pid_file is empty: no way to find the running gateway");
+    };
+    let text = std::fs::read_to_string(pid_file).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read {} ({e}): is authgate running with this configuration?",
+            pid_file.display()
+        )
+    })?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{} holds no pid", pid_file.display()))?;
+    // SAFETY: kill(2) with a pid read from our own pid file and a constant signal.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        anyhow::bail!(
+            "cannot signal pid {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    println!("sent SIGHUP to authgate (pid {pid}); it logs the outcome (event config_reloaded or config_reload_failed)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP re-reads gateway.toml (routes, identity, cookies, JWT keys, TLS
+/// material), the users file and the certificate.
+fn spawn_reload_on_hangup(shared: crate::gateway::SharedGateway) {
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
             return;
         };
         while hup.recv().await.is_some() {
-            tracing::info!(event = "sighup", "reloading the users file");
-            gw.users.reload();
+            tracing::info!(event = "sighup", "reloading the configuration");
+            match crate::gateway::reload(&shared).await {
+                Ok(restart) => {
+                    tracing::info!(event = "config_reloaded", "configuration reloaded");
+                    if !restart.is_empty() {
+                        tracing::warn!(
+                            event = "config_restart_needed",
+                            settings = %restart.join("; "),
+                            "these changes take effect only after a restart"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(event = "config_reload_failed", error = %format!("{e:#}"), "configuration not reloaded; keeping the running one");
+                    if let Some(tls) = &shared.load().tls {
+                        tls.reload_logged();
+                    }
+                }
+            }
+            shared.load().users.reload();
         }
     });
 }
@@ -210,7 +303,23 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    if let Err(problems) = crate::auth::jwt::JwtService::from_config(&config.jwt) {
+    let mut problems = crate::auth::jwt::JwtService::from_config(&config.jwt)
+        .err()
+        .unwrap_or_default();
+    if config.users.backend == UsersBackend::Postgres {
+        if let Err(e) = users::postgres::connect_config(&config) {
+            problems.extend(e.problems);
+        }
+    }
+    if let Some(tls) = &config.server.tls {
+        problems.extend(crate::tls::Tls::from_config(tls).err().unwrap_or_default());
+    }
+    problems.extend(
+        crate::proxy::upstream::Upstreams::from_routes(&config.routes)
+            .err()
+            .unwrap_or_default(),
+    );
+    if !problems.is_empty() {
         eprintln!(
             "{}",
             crate::config::ConfigError {
@@ -221,7 +330,19 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     println!("configuration {} is valid", path.display());
-    println!("listen: http://{}", config.server.listen);
+    match &config.server.tls {
+        Some(tls) => {
+            println!(
+                "listen: https://{} (TLS {}+)",
+                config.server.listen,
+                tls.min_version.as_str()
+            );
+            if let Some(plain) = tls.redirect_http {
+                println!("redirect: http://{plain} -> https");
+            }
+        }
+        None => println!("listen: http://{}", config.server.listen),
+    }
     println!(
         "jwt: {:?}, access {}s, refresh {}s",
         config.jwt.algorithm,
@@ -235,7 +356,7 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
     println!("routes:");
     for route in &config.routes {
         println!(
-            "  {}{} -> {} (auth {:?}{}{})",
+            "  {}{} -> {} (auth {:?}{}{}{}{}{})",
             route.host.as_deref().unwrap_or(""),
             route.prefix,
             route.upstream,
@@ -244,6 +365,17 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
                 ", strip_prefix"
             } else {
                 ""
+            },
+            if route.upstream_http2 { ", http2" } else { "" },
+            if route.upstream_ca.is_some() {
+                ", own CA"
+            } else {
+                ""
+            },
+            if route.websocket {
+                ""
+            } else {
+                ", no websocket"
             },
             if route.roles.is_empty() {
                 String::new()
@@ -286,7 +418,20 @@ fn read_password(from_stdin: bool, confirm: bool) -> anyhow::Result<String> {
 }
 
 async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result<ExitCode> {
+    if let UsersCommand::Migrate = command {
+        if config.users.backend != UsersBackend::Postgres {
+            anyhow::bail!(
+                "users.backend is \"file\": only the postgres backend has a schema to migrate"
+            );
+        }
+        println!("{}", users::postgres::migrate(config).await?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let store = users::open(config, false).await?;
+    if !matches!(command, UsersCommand::List) {
+        // Before any password prompt.
+        store.writable()?;
+    }
     let cost = config.users.bcrypt_cost;
     let hash = |password: String| async move {
         tokio::task::spawn_blocking(move || hash_blocking(&password, cost)).await?
@@ -340,6 +485,7 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
                 );
             }
         }),
+        UsersCommand::Migrate => unreachable!("handled before the store is opened"),
     };
     result?;
     Ok(ExitCode::SUCCESS)

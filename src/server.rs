@@ -1,5 +1,6 @@
-//! The listener: accepts connections, bounds how many are open, serves each
-//! with hyper, and drains in-flight requests on shutdown.
+//! The listener: accepts connections, bounds how many are open, terminates
+//! TLS when configured, serves each with hyper (HTTP/1.1 and HTTP/2 alike),
+//! and drains in-flight requests on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,7 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, SharedGateway};
 use crate::proxy;
 
 /// The floor of hyper's read buffer, which is also its limit for a request
@@ -45,10 +46,13 @@ fn builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
 /// Serves until `shutdown` resolves, then stops accepting and waits up to
 /// `shutdown_grace` for in-flight requests.
 pub async fn serve(
-    gw: Arc<Gateway>,
+    shared: SharedGateway,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Connection-level settings are fixed for the process (a reload reports
+    // them as needing a restart); everything per request follows reloads.
+    let gw = shared.load_full();
     let builder = Arc::new(builder(&gw));
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(gw.config.server.max_connections));
@@ -73,7 +77,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        serve_connection(&gw, &builder, &graceful, stream, peer, permit);
+        serve_connection(&shared, &builder, &graceful, stream, peer, permit);
     }
     drop(listener);
     tracing::info!(
@@ -89,7 +93,7 @@ pub async fn serve(
 }
 
 fn serve_connection(
-    gw: &Arc<Gateway>,
+    shared: &SharedGateway,
     builder: &Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
     stream: TcpStream,
@@ -97,25 +101,50 @@ fn serve_connection(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    let gw = gw.clone();
+    let current = shared.load();
+    let tls = current.tls.clone();
+    let handshake_timeout = current.config.server.header_timeout;
+    drop(current);
+    let shared = shared.clone();
     // Boxed per request: hyper keeps room for the service's future in every
     // connection, idle ones included, and the pipeline's future is large.
     let service = service_fn(move |req| {
-        let gw = gw.clone();
+        // Each request sees the configuration current when it arrives.
+        let gw = shared.load_full();
         Box::pin(async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer).await) })
     });
     let builder = builder.clone();
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .into_owned();
-    let conn = graceful.watch(conn);
-    let open = &crate::metrics::get().open_connections;
-    open.inc();
+    let watcher = graceful.watcher();
+    crate::metrics::get().open_connections.inc();
     tokio::spawn(async move {
         let _permit = permit;
-        let result = conn.await;
+        let served = match tls {
+            None => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                watcher.watch(conn.into_owned()).await
+            }
+            Some(tls) => {
+                // The handshake shares the head's deadline: a client that
+                // opens a socket and says nothing is let go either way.
+                match tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(event = "tls_handshake_failed", peer = %peer, error = %e);
+                        Ok(())
+                    }
+                    Err(_) => {
+                        tracing::debug!(event = "tls_handshake_timeout", peer = %peer);
+                        Ok(())
+                    }
+                }
+            }
+        };
         crate::metrics::get().open_connections.dec();
-        if let Err(e) = result {
+        if let Err(e) = served {
             tracing::debug!(event = "connection_error", peer = %peer, error = %e);
         }
     });
