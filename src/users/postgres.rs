@@ -97,13 +97,13 @@ pub async fn migrate(config: &Config) -> anyhow::Result<String> {
             .connect(tls())
             .await
             .map_err(|e| unreachable(config, e.into()))?;
-        (client, tokio::spawn(async move { connection.await }))
+        (client, tokio::spawn(connection))
     } else {
         let (client, connection) = pg_config
             .connect(tokio_postgres::NoTls)
             .await
             .map_err(|e| unreachable(config, e.into()))?;
-        (client, tokio::spawn(async move { connection.await }))
+        (client, tokio::spawn(connection))
     };
     let applied = migrate::migrate(&mut client, &pg.schema).await;
     drop(client);
@@ -536,6 +536,32 @@ impl UserStore for PostgresUserStore {
     }
 }
 
+/// `sslmode=require`: TLS, with the server certificate verified (unlike
+/// libpq's `require`). Otherwise plain TCP: `prefer` is treated as `disable`,
+/// since an unverified "maybe TLS" protects nothing.
+fn wants_tls(config: &tokio_postgres::Config) -> bool {
+    config.get_ssl_mode() == tokio_postgres::config::SslMode::Require
+}
+
+fn manager(mut config: tokio_postgres::Config) -> Manager {
+    if wants_tls(&config) {
+        Manager::new(config, tls())
+    } else {
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        Manager::new(config, tokio_postgres::NoTls)
+    }
+}
+
+/// rustls, verified against the system roots (the Mozilla set where the
+/// system has none).
+fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(crate::proxy::upstream::system_roots())
+        .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,30 +602,4 @@ mod tests {
             "{e}"
         );
     }
-}
-
-/// `sslmode=require`: TLS, with the server certificate verified (unlike
-/// libpq's `require`). Otherwise plain TCP: `prefer` is treated as `disable`,
-/// since an unverified "maybe TLS" protects nothing.
-fn wants_tls(config: &tokio_postgres::Config) -> bool {
-    config.get_ssl_mode() == tokio_postgres::config::SslMode::Require
-}
-
-fn manager(mut config: tokio_postgres::Config) -> Manager {
-    if wants_tls(&config) {
-        Manager::new(config, tls())
-    } else {
-        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-        Manager::new(config, tokio_postgres::NoTls)
-    }
-}
-
-/// rustls, verified against the system roots (the Mozilla set where the
-/// system has none).
-fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(crate::proxy::upstream::system_roots())
-        .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }
