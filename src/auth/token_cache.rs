@@ -161,6 +161,7 @@ mod tests {
             iss: "authgate".into(),
             aud: None,
             jti: format!("jti-{sub}"),
+            sid: None,
             email: Some(format!("{sub}@example.com")),
             roles: vec!["admin".into()],
             extra: serde_json::Map::new(),
