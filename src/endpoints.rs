@@ -142,10 +142,15 @@ async fn token(
         .ok_or_else(|| GatewayError::InvalidRequest("username and password are required".into()))?;
     let pair = match login::token_request(fields)? {
         TokenRequest::Password { username, password } => {
+            let attempt = gw
+                .throttle
+                .begin(&username, &parts.headers, ctx.peer)
+                .await?;
             let user = login::check_password(&*gw.users, &gw.passwords, &username, password)
                 .await
                 .map_err(users_unavailable)?;
             let Some(user) = user else {
+                attempt.failed();
                 ctx.auth = "login_failed";
                 tracing::warn!(
                     event = "login_failed",
@@ -158,6 +163,7 @@ async fn token(
                     detail: "Incorrect username or password",
                 });
             };
+            attempt.succeeded().await?;
             ctx.user = Some(user.username.clone());
             ctx.auth = "login";
             gw.session_service
@@ -166,11 +172,18 @@ async fn token(
                 .map_err(|e| refresh_error(gw, e, ctx))?
         }
         TokenRequest::Refresh { refresh_token } => {
-            let presented = refresh_token
-                .as_deref()
-                .or_else(|| cookies::get(&parts.headers, &gw.cookies.refresh))
-                .ok_or_else(|| GatewayError::InvalidRequest("refresh_token is required".into()))?
-                .to_string();
+            let presented = match refresh_token {
+                Some(token) => token,
+                None => {
+                    let cookie =
+                        cookies::get(&parts.headers, &gw.cookies.refresh).ok_or_else(|| {
+                            GatewayError::InvalidRequest("refresh_token is required".into())
+                        })?;
+                    gw.csrf
+                        .check(&parts.method, &parts.uri, &parts.headers, gw.scheme)?;
+                    cookie.to_string()
+                }
+            };
             let pair = gw
                 .session_service
                 .refresh(&presented)
@@ -226,10 +239,20 @@ async fn logout(
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, fields) = read_fields(req).await?;
-    let presented = fields
+    let presented = match fields
         .as_ref()
         .and_then(|f| f.get("refresh_token").cloned())
-        .or_else(|| cookies::get(&parts.headers, &gw.cookies.refresh).map(str::to_string));
+    {
+        Some(token) => Some(token),
+        None => match cookies::get(&parts.headers, &gw.cookies.refresh) {
+            Some(cookie) => {
+                gw.csrf
+                    .check(&parts.method, &parts.uri, &parts.headers, gw.scheme)?;
+                Some(cookie.to_string())
+            }
+            None => None,
+        },
+    };
     if let Some(token) = presented {
         let ended = gw
             .session_service

@@ -6,8 +6,11 @@ use std::sync::Arc;
 use crate::auth::jwt::JwtService;
 use crate::auth::password::Passwords;
 use crate::auth::refresh::SessionService;
+use crate::auth::throttle::Throttle;
 use crate::config::{Config, ConfigError};
 use crate::cookies::CookieJar;
+use crate::proxy::client_ip::TrustedProxies;
+use crate::proxy::csrf::CsrfGuard;
 use crate::proxy::headers::IdentityHeaders;
 use crate::proxy::route::RouteTable;
 use crate::proxy::upstream::{self, UpstreamClient};
@@ -51,6 +54,8 @@ pub struct Gateway {
     pub cookies: CookieJar,
     pub identity: IdentityHeaders,
     pub upstream: UpstreamClient,
+    pub throttle: Throttle,
+    pub csrf: CsrfGuard,
     /// `"http"` or `"https"`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
 }
@@ -93,6 +98,12 @@ impl Gateway {
             cookies: CookieJar::new(&config.cookies),
             identity: IdentityHeaders::new(&config.identity),
             upstream: upstream::client(),
+            throttle: Throttle::new(
+                sessions.clone(),
+                &config.auth.throttle,
+                TrustedProxies::new(&config.server.trusted_proxies),
+            ),
+            csrf: CsrfGuard::new(&config.cookies.trusted_origins),
             scheme: "http",
             jwt,
             users,

@@ -4,7 +4,9 @@
 pub mod jwt;
 pub mod login;
 pub mod password;
+pub mod redirect;
 pub mod refresh;
+pub mod throttle;
 
 use serde_json::{Map, Value};
 

@@ -5,7 +5,8 @@
 //! 2. **own endpoints**: `/token`, `/logout`, `/userinfo`, `/healthz`, ...
 //! 3. **route**: longest prefix (and host) on the normalized path — or 404
 //! 4. **authenticate**: Bearer header, else access cookie; on a missing or
-//!    expired cookie with a refresh cookie, a silent refresh
+//!    expired cookie with a refresh cookie, a silent refresh; a cookie
+//!    credential on an unsafe method passes the [`csrf`] check first
 //! 5. **authorize**: the route's policy and roles → a [`Permit`], or 401/403
 //! 6. **mutate**: strip hop-by-hop, spoofed identity headers and our
 //!    cookies; inject identity and forwarding headers
@@ -13,6 +14,8 @@
 //! 8. **response filter** (on every response, errors included): request
 //!    id, `Set-Cookie`, one log line
 
+pub mod client_ip;
+pub mod csrf;
 pub mod headers;
 pub mod path;
 pub mod route;
@@ -144,6 +147,7 @@ async fn process(
     let authn = if route.auth == AuthPolicy::Public {
         Authn::Anonymous(AuthFailure::Missing)
     } else {
+        csrf::check_proxied(gw, &req)?;
         authenticate(gw, req.headers(), ctx).await?
     };
     let permit = authorize(&route, authn, ctx)?;
