@@ -1,6 +1,8 @@
 //! The listener: accepts connections, bounds how many are open, serves each
 //! with hyper, and drains in-flight requests on shutdown.
 
+mod timer;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,7 +27,9 @@ fn builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(server.header_timeout)
+        // `timer::TimedIo` enforces header_timeout: hyper's would also
+        // bound the wait between keep-alive requests.
+        .header_read_timeout(None)
         // hyper answers a bare 431 past its buffer; below it, the pipeline
         // answers 431 with a JSON body, so leave it headroom.
         .max_buf_size((server.max_header_bytes * 2).max(MIN_HYPER_BUF))
@@ -94,10 +98,19 @@ fn serve_connection(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
+    let server = &gw.config.server;
+    let activity = timer::Activity::new();
+    let stream = timer::TimedIo::new(
+        stream,
+        activity.clone(),
+        server.header_timeout,
+        server.idle_timeout,
+    );
     let gw = gw.clone();
     let service = service_fn(move |req| {
         let gw = gw.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer).await) }
+        let busy = activity.busy();
+        async move { Ok::<_, Infallible>(busy.hold(proxy::handle(gw, req, peer).await)) }
     });
     let builder = builder.clone();
     let conn = builder

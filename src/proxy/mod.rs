@@ -418,6 +418,7 @@ async fn forward(
     ctx.upstream_latency = Some(started.elapsed());
     let response = match result {
         Err(_) => return Err(GatewayError::UpstreamTimeout),
+        Ok(Err(e)) if upstream::body_too_large(&e) => return Err(GatewayError::BodyTooLarge),
         Ok(Err(e)) => return Err(GatewayError::UpstreamUnreachable(Box::new(e))),
         Ok(Ok(response)) => response,
     };

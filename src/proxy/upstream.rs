@@ -14,6 +14,9 @@ use crate::response::Body;
 pub const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 /// How long an idle upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The largest upstream response head read: 64 KiB (hyper's own default
+/// is about 400 KiB). A larger one fails the request with 502.
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -31,5 +34,19 @@ pub fn client() -> UpstreamClient {
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
+        .http1_max_buf_size(MAX_RESPONSE_HEAD_BYTES)
         .build(connector)
+}
+
+/// Whether a failed upstream request failed because the client's body
+/// went past the route's `max_body` (it was cut off mid-stream).
+pub fn body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
