@@ -995,3 +995,454 @@ async fn csrf_check_leaves_bearer_safe_methods_and_public_routes_alone() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+// ------------------------------------------------------- password guessing
+
+async fn login_attempt(
+    gw: &TestGateway,
+    username: &str,
+    password: &str,
+    xff: Option<&str>,
+) -> reqwest::Response {
+    let mut request = client()
+        .post(gw.url("/token"))
+        .form(&[("username", username), ("password", password)]);
+    if let Some(xff) = xff {
+        request = request.header("x-forwarded-for", xff);
+    }
+    request.send().await.unwrap()
+}
+
+async fn assert_throttled(response: reqwest::Response, ban_secs: u64, attack: &str) {
+    assert_eq!(response.status(), 429, "{attack}");
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=ban_secs).contains(&retry_after),
+        "{attack}: Retry-After {retry_after}"
+    );
+    assert_eq!(
+        json_of(response).await,
+        json!({"error": "too_many_requests", "detail": "Too many failed attempts; try again later"}),
+        "{attack}"
+    );
+}
+
+#[tokio::test]
+async fn password_guessing_on_one_username_gets_429_even_with_the_right_password() {
+    let s = site("").await;
+    for guess in 0..5 {
+        let response = login_attempt(&s.gw, "alice", &format!("guess-{guess}"), None).await;
+        assert_eq!(response.status(), 401, "guess {guess}");
+    }
+    // The sixth attempt is refused before the password is looked at.
+    let response = login_attempt(&s.gw, "alice", "alice-pw", None).await;
+    assert_throttled(response, 900, "right password after 5 failures").await;
+    let response = login_attempt(&s.gw, "ALICE", "alice-pw", None).await;
+    assert_throttled(response, 900, "same username, other case").await;
+    // Other users are unaffected.
+    assert_eq!(
+        login_attempt(&s.gw, "bob", "bob-pw", None).await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn password_guessing_budget_is_restored_by_a_success() {
+    let s = site("").await;
+    for _ in 0..4 {
+        assert_eq!(
+            login_attempt(&s.gw, "alice", "nope", None).await.status(),
+            401
+        );
+    }
+    assert_eq!(
+        login_attempt(&s.gw, "alice", "alice-pw", None)
+            .await
+            .status(),
+        200
+    );
+    for _ in 0..4 {
+        assert_eq!(
+            login_attempt(&s.gw, "alice", "nope", None).await.status(),
+            401
+        );
+    }
+    assert_eq!(
+        login_attempt(&s.gw, "alice", "alice-pw", None)
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn password_spraying_from_one_address_gets_429() {
+    let s = site("\n[auth.throttle]\nip_max_failures = 3\nban = \"1m\"\n").await;
+    for name in ["u1", "u2", "u3"] {
+        assert_eq!(
+            login_attempt(&s.gw, name, "spray", None).await.status(),
+            401
+        );
+    }
+    let response = login_attempt(&s.gw, "bob", "bob-pw", None).await;
+    assert_throttled(response, 60, "fourth username from one address").await;
+    // A forged X-Forwarded-For from an untrusted peer changes nothing.
+    let response = login_attempt(&s.gw, "bob", "bob-pw", Some("198.51.100.7")).await;
+    assert_throttled(response, 60, "forged X-Forwarded-For").await;
+}
+
+#[tokio::test]
+async fn password_spraying_behind_a_trusted_proxy_is_counted_per_client() {
+    let s = site(
+        "\n[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+         [auth.throttle]\nip_max_failures = 2\nmax_failures = 100\n",
+    )
+    .await;
+    let attacker = Some("203.0.113.66");
+    for name in ["u1", "u2"] {
+        assert_eq!(
+            login_attempt(&s.gw, name, "spray", attacker).await.status(),
+            401
+        );
+    }
+    assert_throttled(
+        login_attempt(&s.gw, "u3", "spray", attacker).await,
+        900,
+        "attacker",
+    )
+    .await;
+    // The client left of a trusted hop is believed; one forged further
+    // left is not.
+    assert_throttled(
+        login_attempt(&s.gw, "u3", "spray", Some("192.0.2.1, 203.0.113.66")).await,
+        900,
+        "forged leftmost",
+    )
+    .await;
+    // Another client behind the same proxy is not.
+    assert_eq!(
+        login_attempt(&s.gw, "bob", "bob-pw", Some("203.0.113.77"))
+            .await
+            .status(),
+        200
+    );
+}
+
+fn redis_sessions(prefix: &str) -> String {
+    format!(
+        "\n[sessions]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\n"
+    )
+}
+
+#[tokio::test]
+async fn password_guessing_across_instances_sharing_redis_gets_429() {
+    let prefix = redis_prefix("throttle");
+    let extra = format!(
+        "{}\n[auth.throttle]\nmax_failures = 2\n",
+        redis_sessions(&prefix)
+    );
+    let one = site(&extra).await;
+    let two = site(&extra).await;
+    assert_eq!(
+        login_attempt(&one.gw, "alice", "x", None).await.status(),
+        401
+    );
+    assert_eq!(
+        login_attempt(&two.gw, "alice", "y", None).await.status(),
+        401
+    );
+    assert_throttled(
+        login_attempt(&one.gw, "alice", "alice-pw", None).await,
+        900,
+        "instance one",
+    )
+    .await;
+    assert_throttled(
+        login_attempt(&two.gw, "alice", "alice-pw", None).await,
+        900,
+        "instance two",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn password_guessing_while_the_session_store_is_down_is_503_not_unthrottled() {
+    let down = format!(
+        "\n[sessions]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\n",
+        support::closed_port()
+    );
+    let s = site(&down).await;
+    for password in ["wrong", "alice-pw"] {
+        let response = login_attempt(&s.gw, "alice", password, None).await;
+        assert_eq!(response.status(), 503, "{password}");
+        assert_eq!(json_of(response).await["error"], "temporarily_unavailable");
+    }
+}
+
+// --------------------------------------------------------- open redirects
+
+#[test]
+fn open_redirect_forms_of_rd_are_refused() {
+    for evil in [
+        "https://evil.example",
+        "http://evil.example/",
+        "//evil.example",
+        "///evil.example",
+        "/\\evil.example",
+        "\\/evil.example",
+        "/%2Fevil.example",
+        "/%2fevil.example",
+        "%2F%2Fevil.example",
+        "/%5Cevil.example",
+        "/%252F%252Fevil.example",
+        "/\t/evil.example",
+        "/%09/evil.example",
+        "/%0D%0ALocation:%20https://evil.example",
+        "javascript:alert(document.cookie)",
+        "data:text/html,<script>alert(1)</script>",
+        "evil.example",
+        "",
+    ] {
+        assert_eq!(safe_redirect(evil), None, "{evil:?}");
+    }
+    for fine in [
+        "/",
+        "/app/",
+        "/app/settings?tab=2#keys",
+        "/search?q=https://x",
+    ] {
+        assert_eq!(safe_redirect(fine).as_deref(), Some(fine), "{fine:?}");
+    }
+}
+
+// ------------------------------------------------------------------ limits
+
+#[tokio::test]
+async fn header_flood_past_max_headers_is_431() {
+    let s = site("\n[server]\nmax_headers = 20\n").await;
+    let flood: String = (0..30).map(|i| format!("X-Flood-{i}: {i}\r\n")).collect();
+    let response = raw_get(s.gw.addr, "/public/x", &flood).await;
+    assert_eq!(status_of(&response), 431, "{response}");
+    let few: String = (0..10).map(|i| format!("X-Few-{i}: {i}\r\n")).collect();
+    assert_eq!(status_of(&raw_get(s.gw.addr, "/public/x", &few).await), 200);
+    assert_eq!(s.public.count(), 1);
+}
+
+/// An upstream that answers every request with a response head of `bytes`.
+async fn bloated_upstream(bytes: usize) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nX-Bloat: {}\r\nContent-Length: 2\r\n\r\nok",
+                    "b".repeat(bytes)
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_response_head_past_the_read_buffer_is_502() {
+    let big = bloated_upstream(200 * 1024).await;
+    let small = bloated_upstream(1024).await;
+    let toml = format!(
+        "[[routes]]\nprefix = \"/big\"\nupstream = \"http://{big}\"\nauth = \"public\"\n\
+         [[routes]]\nprefix = \"/small\"\nupstream = \"http://{small}\"\nauth = \"public\"\n"
+    );
+    let gw = TestGateway::start(&toml, &[]).await;
+    let response = client().get(gw.url("/big/x")).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(json_of(response).await["error"], "bad_gateway");
+    let response = client().get(gw.url("/small/x")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+fn body_limit_site(up: &Upstream) -> String {
+    format!(
+        "[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\nauth = \"public\"\nmax_body = \"1KiB\"\n",
+        up.url()
+    )
+}
+
+#[tokio::test]
+async fn oversized_body_with_content_length_is_413_and_never_forwarded() {
+    let up = Upstream::start("up").await;
+    let gw = TestGateway::start(&body_limit_site(&up), &[]).await;
+    let response = client()
+        .post(gw.url("/x"))
+        .body(vec![b'a'; 64 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(json_of(response).await["error"], "payload_too_large");
+    let response = client()
+        .post(gw.url("/x"))
+        .body(vec![b'a'; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn oversized_chunked_body_is_413_and_never_forwarded_whole() {
+    let up = Upstream::start("up").await;
+    let gw = TestGateway::start(&body_limit_site(&up), &[]).await;
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..16).map(|_| Ok(vec![b'c'; 4096])).collect();
+    let outcome = client()
+        .post(gw.url("/x"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await;
+    match outcome {
+        Ok(response) => {
+            assert_eq!(response.status(), 413);
+            assert_eq!(json_of(response).await["error"], "payload_too_large");
+        }
+        // Refused while the client was still sending: the connection is cut.
+        Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
+    }
+    assert!(
+        up.seen().iter().all(|s| s.body.len() <= 1024),
+        "an oversized body reached the upstream"
+    );
+    // The same, raw: a chunked body far past the limit.
+    let mut request =
+        b"POST /x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..8 {
+        request.extend_from_slice(format!("400\r\n{}\r\n", "d".repeat(1024)).as_bytes());
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let response = raw(gw.addr, &request).await;
+    assert!(
+        response.is_empty() || status_of(&response) == 413,
+        "{response}"
+    );
+    assert!(up.seen().iter().all(|s| s.body.len() <= 1024));
+}
+
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("no response")
+            .unwrap();
+        assert!(n > 0, "closed before a response");
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+    }
+}
+
+/// Whether the server closed `stream` within `within` (EOF or reset).
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    match tokio::time::timeout(within, stream.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(n)) => panic!("unexpected bytes: {:?}", String::from_utf8_lossy(&buf[..n])),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn slow_loris_head_is_cut_off_after_header_timeout() {
+    let s = site("\n[server]\nheader_timeout = \"1s\"\nidle_timeout = \"60s\"\n").await;
+    let mut stream = TcpStream::connect(s.gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /public/x HTTP/1.1\r\nHost: gw\r\n")
+        .await
+        .unwrap();
+    // One header byte every 100 ms, for at most 20 s.
+    let mut cut = false;
+    for i in 0..200 {
+        if stream.write_all(&[b'a' + (i % 26) as u8]).await.is_err()
+            || closed_within(&mut stream, Duration::from_millis(100)).await
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the slow-loris client was never cut off");
+    // A silent connection is cut off too.
+    let mut silent = TcpStream::connect(s.gw.addr).await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(20)).await);
+    assert_eq!(s.public.count(), 0);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
+    let s = site("\n[server]\nheader_timeout = \"60s\"\nidle_timeout = \"1s\"\n").await;
+    let mut stream = TcpStream::connect(s.gw.addr).await.unwrap();
+    // A request that takes longer than idle_timeout is not idle.
+    stream
+        .write_all(b"GET /public/slow/1500 HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status_of(&read_response(&mut stream).await), 200);
+    // Kept alive for the next request...
+    stream
+        .write_all(b"GET /public/again HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status_of(&read_response(&mut stream).await), 200);
+    // ...then closed once idle (well before the 60 s header timeout).
+    assert!(closed_within(&mut stream, Duration::from_secs(20)).await);
+    assert_eq!(s.public.count(), 2);
+}
+
+#[tokio::test]
+async fn connection_flood_past_max_connections_waits_and_is_served_later() {
+    let s = site("\n[server]\nmax_connections = 2\n").await;
+    let request = b"GET /public/x HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let mut first = TcpStream::connect(s.gw.addr).await.unwrap();
+    let mut second = TcpStream::connect(s.gw.addr).await.unwrap();
+    for stream in [&mut first, &mut second] {
+        stream.write_all(request).await.unwrap();
+        assert_eq!(status_of(&read_response(stream).await), 200);
+    }
+    // Both kept alive: a third connection is not accepted...
+    let mut third = TcpStream::connect(s.gw.addr).await.unwrap();
+    third.write_all(request).await.unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(early.is_err(), "served past max_connections");
+    assert_eq!(s.public.count(), 2);
+    // ...until another closes; then it is served, and the gateway is fine.
+    drop(first);
+    assert_eq!(status_of(&read_response(&mut third).await), 200);
+    drop(second);
+    drop(third);
+    let response = client().get(s.gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(!s.gw.task.as_ref().unwrap().is_finished());
+}

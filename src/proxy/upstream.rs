@@ -14,8 +14,10 @@ use crate::response::Body;
 pub const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 /// How long an idle upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// The largest upstream response head read: 64 KiB (hyper's own default
-/// is about 400 KiB). A larger one fails the request with 502.
+/// The upstream read buffer: 64 KiB (hyper's default is about 400 KiB). A
+/// response head still incomplete when the buffer is full fails with 502;
+/// hyper checks before each read, so a head is refused for certain past
+/// twice this, and may be accepted up to it.
 pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
