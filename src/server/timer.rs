@@ -44,6 +44,9 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds after `started` when the last request finished.
     idle_since_ms: AtomicU64,
+    /// Requests finished so far: tells a head that started after the last
+    /// one from a stale one, even within the same millisecond.
+    finished: AtomicU64,
     upgraded: AtomicBool,
     /// The socket's reader, to re-arm its deadline when a request ends.
     reader: AtomicWaker,
@@ -55,6 +58,7 @@ impl Activity {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
             reader: AtomicWaker::new(),
         })
@@ -90,6 +94,7 @@ impl Drop for Busy {
         let activity = &self.0;
         let since = activity.started.elapsed().as_millis() as u64;
         activity.idle_since_ms.store(since, Ordering::Release);
+        activity.finished.fetch_add(1, Ordering::AcqRel);
         if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             activity.reader.wake();
         }
@@ -136,8 +141,9 @@ pub struct TimedIo<T> {
     activity: Arc<Activity>,
     header_timeout: Duration,
     idle_timeout: Duration,
-    /// When the first byte of the head being read arrived.
-    head_started: Option<Instant>,
+    /// When the first byte of the head being read arrived, and how many
+    /// requests had finished then.
+    head_started: Option<(Instant, u64)>,
     http2: Option<bool>,
     timer: Pin<Box<Sleep>>,
 }
@@ -157,7 +163,7 @@ impl<T> TimedIo<T> {
             activity,
             header_timeout,
             idle_timeout,
-            head_started: Some(started),
+            head_started: Some((started, 0)),
             http2: None,
             timer: Box::pin(tokio::time::sleep_until(started + header_timeout)),
         }
@@ -169,13 +175,16 @@ impl<T> TimedIo<T> {
         {
             return None;
         }
-        let idle_since = self.activity.idle_since();
         match self.head_started {
-            Some(at) if at >= idle_since && self.http2 != Some(true) => {
+            Some((at, finished)) if self.is_current(finished) && self.http2 != Some(true) => {
                 Some((at + self.header_timeout, Expiry::Head))
             }
-            _ => Some((idle_since + self.idle_timeout, Expiry::Idle)),
+            _ => Some((self.activity.idle_since() + self.idle_timeout, Expiry::Idle)),
         }
+    }
+
+    fn is_current(&self, finished: u64) -> bool {
+        finished == self.activity.finished.load(Ordering::Acquire)
     }
 
     fn saw_bytes(&mut self, bytes: &[u8]) {
@@ -185,11 +194,10 @@ impl<T> TimedIo<T> {
             self.http2 = Some(bytes.starts_with(H2_PREFACE_START));
         }
         if self.activity.in_flight.load(Ordering::Acquire) == 0
-            && self
-                .head_started
-                .is_none_or(|at| at < self.activity.idle_since())
+            && self.head_started.is_none_or(|(_, f)| !self.is_current(f))
         {
-            self.head_started = Some(Instant::now());
+            let finished = self.activity.finished.load(Ordering::Acquire);
+            self.head_started = Some((Instant::now(), finished));
         }
     }
 }
@@ -311,5 +319,36 @@ mod tests {
         let dropped = Instant::now();
         assert_eq!(io.read(&mut buf).await.unwrap(), 0, "end of stream");
         assert_eq!(dropped.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_finished_within_the_same_instant_leaves_the_connection_idle() {
+        let (mut io, mut client, activity) = pair(10, 60).await;
+        let mut buf = [0u8; 64];
+        for _ in 0..2 {
+            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            io.read(&mut buf).await.unwrap();
+            drop(activity.busy());
+        }
+        let finished = Instant::now();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0, "idle, not a head");
+        assert_eq!(finished.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upgraded_connection_has_no_deadline() {
+        let (mut io, mut client, activity) = pair(10, 60).await;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        io.read(&mut buf).await.unwrap();
+        let response = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .body(())
+            .unwrap();
+        drop(activity.busy().hold(response));
+        client.write_all(b"x").await.unwrap();
+        io.read(&mut buf).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(3600), io.read(&mut buf)).await;
+        assert!(waited.is_err(), "cut off after the upgrade");
     }
 }
