@@ -169,6 +169,11 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     tracing::info!(event = "listening", address = %listener.local_addr()?, routes = gw.routes.iter().count());
+    if let Some(admin) = gw.config.admin.listen {
+        let admin_listener = crate::admin::bind(admin).await?;
+        tracing::info!(event = "admin_listening", address = %admin_listener.local_addr()?);
+        crate::admin::spawn(admin_listener, gw.clone());
+    }
     spawn_reload_on_hangup(gw.clone());
     crate::server::serve(gw, listener, crate::server::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

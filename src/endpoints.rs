@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::auth::login::{self, BodyKind, TokenRequest};
+use crate::auth::redirect::safe_redirect;
 use crate::auth::refresh::{RefreshError, TokenPair};
 use crate::cookies;
 use crate::gateway::Gateway;
@@ -23,6 +24,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
+    Login,
     Token,
     Logout,
     Userinfo,
@@ -35,6 +37,7 @@ impl Endpoint {
     pub fn find(gw: &Gateway, path: &str) -> Option<Endpoint> {
         let p = &gw.paths;
         Some(match path {
+            _ if path == p.login => Endpoint::Login,
             _ if path == p.token => Endpoint::Token,
             _ if path == p.logout => Endpoint::Logout,
             _ if path == p.userinfo => Endpoint::Userinfo,
@@ -47,7 +50,8 @@ impl Endpoint {
 
     fn methods(self) -> &'static [Method] {
         match self {
-            Endpoint::Token | Endpoint::Logout => &[Method::POST],
+            Endpoint::Token => &[Method::POST],
+            Endpoint::Logout => &[Method::POST, Method::GET],
             _ => &[Method::GET, Method::HEAD],
         }
     }
@@ -73,11 +77,12 @@ pub async fn serve(
         return Ok(response);
     }
     match endpoint {
+        Endpoint::Login => Ok(login_page(gw, &req)),
         Endpoint::Token => token(gw, req, ctx).await,
         Endpoint::Logout => logout(gw, req, ctx).await,
         Endpoint::Userinfo => userinfo(gw, req, ctx).await,
         Endpoint::Healthz => Ok(response::json(StatusCode::OK, &json!({"status": "ok"}))),
-        Endpoint::Readyz => Ok(readyz(gw).await),
+        Endpoint::Readyz => Ok(readiness(gw).await),
         Endpoint::Jwks => match gw.jwt.jwks() {
             Some(jwks) => {
                 let mut response = Response::new(response::full(jwks.clone()));
@@ -137,9 +142,43 @@ async fn token(
     req: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
+    let browser_html = crate::pages::wants_html(req.headers());
     let (parts, fields) = read_fields(req).await?;
     let fields = fields
         .ok_or_else(|| GatewayError::InvalidRequest("username and password are required".into()))?;
+    // A browser's form post (it asks for HTML, or carries `rd`) gets pages
+    // and redirects instead of JSON.
+    if browser_html || fields.contains_key("rd") {
+        let rd = fields
+            .get("rd")
+            .and_then(|rd| safe_redirect(rd))
+            .unwrap_or_else(|| "/".into());
+        let username = fields.get("username").cloned().unwrap_or_default();
+        return match grant(gw, &parts, fields, ctx).await {
+            Ok(pair) => {
+                ctx.set_session_cookies(gw, &pair);
+                Ok(crate::pages::redirect(StatusCode::SEE_OTHER, &rd))
+            }
+            Err(error) => Ok(crate::pages::sign_in(
+                error.status(),
+                &gw.paths.token,
+                &rd,
+                &username,
+                Some(&error.detail()),
+            )),
+        };
+    }
+    let pair = grant(gw, &parts, fields, ctx).await?;
+    Ok(token_response(gw, &pair, ctx))
+}
+
+/// Runs a password or refresh grant.
+async fn grant(
+    gw: &Gateway,
+    parts: &http::request::Parts,
+    fields: std::collections::HashMap<String, String>,
+    ctx: &mut RequestContext,
+) -> Result<TokenPair, GatewayError> {
     let pair = match login::token_request(fields)? {
         TokenRequest::Password { username, password } => {
             let attempt = gw
@@ -151,6 +190,7 @@ async fn token(
                 .map_err(users_unavailable)?;
             let Some(user) = user else {
                 attempt.failed();
+                crate::metrics::get().login("failure");
                 ctx.auth = "login_failed";
                 tracing::warn!(
                     event = "login_failed",
@@ -164,6 +204,7 @@ async fn token(
                 });
             };
             attempt.succeeded().await?;
+            crate::metrics::get().login("success");
             ctx.user = Some(user.username.clone());
             ctx.auth = "login";
             gw.session_service
@@ -194,7 +235,22 @@ async fn token(
             pair
         }
     };
-    Ok(token_response(gw, &pair, ctx))
+    Ok(pair)
+}
+
+fn login_page(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
+    let rd = req
+        .uri()
+        .query()
+        .and_then(|q| {
+            serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+                .ok()?
+                .into_iter()
+                .find_map(|(k, v)| (k == "rd").then_some(v))
+        })
+        .and_then(|rd| safe_redirect(&rd))
+        .unwrap_or_else(|| "/".into());
+    crate::pages::sign_in(StatusCode::OK, &gw.paths.token, &rd, "", None)
 }
 
 fn refresh_error(gw: &Gateway, error: RefreshError, ctx: &mut RequestContext) -> GatewayError {
@@ -238,6 +294,7 @@ async fn logout(
     req: Request<Incoming>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
+    let method = req.method().clone();
     let (parts, fields) = read_fields(req).await?;
     let presented = match fields
         .as_ref()
@@ -267,6 +324,9 @@ async fn logout(
         }
     }
     ctx.clear_session_cookies(gw);
+    if method == Method::GET {
+        return Ok(crate::pages::signed_out(&gw.paths.login));
+    }
     let mut response = Response::new(response::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
     Ok(response)
@@ -297,7 +357,7 @@ async fn userinfo(
     }
 }
 
-async fn readyz(gw: &Gateway) -> Response<Body> {
+pub async fn readiness(gw: &Gateway) -> Response<Body> {
     let sessions = tokio::time::timeout(READY_TIMEOUT, gw.sessions.ping()).await;
     let users = tokio::time::timeout(READY_TIMEOUT, gw.users.check()).await;
     let sessions_ok = matches!(sessions, Ok(Ok(())));

@@ -20,6 +20,7 @@ use crate::users::{self, UserStore};
 /// The paths authgate answers itself, under `[auth] path_prefix`.
 #[derive(Debug, Clone)]
 pub struct OwnPaths {
+    pub login: String,
     pub token: String,
     pub logout: String,
     pub userinfo: String,
@@ -31,6 +32,7 @@ pub struct OwnPaths {
 impl OwnPaths {
     fn new(prefix: &str) -> OwnPaths {
         OwnPaths {
+            login: format!("{prefix}/login"),
             token: format!("{prefix}/token"),
             logout: format!("{prefix}/logout"),
             userinfo: format!("{prefix}/userinfo"),
@@ -58,6 +60,8 @@ pub struct Gateway {
     pub csrf: CsrfGuard,
     /// `"http"` or `"https"`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
+    /// Metrics of requests that matched no route (own endpoints, 404s).
+    pub own_metrics: crate::metrics::RouteMetrics,
 }
 
 impl Gateway {
@@ -105,6 +109,7 @@ impl Gateway {
             ),
             csrf: CsrfGuard::new(&config.cookies.trusted_origins),
             scheme: "http",
+            own_metrics: crate::metrics::get().route("(gateway)"),
             jwt,
             users,
             sessions,

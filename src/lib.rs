@@ -9,8 +9,10 @@
 //! - [`endpoints`]: the paths authgate answers itself
 //! - [`response`]: the request-time error type and its HTTP rendering
 //! - [`server`]: listener, connection limits, graceful shutdown
+//! - [`metrics`]: Prometheus metrics for the admin listener
 //! - [`cli`]: the `authgate` command
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -18,6 +20,8 @@ pub mod cookies;
 pub mod dev;
 pub mod endpoints;
 pub mod gateway;
+pub mod metrics;
+pub mod pages;
 pub mod proxy;
 pub mod response;
 pub mod server;

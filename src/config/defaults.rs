@@ -196,3 +196,6 @@ pub fn throttle_ban() -> HumanDuration {
 pub fn path_prefix() -> Spanned<String> {
     spanned(String::new())
 }
+pub fn login_redirect() -> bool {
+    true
+}

@@ -70,6 +70,13 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub sessions: SessionsConfig,
     pub auth: AuthConfig,
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    /// The metrics listener; never the public one.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -209,6 +216,7 @@ pub struct IdentityConfig {
 pub struct SessionsConfig {
     pub backend: SessionsBackend,
     pub redis_url: Option<String>,
+    pub sentinel_master: Option<String>,
     pub key_prefix: String,
     pub reuse_grace: Duration,
 }
@@ -217,6 +225,8 @@ pub struct SessionsConfig {
 pub struct AuthConfig {
     /// Empty, or `/auth`-like: where `/token`, `/logout`, ... live.
     pub path_prefix: String,
+    /// Browsers on `required` routes are sent to the sign-in page.
+    pub login_redirect: bool,
     pub throttle: ThrottleConfig,
 }
 
@@ -341,6 +351,7 @@ impl Validator<'_> {
         let identity = self.identity(raw.identity);
         let sessions = self.sessions(raw.sessions);
         let auth = self.auth(raw.auth);
+        let admin = self.admin(raw.admin, &server);
         Config {
             file: file.to_path_buf(),
             base_dir,
@@ -352,6 +363,31 @@ impl Validator<'_> {
             identity,
             sessions,
             auth,
+            admin,
+        }
+    }
+
+    fn admin(&mut self, raw: raw::RawAdmin, server: &ServerConfig) -> AdminConfig {
+        let Some(listen) = raw.listen else {
+            return AdminConfig::default();
+        };
+        match listen.get_ref().parse::<SocketAddr>() {
+            Ok(addr) if addr == server.listen => {
+                self.fail(&listen, "admin.listen", "must differ from server.listen");
+                AdminConfig::default()
+            }
+            Ok(addr) => AdminConfig { listen: Some(addr) },
+            Err(_) => {
+                self.fail(
+                    &listen,
+                    "admin.listen",
+                    format!(
+                        "{:?} is not an address:port such as \"127.0.0.1:9901\"",
+                        listen.get_ref()
+                    ),
+                );
+                AdminConfig::default()
+            }
         }
     }
 
@@ -784,6 +820,7 @@ impl Validator<'_> {
         SessionsConfig {
             backend,
             redis_url,
+            sentinel_master: raw.sentinel_master,
             key_prefix: raw.key_prefix,
             reuse_grace: raw.reuse_grace.0,
         }
@@ -808,6 +845,7 @@ impl Validator<'_> {
         }
         AuthConfig {
             path_prefix: prefix.clone(),
+            login_redirect: raw.login_redirect,
             throttle: ThrottleConfig {
                 max_failures: t.max_failures,
                 window: t.window.0,

@@ -33,6 +33,16 @@ pub struct RawConfig {
     pub sessions: RawSessions,
     #[serde(default)]
     pub auth: RawAuth,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Separate listener for `/metrics`; none by default.
+    #[serde(default)]
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,6 +291,9 @@ pub struct RawSessions {
     pub backend: Spanned<SessionsBackend>,
     #[serde(default)]
     pub redis_url: Option<Spanned<String>>,
+    /// With Sentinel: the monitored master's name; `redis_url` lists Sentinels.
+    #[serde(default)]
+    pub sentinel_master: Option<String>,
     #[serde(default = "d::key_prefix")]
     pub key_prefix: String,
     #[serde(default = "d::reuse_grace")]
@@ -298,6 +311,8 @@ impl Default for RawSessions {
 pub struct RawAuth {
     #[serde(default = "d::path_prefix")]
     pub path_prefix: Spanned<String>,
+    #[serde(default = "d::login_redirect")]
+    pub login_redirect: bool,
     #[serde(default)]
     pub throttle: RawThrottle,
 }

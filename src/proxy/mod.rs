@@ -99,6 +99,14 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
     let mut response = match process(&gw, req, &mut ctx).await {
         Ok(response) => response,
         Err(error) => {
+            match &error {
+                GatewayError::Unavailable(_) => crate::metrics::get().store_error("store"),
+                GatewayError::UpstreamUnreachable(_) => {
+                    crate::metrics::get().upstream_error("connect")
+                }
+                GatewayError::UpstreamTimeout => crate::metrics::get().upstream_error("timeout"),
+                _ => {}
+            }
             if error.status().is_server_error() {
                 tracing::warn!(
                     event = "request_failed",
@@ -111,6 +119,7 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
         }
     };
     response_filter(&mut response, &mut ctx);
+    record_metrics(&gw, &ctx, response.status().as_u16());
     tracing::info!(
         target: "authgate::access",
         method = %method,
@@ -124,6 +133,22 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
         request_id = ctx.request_id.to_str().unwrap_or("-"),
     );
     response
+}
+
+fn record_metrics(gw: &Gateway, ctx: &RequestContext, status: u16) {
+    let metrics = crate::metrics::get();
+    let route = ctx.route.as_ref().map_or(&gw.own_metrics, |r| &r.metrics);
+    route.observe(
+        status,
+        ctx.started.elapsed().as_secs_f64(),
+        ctx.upstream_latency.map(|d| d.as_secs_f64()),
+    );
+    if matches!(
+        ctx.auth,
+        "ok" | "missing" | "invalid" | "expired" | "refreshed" | "refresh_failed" | "forbidden"
+    ) {
+        metrics.auth_outcome(ctx.auth);
+    }
 }
 
 /// The phases, top to bottom.
@@ -150,9 +175,23 @@ async fn process(
         csrf::check_proxied(gw, &req)?;
         authenticate(gw, req.headers(), ctx).await?
     };
-    let permit = authorize(&route, authn, ctx)?;
+    let permit = match authorize(&route, authn, ctx) {
+        Err(GatewayError::Unauthenticated(_)) if sends_to_sign_in(gw, req.headers()) => {
+            let original = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            return Ok(crate::pages::redirect_to_sign_in(&gw.paths.login, original));
+        }
+        other => other?,
+    };
     let upstream_request = mutate(gw, &route, req, &path, permit, ctx)?;
     forward(gw, upstream_request, ctx).await
+}
+
+/// A browser (it names `text/html`) without an `Authorization` header is
+/// sent to the sign-in page instead of a JSON 401.
+fn sends_to_sign_in(gw: &Gateway, headers: &HeaderMap) -> bool {
+    gw.config.auth.login_redirect
+        && !headers.contains_key(AUTHORIZATION)
+        && crate::pages::wants_html(headers)
 }
 
 /// Phase 1: limits and framing that hyper leaves to us.
@@ -246,7 +285,10 @@ pub async fn authenticate(
     }
     let cookie_outcome = match cookies::get(headers, &gw.cookies.access) {
         Some(token) => verified(gw, token, Via::Cookie, ctx),
-        None => Authn::Anonymous(AuthFailure::Missing),
+        None => {
+            ctx.auth = "missing";
+            Authn::Anonymous(AuthFailure::Missing)
+        }
     };
     let failure = match cookie_outcome {
         Authn::Anonymous(failure @ (AuthFailure::Missing | AuthFailure::Expired)) => failure,

@@ -22,15 +22,18 @@ pub struct Route {
     pub preserve_host: bool,
     pub roles: Vec<String>,
     pub max_body: Option<u64>,
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 impl Route {
     fn new(config: &RouteConfig) -> Route {
+        let name = match &config.host {
+            Some(host) => format!("{host}{}", config.prefix),
+            None => config.prefix.clone(),
+        };
         Route {
-            name: match &config.host {
-                Some(host) => format!("{host}{}", config.prefix),
-                None => config.prefix.clone(),
-            },
+            metrics: crate::metrics::get().route(&name),
+            name,
             prefix: config.prefix.clone(),
             host: config.host.clone(),
             scheme: config.upstream.scheme.clone(),

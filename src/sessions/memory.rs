@@ -45,7 +45,7 @@ impl State {
     /// the live sessions.
     fn sweep(&mut self, now_ms: u64) {
         self.operations += 1;
-        if self.operations % 1024 != 0 {
+        if !self.operations.is_multiple_of(1024) {
             return;
         }
         self.families.retain(|_, f| f.expires_ms > now_ms);

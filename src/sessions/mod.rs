@@ -131,6 +131,7 @@ pub async fn open(config: &SessionsConfig) -> anyhow::Result<Arc<dyn SessionStor
             redis::RedisSessionStore::new(
                 config.redis_url.as_deref().expect("validated at load"),
                 &config.key_prefix,
+                config.sentinel_master.as_deref(),
             )
             .await?,
         ),

@@ -124,6 +124,22 @@ enum Target {
     Single(ConnectionManager),
     /// Connected on first use, and again after a failed first attempt.
     Cluster(Box<ClusterTarget>),
+    /// The master named by Sentinel, asked again after any failure (a
+    /// failover moves it).
+    Sentinel(Box<SentinelTarget>),
+}
+
+struct SentinelTarget {
+    client: Mutex<redis::sentinel::SentinelClient>,
+    master: Mutex<Option<ConnectionManager>>,
+}
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(OP_TIMEOUT))
+        .set_response_timeout(Some(OP_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500))
 }
 
 struct ClusterTarget {
@@ -158,13 +174,30 @@ impl RedisSessionStore {
     /// commas for a Redis Cluster (any reachable nodes; the rest are found).
     /// Nothing is contacted here: a Redis that is down at start makes the
     /// gateway not-ready, not absent.
-    pub async fn new(url: &str, prefix: &str) -> anyhow::Result<RedisSessionStore> {
+    /// With `sentinel_master`, the URLs are Sentinel nodes and the store
+    /// talks to the master Sentinel names.
+    pub async fn new(
+        url: &str,
+        prefix: &str,
+        sentinel_master: Option<&str>,
+    ) -> anyhow::Result<RedisSessionStore> {
         let urls: Vec<&str> = url
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .collect();
-        let target = if urls.len() > 1 || url.contains("cluster=true") {
+        let target = if let Some(master) = sentinel_master {
+            let client = redis::sentinel::SentinelClient::build(
+                urls.clone(),
+                master,
+                None,
+                redis::sentinel::SentinelServerType::Master,
+            )?;
+            Target::Sentinel(Box::new(SentinelTarget {
+                client: Mutex::new(client),
+                master: Mutex::new(None),
+            }))
+        } else if urls.len() > 1 || url.contains("cluster=true") {
             let urls: Vec<String> = urls
                 .iter()
                 .map(|u| u.replace("?cluster=true", ""))
@@ -179,12 +212,10 @@ impl RedisSessionStore {
             }))
         } else {
             let client = redis::Client::open(urls[0])?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(OP_TIMEOUT))
-                .set_response_timeout(Some(OP_TIMEOUT))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_millis(500));
-            Target::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+            Target::Single(ConnectionManager::new_lazy_with_config(
+                client,
+                manager_config(),
+            )?)
         };
         Ok(RedisSessionStore {
             target,
@@ -213,6 +244,29 @@ impl RedisSessionStore {
                 *guard = Some(c.clone());
                 Ok(Conn::Cluster(c))
             }
+            Target::Sentinel(sentinel) => {
+                let mut guard = sentinel.master.lock().await;
+                if let Some(c) = guard.as_ref() {
+                    return Ok(Conn::Single(c.clone()));
+                }
+                let mut client = sentinel.client.lock().await;
+                let master = tokio::time::timeout(OP_TIMEOUT, client.async_get_client())
+                    .await
+                    .map_err(unavailable)?
+                    .map_err(unavailable)?;
+                let manager = ConnectionManager::new_lazy_with_config(master, manager_config())
+                    .map_err(unavailable)?;
+                *guard = Some(manager.clone());
+                Ok(Conn::Single(manager))
+            }
+        }
+    }
+
+    /// After a failure, forget the Sentinel master so the next operation
+    /// asks Sentinel again.
+    async fn forget_master(&self) {
+        if let Target::Sentinel(sentinel) = &self.target {
+            *sentinel.master.lock().await = None;
         }
     }
 
@@ -222,11 +276,13 @@ impl RedisSessionStore {
         op: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn().await?;
-        match tokio::time::timeout(OP_TIMEOUT, op(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(unavailable(e)),
-            Err(elapsed) => Err(unavailable(elapsed)),
-        }
+        let result = match tokio::time::timeout(OP_TIMEOUT, op(&mut conn)).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => unavailable(e),
+            Err(elapsed) => unavailable(elapsed),
+        };
+        self.forget_master().await;
+        Err(result)
     }
 
     fn family_key(&self, family: &FamilyId) -> String {
