@@ -168,18 +168,28 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    tracing::info!(event = "listening", address = %listener.local_addr()?, routes = gw.routes.iter().count());
+    tracing::info!(event = "listening", address = %listener.local_addr()?, scheme = gw.scheme, routes = gw.routes.iter().count());
     if let Some(admin) = gw.config.admin.listen {
         let admin_listener = crate::admin::bind(admin).await?;
         tracing::info!(event = "admin_listening", address = %admin_listener.local_addr()?);
         crate::admin::spawn(admin_listener, gw.clone());
+    }
+    if let Some(redirect) = gw.config.server.tls.as_ref().and_then(|t| t.redirect_http) {
+        let plain = tokio::net::TcpListener::bind(redirect).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {redirect} (server.tls.redirect_http): {e}")
+        })?;
+        tracing::info!(event = "redirect_listening", address = %plain.local_addr()?);
+        tokio::spawn(crate::tls::redirect_to_https(
+            plain,
+            listener.local_addr()?.port(),
+        ));
     }
     spawn_reload_on_hangup(gw.clone());
     crate::server::serve(gw, listener, crate::server::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGHUP re-reads the users file.
+/// SIGHUP re-reads the users file and the TLS certificate and key.
 fn spawn_reload_on_hangup(gw: Arc<Gateway>) {
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -187,8 +197,14 @@ fn spawn_reload_on_hangup(gw: Arc<Gateway>) {
             return;
         };
         while hup.recv().await.is_some() {
-            tracing::info!(event = "sighup", "reloading the users file");
+            tracing::info!(
+                event = "sighup",
+                "reloading the users file and the TLS certificate"
+            );
             gw.users.reload();
+            if let Some(tls) = &gw.tls {
+                tls.reload_logged();
+            }
         }
     });
 }
@@ -201,7 +217,18 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    if let Err(problems) = crate::auth::jwt::JwtService::from_config(&config.jwt) {
+    let mut problems = crate::auth::jwt::JwtService::from_config(&config.jwt)
+        .err()
+        .unwrap_or_default();
+    if let Some(tls) = &config.server.tls {
+        problems.extend(crate::tls::Tls::from_config(tls).err().unwrap_or_default());
+    }
+    problems.extend(
+        crate::proxy::upstream::Upstreams::from_routes(&config.routes)
+            .err()
+            .unwrap_or_default(),
+    );
+    if !problems.is_empty() {
         eprintln!(
             "{}",
             crate::config::ConfigError {
@@ -212,7 +239,19 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     println!("configuration {} is valid", path.display());
-    println!("listen: http://{}", config.server.listen);
+    match &config.server.tls {
+        Some(tls) => {
+            println!(
+                "listen: https://{} (TLS {}+)",
+                config.server.listen,
+                tls.min_version.as_str()
+            );
+            if let Some(plain) = tls.redirect_http {
+                println!("redirect: http://{plain} -> https");
+            }
+        }
+        None => println!("listen: http://{}", config.server.listen),
+    }
     println!(
         "jwt: {:?}, access {}s, refresh {}s",
         config.jwt.algorithm,
@@ -226,7 +265,7 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
     println!("routes:");
     for route in &config.routes {
         println!(
-            "  {}{} -> {} (auth {:?}{}{})",
+            "  {}{} -> {} (auth {:?}{}{}{}{}{})",
             route.host.as_deref().unwrap_or(""),
             route.prefix,
             route.upstream,
@@ -235,6 +274,17 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
                 ", strip_prefix"
             } else {
                 ""
+            },
+            if route.upstream_http2 { ", http2" } else { "" },
+            if route.upstream_ca.is_some() {
+                ", own CA"
+            } else {
+                ""
+            },
+            if route.websocket {
+                ""
+            } else {
+                ", no websocket"
             },
             if route.roles.is_empty() {
                 String::new()

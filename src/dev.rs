@@ -59,6 +59,9 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<ExitCode> {
         preserve_host: true,
         roles: Vec::new(),
         max_body: None,
+        upstream_ca: None,
+        upstream_http2: false,
+        websocket: crate::config::defaults::WEBSOCKET,
     }];
     let password = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>());
     let hash = crate::auth::password::hash_blocking(&password, config.users.bcrypt_cost)?;

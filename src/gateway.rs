@@ -13,8 +13,9 @@ use crate::proxy::client_ip::TrustedProxies;
 use crate::proxy::csrf::CsrfGuard;
 use crate::proxy::headers::IdentityHeaders;
 use crate::proxy::route::RouteTable;
-use crate::proxy::upstream::{self, UpstreamClient};
+use crate::proxy::upstream::Upstreams;
 use crate::sessions::{self, SessionStore};
+use crate::tls::Tls;
 use crate::users::{self, UserStore};
 
 /// The paths authgate answers itself, under `[auth] path_prefix`.
@@ -55,11 +56,12 @@ pub struct Gateway {
     pub passwords: Passwords,
     pub cookies: CookieJar,
     pub identity: IdentityHeaders,
-    pub upstream: UpstreamClient,
     pub throttle: Throttle,
     pub csrf: CsrfGuard,
     /// `"http"` or `"https"`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
+    /// `Some` when the listener terminates TLS (`[server.tls]`).
+    pub tls: Option<Arc<Tls>>,
     /// Metrics of requests that matched no route (own endpoints, 404s).
     pub own_metrics: crate::metrics::RouteMetrics,
 }
@@ -86,6 +88,15 @@ impl Gateway {
         users: Arc<dyn UserStore>,
     ) -> anyhow::Result<Gateway> {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let invalid = |problems| ConfigError {
+            file: config.file.clone(),
+            problems,
+        };
+        let tls = match &config.server.tls {
+            Some(tls) => Some(Arc::new(Tls::from_config(tls).map_err(invalid)?)),
+            None => None,
+        };
+        let upstreams = Upstreams::from_routes(&config.routes).map_err(invalid)?;
         let sessions = sessions::open(&config.sessions).await?;
         let passwords =
             Passwords::new(config.users.bcrypt_cost, config.users.max_concurrent_hashes).await?;
@@ -96,19 +107,22 @@ impl Gateway {
             refresh_ttl: config.jwt.refresh_ttl,
             reuse_grace: config.sessions.reuse_grace,
         };
+        // Behind TLS every cookie is Secure, whatever `[cookies] secure` says.
+        let mut cookie_config = config.cookies.clone();
+        cookie_config.secure |= tls.is_some();
         Ok(Gateway {
-            routes: RouteTable::new(&config.routes),
+            routes: RouteTable::new(&config.routes, &upstreams),
             paths: OwnPaths::new(&config.auth.path_prefix),
-            cookies: CookieJar::new(&config.cookies),
+            cookies: CookieJar::new(&cookie_config),
             identity: IdentityHeaders::new(&config.identity),
-            upstream: upstream::client(),
             throttle: Throttle::new(
                 sessions.clone(),
                 &config.auth.throttle,
                 TrustedProxies::new(&config.server.trusted_proxies),
             ),
             csrf: CsrfGuard::new(&config.cookies.trusted_origins),
-            scheme: "http",
+            scheme: if tls.is_some() { "https" } else { "http" },
+            tls,
             own_metrics: crate::metrics::get().route("(gateway)"),
             jwt,
             users,

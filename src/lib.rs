@@ -9,6 +9,7 @@
 //! - [`endpoints`]: the paths authgate answers itself
 //! - [`response`]: the request-time error type and its HTTP rendering
 //! - [`server`]: listener, connection limits, graceful shutdown
+//! - [`tls`]: TLS termination, certificate reload, the https redirect
 //! - [`metrics`]: Prometheus metrics for the admin listener
 //! - [`cli`]: the `authgate` command
 
@@ -27,4 +28,5 @@ pub mod response;
 pub mod server;
 pub mod sessions;
 pub mod telemetry;
+pub mod tls;
 pub mod users;

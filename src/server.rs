@@ -1,7 +1,6 @@
-//! The listener: accepts connections, bounds how many are open, serves each
-//! with hyper, and drains in-flight requests on shutdown.
-
-mod timer;
+//! The listener: accepts connections, bounds how many are open, terminates
+//! TLS when configured, serves each with hyper (HTTP/1.1 and HTTP/2 alike),
+//! and drains in-flight requests on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,6 +16,8 @@ use tokio::sync::Semaphore;
 
 use crate::gateway::Gateway;
 use crate::proxy;
+
+mod timer;
 
 /// hyper's own floor for its read buffer.
 const MIN_HYPER_BUF: usize = 8192;
@@ -98,32 +99,55 @@ fn serve_connection(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
+    let tls = gw.tls.clone();
     let server = &gw.config.server;
+    let (header_timeout, idle_timeout) = (server.header_timeout, server.idle_timeout);
+    let handshake_timeout = header_timeout;
     let activity = timer::Activity::new();
-    let stream = timer::TimedIo::new(
-        stream,
-        activity.clone(),
-        server.header_timeout,
-        server.idle_timeout,
-    );
     let gw = gw.clone();
-    let service = service_fn(move |req| {
-        let gw = gw.clone();
-        let busy = activity.busy();
-        async move { Ok::<_, Infallible>(busy.hold(proxy::handle(gw, req, peer).await)) }
-    });
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let gw = gw.clone();
+            let busy = activity.busy();
+            async move { Ok::<_, Infallible>(busy.hold(proxy::handle(gw, req, peer).await)) }
+        })
+    };
     let builder = builder.clone();
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .into_owned();
-    let conn = graceful.watch(conn);
-    let open = &crate::metrics::get().open_connections;
-    open.inc();
+    let watcher = graceful.watcher();
+    crate::metrics::get().open_connections.inc();
     tokio::spawn(async move {
         let _permit = permit;
-        let result = conn.await;
+        let served = match tls {
+            None => {
+                let stream = timer::TimedIo::new(stream, activity, header_timeout, idle_timeout);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                watcher.watch(conn.into_owned()).await
+            }
+            Some(tls) => {
+                // The handshake shares the head's deadline: a client that
+                // opens a socket and says nothing is let go either way.
+                match tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let stream =
+                            timer::TimedIo::new(stream, activity, header_timeout, idle_timeout);
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(event = "tls_handshake_failed", peer = %peer, error = %e);
+                        Ok(())
+                    }
+                    Err(_) => {
+                        tracing::debug!(event = "tls_handshake_timeout", peer = %peer);
+                        Ok(())
+                    }
+                }
+            }
+        };
         crate::metrics::get().open_connections.dec();
-        if let Err(e) = result {
+        if let Err(e) = served {
             tracing::debug!(event = "connection_error", peer = %peer, error = %e);
         }
     });

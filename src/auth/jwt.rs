@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 
 use super::Identity;
 use crate::config::{defaults, JwtAlgorithm, JwtConfig, Problem};
+use crate::sessions::{hex, unhex, FamilyId};
 use crate::users::User;
 
 /// Minimum HMAC secret length: 256 bits, as RFC 7518 §3.2 requires for HS256.
@@ -35,6 +36,10 @@ pub struct Claims {
     pub email: Option<String>,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// The session (refresh-token family, hex) the token was minted in;
+    /// absent on tokens minted outside a session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -47,6 +52,7 @@ impl Claims {
             roles: self.roles,
             extra: self.extra,
             exp: self.exp,
+            session: self.sid.as_deref().and_then(unhex),
         }
     }
 }
@@ -237,6 +243,28 @@ impl JwtService {
         iat: u64,
         jti: String,
     ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign(user, iat, jti, None)
+    }
+
+    /// [`Self::issue`] for a token that belongs to a session (`sid` claim),
+    /// so whatever it opens can end when the session does.
+    pub fn issue_in_session(
+        &self,
+        user: &User,
+        iat: u64,
+        jti: String,
+        family: &FamilyId,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.sign(user, iat, jti, Some(hex(family)))
+    }
+
+    fn sign(
+        &self,
+        user: &User,
+        iat: u64,
+        jti: String,
+        sid: Option<String>,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let claims = Claims {
             sub: user.username.clone(),
             exp: iat + self.access_ttl.as_secs(),
@@ -247,6 +275,7 @@ impl JwtService {
             jti,
             email: user.email.clone(),
             roles: user.roles.clone(),
+            sid,
             extra: user.claims.clone(),
         };
         jsonwebtoken::encode(&self.header, &claims, &self.encoding)

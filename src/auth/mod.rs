@@ -10,6 +10,8 @@ pub mod throttle;
 
 use serde_json::{Map, Value};
 
+use crate::sessions::FamilyId;
+
 /// The authenticated caller, as the pipeline and the upstream see it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Identity {
@@ -20,6 +22,8 @@ pub struct Identity {
     pub extra: Map<String, Value>,
     /// Expiry of the access token (seconds since the epoch).
     pub exp: u64,
+    /// The session (refresh-token family) the token belongs to, if any.
+    pub session: Option<FamilyId>,
 }
 
 impl Identity {

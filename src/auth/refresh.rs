@@ -121,6 +121,8 @@ pub struct TokenPair {
     pub user: User,
     /// `iat` of the access token.
     pub issued_at: u64,
+    /// The session both tokens belong to.
+    pub family: FamilyId,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,10 +179,13 @@ impl SessionService {
 
     fn pair(&self, user: User, token: &RefreshToken, iat: u64) -> Result<TokenPair, RefreshError> {
         Ok(TokenPair {
-            access_token: self.jwt.issue(&user, iat, token.jti())?,
+            access_token: self
+                .jwt
+                .issue_in_session(&user, iat, token.jti(), token.family())?,
             refresh_token: token.encode(),
             user,
             issued_at: iat,
+            family: *token.family(),
         })
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{
-    AuthPolicy, HumanDuration, JwtAlgorithm, SameSite, SessionsBackend, UsersBackend,
+    AuthPolicy, HumanDuration, JwtAlgorithm, SameSite, SessionsBackend, TlsVersion, UsersBackend,
 };
 
 /// `[server] listen`: loopback only, so a default never exposes anything.
@@ -25,6 +25,10 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// `[server] max_connections`: 25,000 concurrent client connections.
 pub const MAX_CONNECTIONS: usize = 25_000;
+/// `[server.tls] min_version`: TLS 1.2 and 1.3 are both accepted.
+pub const TLS_MIN_VERSION: TlsVersion = TlsVersion::V1_2;
+/// `[[routes]] websocket`: `Upgrade: websocket` is carried unless a route says no.
+pub const WEBSOCKET: bool = true;
 /// `[jwt] secret_env`.
 pub const SECRET_ENV: &str = "AUTHGATE_JWT_SECRET";
 /// `[jwt] issuer`.
@@ -108,6 +112,12 @@ pub fn auth_policy() -> AuthPolicy {
 }
 pub fn preserve_host() -> bool {
     true
+}
+pub fn tls_min_version() -> TlsVersion {
+    TLS_MIN_VERSION
+}
+pub fn websocket() -> bool {
+    WEBSOCKET
 }
 pub fn jwt_algorithm() -> Spanned<JwtAlgorithm> {
     spanned(JwtAlgorithm::HS256)

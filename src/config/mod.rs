@@ -18,7 +18,9 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderName, Uri};
 use toml::Spanned;
 
-pub use raw::{AuthPolicy, JwtAlgorithm, LogFormat, SameSite, SessionsBackend, UsersBackend};
+pub use raw::{
+    AuthPolicy, JwtAlgorithm, LogFormat, SameSite, SessionsBackend, TlsVersion, UsersBackend,
+};
 
 /// A configuration that failed to load: every problem, each with its place.
 #[derive(Debug)]
@@ -93,6 +95,19 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
     /// Peers whose `X-Forwarded-For` names the client (login throttling).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `Some` when the listener speaks HTTPS.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: Located<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Located<PathBuf>,
+    pub min_version: TlsVersion,
+    /// A plain listener that answers 308 to the https:// URL.
+    pub redirect_http: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +121,12 @@ pub struct RouteConfig {
     pub preserve_host: bool,
     pub roles: Vec<String>,
     pub max_body: Option<u64>,
+    /// A PEM CA (bundle) trusted for this https:// upstream besides the system roots.
+    pub upstream_ca: Option<Located<PathBuf>>,
+    /// Speak HTTP/2 to the upstream: h2 over TLS, prior-knowledge h2c over http://.
+    pub upstream_http2: bool,
+    /// Whether `Upgrade: websocket` requests are carried.
+    pub websocket: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -343,8 +364,8 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: raw::RawConfig, file: &Path, base_dir: PathBuf) -> Config {
-        let server = self.server(raw.server);
-        let routes = self.routes(raw.routes);
+        let server = self.server(raw.server, &base_dir);
+        let routes = self.routes(raw.routes, &base_dir);
         let jwt = self.jwt(raw.jwt, &base_dir);
         let users = self.users(raw.users, &base_dir);
         let cookies = self.cookies(raw.cookies);
@@ -391,7 +412,7 @@ impl Validator<'_> {
         }
     }
 
-    fn server(&mut self, raw: raw::RawServer) -> ServerConfig {
+    fn server(&mut self, raw: raw::RawServer, base_dir: &Path) -> ServerConfig {
         let listen = raw.listen.get_ref().parse().unwrap_or_else(|_| {
             self.fail(
                 &raw.listen,
@@ -439,10 +460,52 @@ impl Validator<'_> {
             log_format: raw.log_format,
             worker_threads: raw.worker_threads,
             trusted_proxies,
+            tls: raw.tls.map(|tls| self.tls(tls, listen, base_dir)),
         }
     }
 
-    fn routes(&mut self, raws: Vec<raw::RawRoute>) -> Vec<RouteConfig> {
+    fn tls(&mut self, raw: raw::RawTls, listen: SocketAddr, base_dir: &Path) -> TlsConfig {
+        let redirect_http = raw.redirect_http.as_ref().and_then(|spanned| {
+            let text = spanned.get_ref();
+            match text.parse::<SocketAddr>() {
+                Ok(addr) if addr == listen && addr.port() != 0 => {
+                    self.fail(
+                        spanned,
+                        "server.tls.redirect_http",
+                        format!("{text:?} is server.listen itself; give the plain listener its own port"),
+                    );
+                    None
+                }
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.fail(
+                        spanned,
+                        "server.tls.redirect_http",
+                        format!("{text:?} is not an address:port such as \"0.0.0.0:80\""),
+                    );
+                    None
+                }
+            }
+        });
+        TlsConfig {
+            cert: self.path(raw.cert, "server.tls.cert", base_dir),
+            key: self.path(raw.key, "server.tls.key", base_dir),
+            min_version: raw.min_version,
+            redirect_http,
+        }
+    }
+
+    /// A file name from the config, resolved against the config's folder.
+    fn path(&self, raw: Spanned<String>, key: &'static str, base_dir: &Path) -> Located<PathBuf> {
+        let located = self.locate(raw, key);
+        Located {
+            value: base_dir.join(&located.value),
+            key,
+            line: located.line,
+        }
+    }
+
+    fn routes(&mut self, raws: Vec<raw::RawRoute>, base_dir: &Path) -> Vec<RouteConfig> {
         let mut routes: Vec<RouteConfig> = Vec::with_capacity(raws.len());
         for (i, raw) in raws.into_iter().enumerate() {
             let key = |field: &str| format!("routes[{i}].{field}");
@@ -502,6 +565,13 @@ impl Validator<'_> {
                     "roles cannot be required on a public route",
                 );
             }
+            if let (Some(ca), false) = (&raw.upstream_ca, upstream.scheme == Scheme::HTTPS) {
+                self.fail(
+                    ca,
+                    key("upstream_ca"),
+                    "applies only to an https:// upstream",
+                );
+            }
             routes.push(RouteConfig {
                 prefix,
                 host,
@@ -511,6 +581,11 @@ impl Validator<'_> {
                 preserve_host: raw.preserve_host,
                 roles: raw.roles,
                 max_body: raw.max_body.map(|b| b.0),
+                upstream_ca: raw
+                    .upstream_ca
+                    .map(|ca| self.path(ca, "routes.upstream_ca", base_dir)),
+                upstream_http2: raw.upstream_http2,
+                websocket: raw.websocket,
             });
         }
         routes
@@ -604,14 +679,9 @@ impl Validator<'_> {
                 secret_env: key
                     .secret_env
                     .map(|s| self.locate(s, "jwt.previous_keys.secret_env")),
-                public_key: key.public_key.map(|p| {
-                    let located = self.locate(p, "jwt.previous_keys.public_key");
-                    Located {
-                        value: base_dir.join(&located.value),
-                        key: located.key,
-                        line: located.line,
-                    }
-                }),
+                public_key: key
+                    .public_key
+                    .map(|p| self.path(p, "jwt.previous_keys.public_key", base_dir)),
             });
         }
         if !previous_keys.is_empty() && raw.key_id.is_none() {
@@ -625,14 +695,9 @@ impl Validator<'_> {
         JwtConfig {
             algorithm,
             secret_env: self.locate(raw.secret_env, "jwt.secret_env"),
-            private_key: raw.private_key.map(|p| {
-                let located = self.locate(p, "jwt.private_key");
-                Located {
-                    value: base_dir.join(&located.value),
-                    key: located.key,
-                    line: located.line,
-                }
-            }),
+            private_key: raw
+                .private_key
+                .map(|p| self.path(p, "jwt.private_key", base_dir)),
             key_id: raw.key_id,
             previous_keys,
             issuer: raw.issuer,
@@ -1020,5 +1085,60 @@ mod tests {
         assert_eq!(raw::ByteSize::parse("10MiB").unwrap(), 10 << 20);
         assert_eq!(raw::ByteSize::parse("512").unwrap(), 512);
         assert!(raw::ByteSize::parse("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn tls_paths_resolve_against_the_config_folder() {
+        let c = Config::parse(
+            Path::new("etc/gateway.toml"),
+            "[server.tls]\ncert = \"certs/g.crt\"\nkey = \"/abs/g.key\"\nmin_version = \"1.3\"\n\
+             [[routes]]\nprefix = \"/\"\nupstream = \"https://a\"\nupstream_ca = \"ca.pem\"\nupstream_http2 = true\n",
+        )
+        .unwrap();
+        let tls = c.server.tls.unwrap();
+        assert_eq!(tls.cert.value, PathBuf::from("etc/certs/g.crt"));
+        assert_eq!(tls.cert.line, Some(2));
+        assert_eq!(tls.key.value, PathBuf::from("/abs/g.key"));
+        assert_eq!(tls.min_version, TlsVersion::V1_3);
+        assert_eq!(tls.redirect_http, None);
+        let route = &c.routes[0];
+        assert_eq!(
+            route.upstream_ca.as_ref().unwrap().value,
+            PathBuf::from("etc/ca.pem")
+        );
+        assert!(route.upstream_http2 && route.websocket);
+        assert!(Config::parse(Path::new("g"), "")
+            .unwrap()
+            .server
+            .tls
+            .is_none());
+    }
+
+    #[test]
+    fn tls_problems_name_key_and_line() {
+        let p = problems("[server.tls]\ncert = \"c\"\nkey = \"k\"\nmin_version = \"1.1\"\n");
+        assert_eq!(p[0].line, Some(4));
+        let p = problems("[server.tls]\ncert = \"c\"\n");
+        assert!(p[0].message.contains("key"), "{}", p[0].message);
+        let p = problems(
+            "[server]\nlisten = \"127.0.0.1:8443\"\n[server.tls]\ncert = \"c\"\nkey = \"k\"\n\
+             redirect_http = \"127.0.0.1:8443\"\n",
+        );
+        assert_eq!(
+            (p[0].key.as_str(), p[0].line),
+            ("server.tls.redirect_http", Some(6))
+        );
+        let p = problems("[server.tls]\ncert = \"c\"\nkey = \"k\"\nredirect_http = \"port 80\"\n");
+        assert_eq!(
+            (p[0].key.as_str(), p[0].line),
+            ("server.tls.redirect_http", Some(4))
+        );
+        let p = problems(
+            "[[routes]]\nprefix = \"/\"\nupstream = \"http://a\"\nupstream_ca = \"ca.pem\"\n",
+        );
+        assert_eq!(
+            (p[0].key.as_str(), p[0].line),
+            ("routes[0].upstream_ca", Some(4))
+        );
     }
 }

@@ -71,11 +71,42 @@ pub struct RawServer {
     /// CIDRs (or bare addresses) of proxies whose `X-Forwarded-For` is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
 }
 
 impl Default for RawServer {
     fn default() -> Self {
         toml::from_str("").expect("server defaults")
+    }
+}
+
+/// `[server.tls]`: present means the listener speaks HTTPS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    #[serde(default = "d::tls_min_version")]
+    pub min_version: TlsVersion,
+    #[serde(default)]
+    pub redirect_http: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+impl TlsVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V1_2 => "1.2",
+            Self::V1_3 => "1.3",
+        }
     }
 }
 
@@ -112,6 +143,12 @@ pub struct RawRoute {
     pub roles: Vec<String>,
     #[serde(default)]
     pub max_body: Option<ByteSize>,
+    #[serde(default)]
+    pub upstream_ca: Option<Spanned<String>>,
+    #[serde(default)]
+    pub upstream_http2: bool,
+    #[serde(default = "d::websocket")]
+    pub websocket: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

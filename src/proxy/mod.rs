@@ -10,7 +10,8 @@
 //! 5. **authorize**: the route's policy and roles → a [`Permit`], or 401/403
 //! 6. **mutate**: strip hop-by-hop, spoofed identity headers and our
 //!    cookies; inject identity and forwarding headers
-//! 7. **forward**: the pooled upstream client — or 502/504
+//! 7. **forward**: the route's pooled upstream client — or 502/504; an
+//!    answered WebSocket upgrade is then spliced (see [`websocket`])
 //! 8. **response filter** (on every response, errors included): request
 //!    id, `Set-Cookie`, one log line
 
@@ -20,6 +21,7 @@ pub mod headers;
 pub mod path;
 pub mod route;
 pub mod upstream;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +40,7 @@ use crate::cookies;
 use crate::gateway::Gateway;
 use crate::response::{AuthFailure, Body, GatewayError};
 use route::Route;
+use upstream::UpstreamClient;
 
 /// Per-request state, created once and passed to every phase.
 #[derive(Debug)]
@@ -169,21 +172,33 @@ async fn process(
     }
     let route = route_request(gw, &req, &path)?;
     ctx.route = Some(route.clone());
+    let upgrade = websocket::requested(&req);
+    if upgrade && !route.websocket {
+        return Err(GatewayError::BadRequest(
+            "WebSocket upgrades are not allowed on this route",
+        ));
+    }
     let authn = if route.auth == AuthPolicy::Public {
         Authn::Anonymous(AuthFailure::Missing)
     } else {
         csrf::check_proxied(gw, &req)?;
         authenticate(gw, req.headers(), ctx).await?
     };
+    let lifetime = upgrade.then(|| websocket::Lifetime::of(&authn));
     let permit = match authorize(&route, authn, ctx) {
-        Err(GatewayError::Unauthenticated(_)) if sends_to_sign_in(gw, req.headers()) => {
+        Err(GatewayError::Unauthenticated(_))
+            if !upgrade && sends_to_sign_in(gw, req.headers()) =>
+        {
             let original = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
             return Ok(crate::pages::redirect_to_sign_in(&gw.paths.login, original));
         }
         other => other?,
     };
+    if let Some(lifetime) = lifetime {
+        return websocket::proxy(gw, &route, req, &path, permit, lifetime, ctx).await;
+    }
     let upstream_request = mutate(gw, &route, req, &path, permit, ctx)?;
-    forward(gw, upstream_request, ctx).await
+    forward(gw, &route, &route.clients.request, upstream_request, ctx).await
 }
 
 /// A browser (it names `text/html`) without an `Authorization` header is
@@ -311,6 +326,7 @@ pub async fn authenticate(
                 roles: pair.user.roles.clone(),
                 extra: pair.user.claims.clone(),
                 exp: pair.issued_at + gw.jwt.access_ttl.as_secs(),
+                session: Some(pair.family),
             };
             Ok(Authn::Authenticated {
                 identity,
@@ -448,20 +464,34 @@ fn mutate(
     Ok(Request::from_parts(parts, body))
 }
 
-/// Phase 7.
+/// Phase 7. The timeout covers the upstream's response head only; bodies
+/// (and upgraded connections) stream for as long as they last.
 async fn forward(
     gw: &Gateway,
+    route: &Route,
+    client: &UpstreamClient,
     req: Request<Body>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     let started = Instant::now();
-    let result =
-        tokio::time::timeout(gw.config.server.request_timeout, gw.upstream.request(req)).await;
+    let result = tokio::time::timeout(gw.config.server.request_timeout, client.request(req)).await;
     ctx.upstream_latency = Some(started.elapsed());
     let response = match result {
         Err(_) => return Err(GatewayError::UpstreamTimeout),
         Ok(Err(e)) if upstream::body_too_large(&e) => return Err(GatewayError::BodyTooLarge),
-        Ok(Err(e)) => return Err(GatewayError::UpstreamUnreachable(Box::new(e))),
+        Ok(Err(e)) => {
+            if let Some(tls) = upstream::tls_failure(&e) {
+                tracing::warn!(
+                    event = "upstream_tls_failed",
+                    route = %route.name,
+                    upstream = %route.authority,
+                    reason = %tls,
+                    request_id = ctx.request_id.to_str().unwrap_or("-"),
+                    "the upstream's TLS handshake failed (certificate not trusted or invalid?); answering 502",
+                );
+            }
+            return Err(GatewayError::UpstreamUnreachable(Box::new(e)));
+        }
         Ok(Ok(response)) => response,
     };
     let (mut parts, body) = response.into_parts();

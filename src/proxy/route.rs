@@ -6,6 +6,7 @@ use std::sync::Arc;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
 
+use super::upstream::{RouteClients, Upstreams};
 use crate::config::{AuthPolicy, RouteConfig};
 
 #[derive(Debug)]
@@ -22,11 +23,13 @@ pub struct Route {
     pub preserve_host: bool,
     pub roles: Vec<String>,
     pub max_body: Option<u64>,
+    pub websocket: bool,
+    pub clients: RouteClients,
     pub metrics: crate::metrics::RouteMetrics,
 }
 
 impl Route {
-    fn new(config: &RouteConfig) -> Route {
+    fn new(config: &RouteConfig, upstreams: &Upstreams) -> Route {
         let name = match &config.host {
             Some(host) => format!("{host}{}", config.prefix),
             None => config.prefix.clone(),
@@ -44,6 +47,8 @@ impl Route {
             preserve_host: config.preserve_host,
             roles: config.roles.clone(),
             max_body: config.max_body,
+            websocket: config.websocket,
+            clients: upstreams.for_route(config),
         }
     }
 
@@ -90,8 +95,11 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(configs: &[RouteConfig]) -> RouteTable {
-        let mut routes: Vec<Arc<Route>> = configs.iter().map(|c| Arc::new(Route::new(c))).collect();
+    pub fn new(configs: &[RouteConfig], upstreams: &Upstreams) -> RouteTable {
+        let mut routes: Vec<Arc<Route>> = configs
+            .iter()
+            .map(|c| Arc::new(Route::new(c, upstreams)))
+            .collect();
         routes.sort_by(|a, b| {
             b.prefix
                 .len()
@@ -120,7 +128,8 @@ mod tests {
     use std::path::Path;
 
     fn table(toml: &str) -> RouteTable {
-        RouteTable::new(&Config::parse(Path::new("g.toml"), toml).unwrap().routes)
+        let routes = Config::parse(Path::new("g.toml"), toml).unwrap().routes;
+        RouteTable::new(&routes, &Upstreams::from_routes(&routes).unwrap())
     }
 
     const ROUTES: &str = r#"

@@ -1,12 +1,23 @@
-//! The pooled client that carries requests to upstreams.
+//! The pooled clients that carry requests to upstreams.
+//!
+//! Routes differ in what they trust (`upstream_ca`) and speak
+//! (`upstream_http2`), so there is one client per distinct pair, built at
+//! start and shared by the routes that need it. Every https:// upstream is
+//! verified against the system roots plus the route's CA; there is no
+//! switch to turn verification off.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
 
+use crate::config::{Problem, RouteConfig};
 use crate::response::Body;
 
 /// Idle upstream connections kept per host: enough for every in-flight
@@ -14,6 +25,8 @@ use crate::response::Body;
 pub const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 /// How long an idle upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a TCP connect to an upstream may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The upstream read buffer: 64 KiB (hyper's default is about 400 KiB). A
 /// response head still incomplete when the buffer is full fails with 502;
 /// hyper checks before each read, so a head is refused for certain past
@@ -22,22 +35,145 @@ pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-pub fn client() -> UpstreamClient {
+/// The clients one route forwards with.
+#[derive(Debug, Clone)]
+pub struct RouteClients {
+    /// Ordinary requests.
+    pub request: UpstreamClient,
+    /// `Upgrade` requests, which only HTTP/1.1 can carry.
+    pub upgrade: UpstreamClient,
+}
+
+/// What makes two routes need different clients: the extra CA file and
+/// whether the upstream speaks HTTP/2.
+type ClientKey = (Option<PathBuf>, bool);
+
+/// Every client the routes need.
+#[derive(Debug)]
+pub struct Upstreams {
+    clients: HashMap<ClientKey, UpstreamClient>,
+}
+
+impl Upstreams {
+    /// Reads each route's `upstream_ca` and builds the clients. Errors name
+    /// the route's key and line.
+    pub fn from_routes(routes: &[RouteConfig]) -> Result<Upstreams, Vec<Problem>> {
+        let system = system_roots();
+        let mut clients = HashMap::new();
+        let mut problems = Vec::new();
+        let mut add = |ca: Option<PathBuf>, roots: &RootCertStore| {
+            for http2 in [false, true] {
+                clients.insert((ca.clone(), http2), client(roots.clone(), http2));
+            }
+        };
+        add(None, &system);
+        let mut seen = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let Some(ca) = &route.upstream_ca else {
+                continue;
+            };
+            if seen.contains(&ca.value) {
+                continue;
+            }
+            seen.push(ca.value.clone());
+            let mut roots = system.clone();
+            let added = crate::tls::read_certificates(ca).and_then(|certs| {
+                match roots.add_parsable_certificates(certs) {
+                    (0, _) => {
+                        Err(ca.problem(format!("{}: no usable CA certificate", ca.value.display())))
+                    }
+                    _ => Ok(()),
+                }
+            });
+            match added {
+                Ok(()) => add(Some(ca.value.clone()), &roots),
+                Err(mut problem) => {
+                    problem.key = format!("routes[{i}].upstream_ca");
+                    problems.push(problem);
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(Upstreams { clients })
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn for_route(&self, route: &RouteConfig) -> RouteClients {
+        let ca = route.upstream_ca.as_ref().map(|ca| ca.value.clone());
+        let get = |http2: bool| {
+            self.clients
+                .get(&(ca.clone(), http2))
+                .expect("built for every route by from_routes")
+                .clone()
+        };
+        RouteClients {
+            request: get(route.upstream_http2),
+            upgrade: get(false),
+        }
+    }
+}
+
+/// The operating system's trusted roots, else the Mozilla set.
+fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if roots.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    roots
+}
+
+fn client(roots: RootCertStore, http2: bool) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(5)));
-    let builder = match HttpsConnectorBuilder::new().with_native_roots() {
-        Ok(builder) => builder,
-        Err(_) => HttpsConnectorBuilder::new().with_webpki_roots(),
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    // h2 alone in ALPN: an upstream configured for HTTP/2 that cannot speak
+    // it fails loudly rather than being spoken to in the wrong protocol.
+    let connector = if http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
     };
-    let connector = builder.https_or_http().enable_http1().wrap_connector(http);
-    Client::builder(TokioExecutor::new())
+    let mut client = Client::builder(TokioExecutor::new());
+    client
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
         .http1_max_buf_size(MAX_RESPONSE_HEAD_BYTES)
-        .build(connector)
+        .timer(TokioTimer::new())
+        .http2_only(http2);
+    client.build(connector)
+}
+
+/// The TLS failure behind an upstream error, if that is what it was.
+pub fn tls_failure<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // An io::Error hides its payload from `source()`: step into it.
+        next = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
 }
 
 /// Whether a failed upstream request failed because the client's body
@@ -51,4 +187,22 @@ pub fn body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
         cause = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_are_found_inside_nested_io_errors() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let inner = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let outer = std::io::Error::other(inner);
+        assert!(matches!(
+            tls_failure(&outer),
+            Some(rustls::Error::InvalidCertificate(_))
+        ));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(tls_failure(&refused).is_none());
+    }
 }
