@@ -951,6 +951,28 @@ async fn csrf_cross_site_token_refresh_and_logout_with_the_cookie_are_refused() 
 }
 
 #[tokio::test]
+async fn csrf_cross_site_websocket_handshake_with_session_cookies_is_refused() {
+    let s = csrf_site().await;
+    let b = Browser::login(&s.gw).await;
+    let handshake = |origin: &str| {
+        format!(
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: {origin}\r\nCookie: {}\r\n",
+            b.cookies()
+        )
+    };
+    let response = raw_get(s.gw.addr, "/api/ws", &handshake("https://evil.example")).await;
+    assert_eq!(status_of(&response), 403, "{response}");
+    assert!(response.contains(r#""error":"csrf""#), "{response}");
+    assert_eq!(s.admin.count(), 0);
+    // From its own origin it reaches the upstream (which is no WebSocket
+    // server, so it answers the plain request).
+    let response = raw_get(s.gw.addr, "/api/ws", &handshake("http://gw.test")).await;
+    assert_ne!(status_of(&response), 403, "{response}");
+    assert_eq!(s.admin.count(), 1);
+}
+
+#[tokio::test]
 async fn csrf_check_leaves_bearer_safe_methods_and_public_routes_alone() {
     let s = csrf_site().await;
     let b = Browser::login(&s.gw).await;

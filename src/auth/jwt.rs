@@ -379,6 +379,7 @@ mod tests {
                 iss: "authgate".into(),
                 aud: None,
                 jti: "j".into(),
+                sid: None,
                 email: None,
                 roles: vec![],
                 extra: Map::new(),

@@ -2,8 +2,9 @@
 //!
 //! A browser attaches authgate's cookies to requests that a third-party
 //! page starts. Such a request is refused (403 `csrf`) when it could change
-//! something (any method but GET, HEAD and OPTIONS) and the browser says
-//! it is cross-origin:
+//! something (any method but GET, HEAD and OPTIONS, and a WebSocket
+//! handshake, which opens a channel that can) and the browser says it is
+//! cross-origin:
 //!
 //! 1. `Sec-Fetch-Site: same-origin` or `none` (typed by the user) passes;
 //!    `same-site`, `cross-site` (or anything else) is refused unless its
@@ -56,7 +57,7 @@ impl CsrfGuard {
         headers: &HeaderMap,
         scheme: &str,
     ) -> Result<(), GatewayError> {
-        if is_safe(method) {
+        if is_safe(method) && !is_websocket_handshake(headers) {
             return Ok(());
         }
         let origin = single(headers, &ORIGIN).and_then(normalize_origin);
@@ -91,6 +92,15 @@ impl CsrfGuard {
 
 fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Cross-site WebSocket hijacking: a page elsewhere opens a socket that
+/// carries the victim's cookies, and browsers send `Origin` with it.
+fn is_websocket_handshake(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::UPGRADE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// The value of a header that must appear once; `None` when absent,
@@ -189,8 +199,13 @@ mod tests {
                 ("sec-fetch-site", "cross-site")
             ]
         ));
-        // Safe methods are never checked.
+        // Safe methods are never checked, but a WebSocket handshake is.
         assert!(check(&g, Method::GET, &[("sec-fetch-site", "cross-site")]));
+        assert!(!check(
+            &g,
+            Method::GET,
+            &[("upgrade", "websocket"), ("origin", "https://evil.example")]
+        ));
     }
 
     #[test]

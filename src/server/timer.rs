@@ -310,7 +310,7 @@ mod tests {
         let (mut io, mut client, activity) = pair(10, 60).await;
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];
-        io.read(&mut buf).await.unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
         let busy = activity.busy();
         // In flight: no deadline at all.
         let waited = tokio::time::timeout(Duration::from_secs(600), io.read(&mut buf)).await;
@@ -327,7 +327,7 @@ mod tests {
         let mut buf = [0u8; 64];
         for _ in 0..2 {
             client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-            io.read(&mut buf).await.unwrap();
+            assert!(io.read(&mut buf).await.unwrap() > 0);
             drop(activity.busy());
         }
         let finished = Instant::now();
@@ -340,14 +340,14 @@ mod tests {
         let (mut io, mut client, activity) = pair(10, 60).await;
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];
-        io.read(&mut buf).await.unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
         let response = Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .body(())
             .unwrap();
         drop(activity.busy().hold(response));
         client.write_all(b"x").await.unwrap();
-        io.read(&mut buf).await.unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
         let waited = tokio::time::timeout(Duration::from_secs(3600), io.read(&mut buf)).await;
         assert!(waited.is_err(), "cut off after the upgrade");
     }
