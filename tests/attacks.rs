@@ -581,16 +581,14 @@ fn responses_in(raw_response: &str) -> usize {
 #[tokio::test]
 async fn smuggling_with_both_content_length_and_transfer_encoding_forwards_one_request() {
     let s = site("").await;
-    let smuggled = "GET /admin/smuggled HTTP/1.1\r\nHost: gw\r\n\r\n";
     for head in [
         "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
         "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n",
         "Content-Length: 60\r\nTransfer-Encoding: chunked\r\n",
     ] {
         let before = s.public.count();
-        let request = format!(
-            "POST /public/x HTTP/1.1\r\nHost: gw\r\n{head}\r\n5\r\nhello\r\n0\r\n\r\n{smuggled}"
-        );
+        let request =
+            format!("POST /public/x HTTP/1.1\r\nHost: gw\r\n{head}\r\n{CHUNKED_HELLO}{SMUGGLED}");
         let response = raw(s.gw.addr, request.as_bytes()).await;
         assert_eq!(status_of(&response), 200, "{head:?}: {response}");
         assert_eq!(responses_in(&response), 1, "{head:?}: {response}");
@@ -603,18 +601,14 @@ async fn smuggling_with_both_content_length_and_transfer_encoding_forwards_one_r
     assert_eq!(s.admin.count(), 0);
 }
 
-#[tokio::test]
-async fn smuggling_with_two_different_content_lengths_is_400() {
-    let s = site("").await;
-    for head in [
-        "Content-Length: 5\r\nContent-Length: 44\r\n",
-        "Content-Length: 5, 44\r\n",
-        "Content-Length: +5\r\n",
-        "Content-Length: 0x5\r\n",
-    ] {
-        let request = format!(
-            "POST /public/x HTTP/1.1\r\nHost: gw\r\n{head}\r\nhelloGET /admin/smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"
-        );
+const SMUGGLED: &str = "GET /admin/smuggled HTTP/1.1\r\nHost: gw\r\n\r\n";
+const CHUNKED_HELLO: &str = "5\r\nhello\r\n0\r\n\r\n";
+
+/// Sends a POST with each of `heads`, then `body` and a smuggled request;
+/// each must be answered exactly once, 400, and reach no upstream.
+async fn assert_smuggling_refused(s: &Site, heads: &[&str], body: &str) {
+    for head in heads {
+        let request = format!("POST /public/x HTTP/1.1\r\nHost: gw\r\n{head}\r\n{body}{SMUGGLED}");
         let response = raw(s.gw.addr, request.as_bytes()).await;
         assert_eq!(status_of(&response), 400, "{head:?}: {response}");
         assert_eq!(responses_in(&response), 1, "{head:?}: {response}");
@@ -624,22 +618,28 @@ async fn smuggling_with_two_different_content_lengths_is_400() {
 }
 
 #[tokio::test]
+async fn smuggling_with_two_different_content_lengths_is_400() {
+    let s = site("").await;
+    let heads = [
+        "Content-Length: 5\r\nContent-Length: 44\r\n",
+        "Content-Length: 5, 44\r\n",
+        "Content-Length: +5\r\n",
+        "Content-Length: 0x5\r\n",
+    ];
+    assert_smuggling_refused(&s, &heads, "hello").await;
+}
+
+#[tokio::test]
 async fn smuggling_with_transfer_encoding_not_ending_in_chunked_is_400() {
     let s = site("").await;
-    for head in [
+    let heads = [
         "Transfer-Encoding: chunked, identity\r\n",
         "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n",
         "Transfer-Encoding: identity\r\nContent-Length: 5\r\n",
         "Transfer-Encoding: xchunked\r\n",
         "Transfer-Encoding: chunked \r\nTransfer-Encoding: gzip\r\n",
-    ] {
-        let request = format!(
-            "POST /public/x HTTP/1.1\r\nHost: gw\r\n{head}\r\n5\r\nhello\r\n0\r\n\r\nGET /admin/smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"
-        );
-        let response = raw(s.gw.addr, request.as_bytes()).await;
-        assert_eq!(status_of(&response), 400, "{head:?}: {response}");
-        assert_eq!(responses_in(&response), 1, "{head:?}: {response}");
-    }
+    ];
+    assert_smuggling_refused(&s, &heads, CHUNKED_HELLO).await;
     // Transfer-Encoding in HTTP/1.0, which has none.
     let response = raw(
         s.gw.addr,
@@ -648,26 +648,17 @@ async fn smuggling_with_transfer_encoding_not_ending_in_chunked_is_400() {
     .await;
     assert_eq!(status_of(&response), 400, "{response}");
     assert_eq!(s.public.count(), 0);
-    assert_eq!(s.admin.count(), 0);
 }
 
 #[tokio::test]
 async fn smuggling_with_obsolete_line_folding_is_400() {
     let s = site("").await;
-    for head in [
+    let heads = [
         "Transfer-Encoding:\r\n chunked\r\n",
         "Content-Length: 5\r\nX-Note: a\r\n Transfer-Encoding: chunked\r\n",
         "Content-Length:\r\n\t5\r\n",
-    ] {
-        let request = format!(
-            "POST /public/x HTTP/1.1\r\nHost: gw\r\n{head}\r\n5\r\nhello\r\n0\r\n\r\nGET /admin/smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"
-        );
-        let response = raw(s.gw.addr, request.as_bytes()).await;
-        assert_eq!(status_of(&response), 400, "{head:?}: {response}");
-        assert_eq!(responses_in(&response), 1, "{head:?}: {response}");
-    }
-    assert_eq!(s.public.count(), 0);
-    assert_eq!(s.admin.count(), 0);
+    ];
+    assert_smuggling_refused(&s, &heads, CHUNKED_HELLO).await;
 }
 
 // ------------------------------------------------------------ route escape
