@@ -159,13 +159,20 @@ async fn token(
                 ctx.set_session_cookies(gw, &pair);
                 Ok(crate::pages::redirect(StatusCode::SEE_OTHER, &rd))
             }
-            Err(error) => Ok(crate::pages::sign_in(
-                error.status(),
-                &gw.paths.token,
-                &rd,
-                &username,
-                Some(&error.detail()),
-            )),
+            Err(error) => {
+                let mut page = crate::pages::sign_in(
+                    error.status(),
+                    &gw.paths.token,
+                    &rd,
+                    &username,
+                    Some(&error.detail()),
+                );
+                if let GatewayError::TooManyRequests { retry_after_secs } = error {
+                    page.headers_mut()
+                        .insert(http::header::RETRY_AFTER, retry_after_secs.into());
+                }
+                Ok(page)
+            }
         };
     }
     let pair = grant(gw, &parts, fields, ctx).await?;

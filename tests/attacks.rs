@@ -1064,6 +1064,29 @@ async fn password_guessing_on_one_username_gets_429_even_with_the_right_password
 }
 
 #[tokio::test]
+async fn password_guessing_through_the_sign_in_form_gets_429() {
+    let s = site("\n[auth.throttle]\nmax_failures = 2\n").await;
+    let form = |password: &'static str| {
+        client()
+            .post(s.gw.url("/token"))
+            .header("accept", "text/html")
+            .form(&[
+                ("username", "alice"),
+                ("password", password),
+                ("rd", "/app"),
+            ])
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(form("nope").await.unwrap().status(), 401);
+    }
+    let response = form("alice-pw").await.unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(set_cookies(response.headers()).is_empty());
+}
+
+#[tokio::test]
 async fn password_guessing_budget_is_restored_by_a_success() {
     let s = site("").await;
     for _ in 0..4 {
