@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, SharedGateway};
 use crate::response::{self, Body};
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -21,16 +21,16 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Serves the admin endpoints until the process ends.
-pub fn spawn(listener: TcpListener, gw: Arc<Gateway>) {
+pub fn spawn(listener: TcpListener, shared: SharedGateway) {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let gw = gw.clone();
+            let shared = shared.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
-                    let gw = gw.clone();
+                    let gw: Arc<Gateway> = shared.load_full();
                     async move { Ok::<_, Infallible>(answer(&gw, req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()

@@ -3,7 +3,6 @@
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +37,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Validate the configuration and print a summary.
     CheckConfig,
+    /// Make the running gateway reload its configuration (SIGHUP through
+    /// the pid file), after validating the file here.
+    Reload,
     /// Read a password from stdin and print its bcrypt hash.
     HashPassword {
         /// bcrypt cost (default: `[users] bcrypt_cost`, else 12).
@@ -139,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime(config.server.worker_threads)?.block_on(serve(config))
         }
         Command::CheckConfig => check_config(&cli.config),
+        Command::Reload => reload(&cli.config),
         Command::HashPassword { cost } => {
             let cost = match cost {
                 Some(c) => c,
@@ -164,7 +167,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let listen = config.server.listen;
-    let gw = Arc::new(Gateway::build(config).await?);
+    let pid_file = config.server.pid_file.clone();
+    let shared = crate::gateway::shared(Gateway::build(config).await?);
+    let gw = shared.load_full();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -172,7 +177,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     if let Some(admin) = gw.config.admin.listen {
         let admin_listener = crate::admin::bind(admin).await?;
         tracing::info!(event = "admin_listening", address = %admin_listener.local_addr()?);
-        crate::admin::spawn(admin_listener, gw.clone());
+        crate::admin::spawn(admin_listener, shared.clone());
     }
     if let Some(redirect) = gw.config.server.tls.as_ref().and_then(|t| t.redirect_http) {
         let plain = tokio::net::TcpListener::bind(redirect).await.map_err(|e| {
@@ -184,27 +189,97 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
             listener.local_addr()?.port(),
         ));
     }
-    spawn_reload_on_hangup(gw.clone());
-    crate::server::serve(gw, listener, crate::server::shutdown_signal()).await?;
+    let _pid = pid_file.map(PidFile::write);
+    drop(gw);
+    spawn_reload_on_hangup(shared.clone());
+    crate::server::serve(shared, listener, crate::server::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGHUP re-reads the users file and the TLS certificate and key.
-fn spawn_reload_on_hangup(gw: Arc<Gateway>) {
+/// The pid file `authgate reload` signals through; removed on exit.
+struct PidFile(Option<PathBuf>);
+
+impl PidFile {
+    fn write(path: PathBuf) -> PidFile {
+        match std::fs::write(&path, format!("{}\n", std::process::id())) {
+            Ok(()) => PidFile(Some(path)),
+            Err(e) => {
+                tracing::warn!(event = "pid_file_failed", path = %path.display(), error = %e, "`authgate reload` will not find this process");
+                PidFile(None)
+            }
+        }
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn reload(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}\nnot reloaded: the running gateway keeps its configuration");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let Some(pid_file) = &config.server.pid_file else {
+        anyhow::bail!("[server] pid_file is empty: no way to find the running gateway");
+    };
+    let text = std::fs::read_to_string(pid_file).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read {} ({e}): is authgate running with this configuration?",
+            pid_file.display()
+        )
+    })?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{} holds no pid", pid_file.display()))?;
+    // SAFETY: kill(2) with a pid read from our own pid file and a constant signal.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        anyhow::bail!(
+            "cannot signal pid {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    println!("sent SIGHUP to authgate (pid {pid}); it logs the outcome (event config_reloaded or config_reload_failed)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP re-reads gateway.toml (routes, identity, cookies, JWT keys, TLS
+/// material), the users file and the certificate.
+fn spawn_reload_on_hangup(shared: crate::gateway::SharedGateway) {
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
             return;
         };
         while hup.recv().await.is_some() {
-            tracing::info!(
-                event = "sighup",
-                "reloading the users file and the TLS certificate"
-            );
-            gw.users.reload();
-            if let Some(tls) = &gw.tls {
-                tls.reload_logged();
+            tracing::info!(event = "sighup", "reloading the configuration");
+            match crate::gateway::reload(&shared).await {
+                Ok(restart) => {
+                    tracing::info!(event = "config_reloaded", "configuration reloaded");
+                    if !restart.is_empty() {
+                        tracing::warn!(
+                            event = "config_restart_needed",
+                            settings = %restart.join("; "),
+                            "these changes take effect only after a restart"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(event = "config_reload_failed", error = %format!("{e:#}"), "configuration not reloaded; keeping the running one");
+                    if let Some(tls) = &shared.load().tls {
+                        tls.reload_logged();
+                    }
+                }
             }
+            shared.load().users.reload();
         }
     });
 }

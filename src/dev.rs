@@ -81,7 +81,7 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<ExitCode> {
                 .join("; ")
         )
     })?);
-    let gw = Arc::new(Gateway::with_stores(config, jwt, users).await?);
+    let gw = crate::gateway::shared(Gateway::with_stores(config, jwt, users).await?);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let address = listener.local_addr()?;
     tracing::warn!("DEVELOPMENT MODE: random secret, in-memory sessions, insecure cookies. Never use this in production.");

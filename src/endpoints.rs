@@ -264,8 +264,8 @@ fn refresh_error(gw: &Gateway, error: RefreshError, ctx: &mut RequestContext) ->
     if error.is_unavailable() {
         return GatewayError::Unavailable(Box::new(error));
     }
-    if let RefreshError::Signing(e) = error {
-        return GatewayError::Internal(Box::new(e));
+    if error.is_internal() {
+        return GatewayError::Internal(Box::new(error));
     }
     tracing::info!(event = "refresh_failed", reason = %error, request_id = ctx.request_id.to_str().unwrap_or("-"));
     ctx.auth = "refresh_failed";

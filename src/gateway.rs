@@ -66,6 +66,14 @@ pub struct Gateway {
     pub own_metrics: crate::metrics::RouteMetrics,
 }
 
+/// The gateway as the server sees it: swapped whole on a reload, so every
+/// request runs against one consistent configuration.
+pub type SharedGateway = Arc<arc_swap::ArcSwap<Gateway>>;
+
+pub fn shared(gw: Gateway) -> SharedGateway {
+    Arc::new(arc_swap::ArcSwap::from_pointee(gw))
+}
+
 impl Gateway {
     /// Reads secrets, opens the stores and compiles the routes.
     pub async fn build(config: Config) -> anyhow::Result<Gateway> {
@@ -132,4 +140,112 @@ impl Gateway {
             config,
         })
     }
+
+    /// A gateway for `config` that keeps this one's stores (sessions, users,
+    /// bcrypt pool). Returns it with the changed settings that only a
+    /// restart applies (they keep their current values meanwhile).
+    pub async fn reconfigure(
+        &self,
+        mut config: Config,
+    ) -> anyhow::Result<(Gateway, Vec<&'static str>)> {
+        let old = &self.config;
+        let mut restart = Vec::new();
+        if config.server.listen != old.server.listen {
+            restart.push("server.listen");
+            config.server.listen = old.server.listen;
+        }
+        if config.admin.listen != old.admin.listen {
+            restart.push("admin.listen");
+            config.admin.listen = old.admin.listen;
+        }
+        if config.server.tls.is_some() != old.server.tls.is_some()
+            || config.server.tls.as_ref().map(|t| t.redirect_http)
+                != old.server.tls.as_ref().map(|t| t.redirect_http)
+        {
+            restart.push("server.tls (on/off, redirect_http)");
+        }
+        if format!("{:?}", config.sessions) != format!("{:?}", old.sessions) {
+            restart.push("sessions");
+            config.sessions = old.sessions.clone();
+        }
+        if config.users.backend != old.users.backend
+            || config.users.path != old.users.path
+            || format!("{:?}", config.users.postgres) != format!("{:?}", old.users.postgres)
+        {
+            restart.push("users (backend, path, database)");
+            config.users = old.users.clone();
+        }
+        let server_settings = |c: &Config| {
+            (
+                c.server.max_header_bytes,
+                c.server.max_headers,
+                c.server.header_timeout,
+                c.server.idle_timeout,
+                c.server.max_connections,
+                c.server.worker_threads,
+                c.server.log_format,
+            )
+        };
+        if server_settings(&config) != server_settings(old) {
+            restart.push("server (connection limits and timeouts, workers, log format)");
+        }
+        let invalid = |problems| ConfigError {
+            file: config.file.clone(),
+            problems,
+        };
+        let jwt = Arc::new(JwtService::from_config(&config.jwt).map_err(invalid)?);
+        let tls = match &config.server.tls {
+            Some(tls) => Some(Arc::new(Tls::from_config(tls).map_err(invalid)?)),
+            None => None,
+        };
+        let upstreams = Upstreams::from_routes(&config.routes).map_err(invalid)?;
+        let passwords = if config.users.bcrypt_cost == old.users.bcrypt_cost
+            && config.users.max_concurrent_hashes == old.users.max_concurrent_hashes
+        {
+            self.passwords.clone()
+        } else {
+            Passwords::new(config.users.bcrypt_cost, config.users.max_concurrent_hashes).await?
+        };
+        let session_service = SessionService {
+            store: self.sessions.clone(),
+            users: self.users.clone(),
+            jwt: jwt.clone(),
+            refresh_ttl: config.jwt.refresh_ttl,
+            reuse_grace: config.sessions.reuse_grace,
+        };
+        let mut cookie_config = config.cookies.clone();
+        cookie_config.secure |= tls.is_some() || self.tls.is_some();
+        let gateway = Gateway {
+            routes: RouteTable::new(&config.routes, &upstreams),
+            paths: OwnPaths::new(&config.auth.path_prefix),
+            cookies: CookieJar::new(&cookie_config),
+            identity: IdentityHeaders::new(&config.identity),
+            throttle: Throttle::new(
+                self.sessions.clone(),
+                &config.auth.throttle,
+                TrustedProxies::new(&config.server.trusted_proxies),
+            ),
+            csrf: CsrfGuard::new(&config.cookies.trusted_origins),
+            scheme: self.scheme,
+            tls: if self.tls.is_some() { tls } else { None },
+            own_metrics: self.own_metrics.clone(),
+            jwt,
+            users: self.users.clone(),
+            sessions: self.sessions.clone(),
+            session_service,
+            passwords,
+            config,
+        };
+        Ok((gateway, restart))
+    }
+}
+
+/// Re-reads the configuration file and swaps the gateway; a file that
+/// fails validation is refused and the running configuration stays.
+pub async fn reload(shared: &SharedGateway) -> anyhow::Result<Vec<&'static str>> {
+    let current = shared.load_full();
+    let config = Config::load(&current.config.file)?;
+    let (gateway, restart) = current.reconfigure(config).await?;
+    shared.store(Arc::new(gateway));
+    Ok(restart)
 }

@@ -11,9 +11,9 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;background:#f4f5f7;co
 display:flex;min-height:100vh;align-items:center;justify-content:center}\
 main{background:#fff;padding:2rem 2.25rem;border-radius:10px;box-shadow:0 2px 14px rgba(0,0,0,.08);width:min(22rem,90vw)}\
 h1{font-size:1.4rem;margin:0 0 1.25rem}label{display:block;font-weight:600;margin:.9rem 0 .3rem}\
-input{box-sizing:border-box;width:100%;padding:.6rem .7rem;font-size:1rem;border:1px solid #9aa3b2;border-radius:6px}\
+input{box-sizing:border-box;width:100%;padding:.6rem .7rem;font:inherit;border:1px solid #9aa3b2;border-radius:6px}\
 input:focus{outline:3px solid #8db4ff;border-color:#2f62d8}\
-button{margin-top:1.4rem;width:100%;padding:.7rem;font-size:1rem;font-weight:600;color:#fff;background:#2f62d8;border:0;border-radius:6px;cursor:pointer}\
+button{margin-top:1.4rem;width:100%;padding:.7rem;font:inherit;font-weight:600;color:#fff;background:#2f62d8;border:0;border-radius:6px;cursor:pointer}\
 button:hover{background:#244fb3}.error{background:#fdecec;color:#8a1c1c;border:1px solid #f1b5b5;padding:.6rem .75rem;border-radius:6px}\
 p.note{color:#4b5566;font-size:.9rem}a{color:#2f62d8}";
 

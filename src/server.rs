@@ -14,7 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, SharedGateway};
 use crate::proxy;
 
 mod timer;
@@ -47,10 +47,13 @@ fn builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
 /// Serves until `shutdown` resolves, then stops accepting and waits up to
 /// `shutdown_grace` for in-flight requests.
 pub async fn serve(
-    gw: Arc<Gateway>,
+    shared: SharedGateway,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Connection-level settings are fixed for the process (a reload reports
+    // them as needing a restart); everything per request follows reloads.
+    let gw = shared.load_full();
     let builder = Arc::new(builder(&gw));
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(gw.config.server.max_connections));
@@ -75,7 +78,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        serve_connection(&gw, &builder, &graceful, stream, peer, permit);
+        serve_connection(&shared, &builder, &graceful, stream, peer, permit);
     }
     drop(listener);
     tracing::info!(
@@ -91,7 +94,7 @@ pub async fn serve(
 }
 
 fn serve_connection(
-    gw: &Arc<Gateway>,
+    shared: &SharedGateway,
     builder: &Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
     stream: TcpStream,
@@ -99,16 +102,19 @@ fn serve_connection(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    let tls = gw.tls.clone();
-    let server = &gw.config.server;
+    let current = shared.load();
+    let tls = current.tls.clone();
+    let server = &current.config.server;
     let (header_timeout, idle_timeout) = (server.header_timeout, server.idle_timeout);
     let handshake_timeout = header_timeout;
+    drop(current);
     let activity = timer::Activity::new();
-    let gw = gw.clone();
+    let shared = shared.clone();
     let service = {
         let activity = activity.clone();
         service_fn(move |req| {
-            let gw = gw.clone();
+            // Each request sees the configuration current when it arrives.
+            let gw = shared.load_full();
             let busy = activity.busy();
             async move { Ok::<_, Infallible>(busy.hold(proxy::handle(gw, req, peer).await)) }
         })

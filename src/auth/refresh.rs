@@ -1,9 +1,9 @@
 //! Refresh tokens and the session lifecycle: start at login, rotate at
 //! refresh, end at logout.
 //!
-//! A refresh token is 48 random-looking bytes, base64url: a 16-byte family
-//! id (one per login) and a 32-byte secret from the OS random source. The
-//! store sees only SHA-256 of the token.
+//! A refresh token is 48 bytes from the OS random source, base64url (64
+//! characters): a 16-byte family id (one per login, not secret) and a
+//! 32-byte (256-bit) secret. The store sees only SHA-256 of the token.
 //!
 //! Parallel requests that present the same token must all receive the same
 //! successor, yet the store must not hold raw tokens. So the successor's
@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 
 use super::jwt::JwtService;
@@ -43,12 +44,20 @@ impl std::fmt::Debug for RefreshToken {
     }
 }
 
+/// Bytes straight from the operating system (getrandom), not from a
+/// user-space generator: these are the session secrets.
+fn os_random<const N: usize>() -> Result<[u8; N], RefreshError> {
+    let mut bytes = [0u8; N];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes)?;
+    Ok(bytes)
+}
+
 impl RefreshToken {
-    fn generate(family: FamilyId) -> RefreshToken {
-        RefreshToken {
+    fn generate(family: FamilyId) -> Result<RefreshToken, RefreshError> {
+        Ok(RefreshToken {
             family,
-            secret: rand::random(),
-        }
+            secret: os_random()?,
+        })
     }
 
     fn bytes(&self) -> [u8; 48] {
@@ -139,6 +148,8 @@ pub enum RefreshError {
     Users(#[from] UserStoreError),
     #[error("signing failed: {0}")]
     Signing(#[from] jsonwebtoken::errors::Error),
+    #[error("the OS random source failed: {0}")]
+    Random(#[from] rand::rand_core::OsError),
 }
 
 impl RefreshError {
@@ -148,6 +159,12 @@ impl RefreshError {
             self,
             RefreshError::Store(_) | RefreshError::Users(UserStoreError::Unavailable(_))
         )
+    }
+
+    /// The gateway's own failure (500): the presented token may be fine, so
+    /// the client's session is left alone.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, RefreshError::Signing(_) | RefreshError::Random(_))
     }
 }
 
@@ -163,7 +180,7 @@ pub struct SessionService {
 impl SessionService {
     /// Starts a new family for a user who just proved their password.
     pub async fn start(&self, user: User) -> Result<TokenPair, RefreshError> {
-        let token = RefreshToken::generate(rand::random());
+        let token = RefreshToken::generate(os_random()?)?;
         let now_ms = now_millis();
         self.store
             .create(
@@ -195,7 +212,7 @@ impl SessionService {
         // Refuse before rotating while the user store is down: a rotation
         // whose answer never reaches the client would later look like theft.
         self.users.check().await?;
-        let proposed = RefreshToken::generate(presented.family);
+        let proposed = RefreshToken::generate(presented.family)?;
         let rotation = self
             .store
             .rotate(RotateRequest {
@@ -254,7 +271,7 @@ mod tests {
 
     #[test]
     fn encode_parse_round_trip() {
-        let t = RefreshToken::generate(rand::random());
+        let t = RefreshToken::generate(rand::random()).unwrap();
         let text = t.encode();
         assert_eq!(text.len(), 64);
         assert_eq!(RefreshToken::parse(&text), Some(t));
@@ -264,11 +281,11 @@ mod tests {
 
     #[test]
     fn only_the_presented_token_unseals_its_successor() {
-        let old = RefreshToken::generate(rand::random());
-        let new = RefreshToken::generate(old.family);
+        let old = RefreshToken::generate(rand::random()).unwrap();
+        let new = RefreshToken::generate(old.family).unwrap();
         let sealed = old.seal(&new);
         assert_eq!(old.unseal(&sealed), new);
-        let other = RefreshToken::generate(old.family);
+        let other = RefreshToken::generate(old.family).unwrap();
         assert_ne!(other.unseal(&sealed), new);
         assert_ne!(sealed, new.secret);
         assert_ne!(old.hash(), old.pad());

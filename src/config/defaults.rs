@@ -209,3 +209,8 @@ pub fn path_prefix() -> Spanned<String> {
 pub fn login_redirect() -> bool {
     true
 }
+/// `[server] pid_file`, relative to the config file.
+pub const PID_FILE: &str = "authgate.pid";
+pub fn pid_file() -> String {
+    PID_FILE.into()
+}

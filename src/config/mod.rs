@@ -95,6 +95,7 @@ pub struct ServerConfig {
     pub worker_threads: Option<usize>,
     /// Peers whose `X-Forwarded-For` names the client (login throttling).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub pid_file: Option<PathBuf>,
     /// `Some` when the listener speaks HTTPS.
     pub tls: Option<TlsConfig>,
 }
@@ -460,6 +461,7 @@ impl Validator<'_> {
             log_format: raw.log_format,
             worker_threads: raw.worker_threads,
             trusted_proxies,
+            pid_file: (!raw.pid_file.is_empty()).then(|| base_dir.join(&raw.pid_file)),
             tls: raw.tls.map(|tls| self.tls(tls, listen, base_dir)),
         }
     }

@@ -71,6 +71,9 @@ pub struct RawServer {
     /// CIDRs (or bare addresses) of proxies whose `X-Forwarded-For` is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Where `serve` writes its pid for `authgate reload`; "" for none.
+    #[serde(default = "d::pid_file")]
+    pub pid_file: String,
     #[serde(default)]
     pub tls: Option<RawTls>,
 }

@@ -335,6 +335,7 @@ pub async fn authenticate(
             })
         }
         Err(e) if e.is_unavailable() => Err(GatewayError::Unavailable(Box::new(e))),
+        Err(e) if e.is_internal() => Err(GatewayError::Internal(Box::new(e))),
         Err(e) => {
             log_refresh_failure(&e, ctx);
             ctx.auth = "refresh_failed";

@@ -170,7 +170,7 @@ impl SessionStore for MemorySessionStore {
         let mut state = self.lock();
         let now = now_millis();
         match state.family(family, now) {
-            Some(f) if f.tokens.contains_key(token) => {
+            Some(f) if f.tokens.get(token).is_some_and(|t| t.expires_ms > now) => {
                 f.revoked = true;
                 Ok(true)
             }

@@ -4,7 +4,8 @@
 //! Key layout, with `P` the configured prefix and `F` the family id in hex:
 //! - `P{f:F}:fam` — hash: user, created, last_used, revoked (TTL = refresh TTL)
 //! - `P{f:F}:t:H` — hash of token hash H: state (live/used), used_at, succ
-//! - `P u:USER`   — set of the user's family ids (for `sessions list/revoke`)
+//! - `P u:USER`   — set of the user's family ids (for `sessions list/revoke`),
+//!   expiring with the user's longest-lived family (extended at each rotation)
 //! - `P fail:{K}` — failed-login counter of throttle key K (hashed; TTL = window)
 //! - `P ban:{K}`  — a banned throttle key (TTL = the ban)
 //!
@@ -49,7 +50,8 @@ return {'reused', fam[1]}
 "#;
 
 const REVOKE_WITH_TOKEN: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('EXISTS', KEYS[2]) == 1 then
+local fam = redis.call('HMGET', KEYS[1], 'user', 'revoked')
+if fam[1] and fam[2] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('HSET', KEYS[1], 'revoked', '1')
   return 1
 end
@@ -297,6 +299,27 @@ impl RedisSessionStore {
         format!("{}u:{username}", self.prefix)
     }
 
+    /// Adds the family to its user's index and extends the index to the
+    /// family's new expiry, so a session kept alive by refreshing stays
+    /// listed and revocable. The index is in another hash slot than the
+    /// family, hence not part of the rotation script.
+    async fn index_family(
+        &self,
+        username: &str,
+        family: &FamilyId,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let user = self.user_key(username);
+        self.run(async |c| {
+            redis::pipe()
+                .sadd(&user, hex(family))
+                .pexpire(&user, ms(ttl) as i64)
+                .query_async::<()>(c)
+                .await
+        })
+        .await
+    }
+
     /// The counter and the ban of a throttle key share a Cluster slot (the
     /// hash tag), so the counting script may touch both. The key is hashed:
     /// usernames stay out of Redis, and a `{` in one cannot move the tag.
@@ -326,8 +349,6 @@ impl SessionStore for RedisSessionStore {
     ) -> Result<(), StoreError> {
         let fam = self.family_key(family);
         let tok = self.token_key(family, token);
-        let user = self.user_key(username);
-        let ttl = ms(ttl);
         self.run(async |c| {
             redis::pipe()
                 .atomic()
@@ -339,18 +360,14 @@ impl SessionStore for RedisSessionStore {
                         ("last_used", now_ms.to_string()),
                     ],
                 )
-                .pexpire(&fam, ttl as i64)
+                .pexpire(&fam, ms(ttl) as i64)
                 .hset(&tok, "state", "live")
-                .pexpire(&tok, ttl as i64)
-                .query_async::<()>(c)
-                .await?;
-            redis::pipe()
-                .sadd(&user, hex(family))
-                .pexpire(&user, ttl as i64)
+                .pexpire(&tok, ms(ttl) as i64)
                 .query_async::<()>(c)
                 .await
         })
-        .await
+        .await?;
+        self.index_family(username, family, ttl).await
     }
 
     async fn rotate(&self, r: RotateRequest<'_>) -> Result<Rotation, StoreError> {
@@ -375,7 +392,7 @@ impl SessionStore for RedisSessionStore {
             })
             .await?;
         let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
-        Ok(match reply.first().map(String::as_str) {
+        let rotation = match reply.first().map(String::as_str) {
             Some("rotated") => Rotation::Rotated {
                 username: field(1),
                 at_ms: field(2).parse().unwrap_or(r.now_ms),
@@ -390,7 +407,17 @@ impl SessionStore for RedisSessionStore {
             },
             Some("reused") => Rotation::Reused { username: field(1) },
             _ => Rotation::Invalid,
-        })
+        };
+        if let Rotation::Rotated { username, .. } = &rotation {
+            // The rotation has happened: failing the request now would make
+            // the client's retry look like a replay. A missed index update
+            // only hides this family from `sessions list/revoke` until the
+            // next rotation.
+            if let Err(e) = self.index_family(username, r.family, r.ttl).await {
+                tracing::warn!(event = "session_index_failed", user = %username, error = %e);
+            }
+        }
+        Ok(rotation)
     }
 
     async fn revoke(&self, family: &FamilyId, token: &TokenHash) -> Result<bool, StoreError> {

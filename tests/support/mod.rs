@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use authgate::config::Config;
-use authgate::gateway::Gateway;
+use authgate::gateway::{Gateway, SharedGateway};
 
 /// The HMAC secret every test gateway signs with (env var name).
 pub const SECRET_ENV: &str = "AUTHGATE_TEST_SECRET";
@@ -57,6 +57,7 @@ pub struct Seen {
 /// - `/download/<bytes>`: streams that many bytes in 64 KiB chunks
 /// - `/upload`: counts the streamed body and answers the count (not recorded)
 /// - `/set-cookie`: answers with its own `Set-Cookie: upstream=1`
+/// - `/page`: a small HTML page greeting the `X-Auth-User` it received
 /// - anything else: 200 with JSON `{"path": ..., "upstream": name}`
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -159,6 +160,9 @@ async fn upstream_answer(
         });
         return Response::new(StreamBody::new(stream).boxed());
     }
+    if path == "/page" {
+        return html_page(&parts.headers);
+    }
     let mut response = Response::new(
         Full::new(Bytes::from(
             serde_json::json!({"path": parts.uri.to_string(), "upstream": name, "body": String::from_utf8_lossy(&body)})
@@ -181,6 +185,23 @@ async fn upstream_answer(
             .append("set-cookie", "upstream=1; Path=/".parse().unwrap());
     }
     *response.status_mut() = StatusCode::OK;
+    response
+}
+
+fn html_page(headers: &HeaderMap) -> Response<TestBody> {
+    let user = headers
+        .get("x-auth-user")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("nobody");
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>App</title></head>\
+         <body><h1>App page</h1><p id=\"user\">Signed in as {}</p></body></html>",
+        authgate::pages::escape(user)
+    );
+    let mut response = Response::new(Full::new(Bytes::from(html)).boxed());
+    response
+        .headers_mut()
+        .insert("content-type", "text/html; charset=utf-8".parse().unwrap());
     response
 }
 
@@ -231,7 +252,7 @@ pub fn redis_prefix(test: &str) -> String {
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
-    pub gateway: Arc<Gateway>,
+    pub gateway: SharedGateway,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -253,7 +274,7 @@ impl TestGateway {
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, &toml).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        let gateway = Arc::new(Gateway::build(config).await.unwrap());
+        let gateway = authgate::gateway::shared(Gateway::build(config).await.unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();

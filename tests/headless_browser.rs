@@ -1,0 +1,121 @@
+//! Issue 7: the browser sign-in flow in a real headless browser. A real
+//! authgate and a real HTML upstream, driven by `tests/e2e/signin.mjs`
+//! (Debian's chromium through playwright-core): sign-in page, wrong
+//! password, sign in, silent refresh past the access TTL, sign out.
+//!
+//! Needs `/usr/bin/chromium` (or `CHROMIUM`) and `node`; `.ci/run` installs
+//! both. `AUTHGATE_UPDATE_SCREENSHOTS=1` writes the README's screenshots to
+//! `docs/` instead of a temporary directory.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{user, TestGateway, Upstream};
+
+const E2E_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
+const ACCESS_TTL_MS: u64 = 2000;
+
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
+    assert!(
+        path.exists(),
+        "{} not found: the browser test needs Debian's chromium \
+         (apt-get install chromium, as .ci/run does) or CHROMIUM=/path/to/chromium",
+        path.display()
+    );
+    path
+}
+
+/// Runs a command to completion, failing the test with its output if it fails.
+async fn run(command: &mut tokio::process::Command, what: &str) -> String {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{what}: cannot start it ({e}); the browser test needs node and npm on PATH")
+        });
+    let output = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still running after 300 s"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    stdout
+}
+
+/// `npm ci` once, when `tests/e2e/node_modules` is missing.
+async fn ensure_node_modules() {
+    if Path::new(E2E_DIR)
+        .join("node_modules/playwright-core")
+        .exists()
+    {
+        return;
+    }
+    run(
+        tokio::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(E2E_DIR),
+        "npm ci in tests/e2e",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sign_in_silent_refresh_and_sign_out_in_chromium() {
+    let chromium = chromium();
+    ensure_node_modules().await;
+
+    let up = Upstream::start("app").await;
+    let toml = format!(
+        "[jwt]\nsecret_env = \"{}\"\naccess_ttl = \"{}s\"\n\
+         [[routes]]\nprefix = \"/app\"\nupstream = \"{}\"\nauth = \"required\"\nstrip_prefix = true\n",
+        support::SECRET_ENV,
+        ACCESS_TTL_MS / 1000,
+        up.url()
+    );
+    let gw = TestGateway::start(&toml, &[user("alice", "alice-pw", &["dev"])]).await;
+
+    let shots = tempfile::tempdir().unwrap();
+    let shots_dir = if std::env::var_os("AUTHGATE_UPDATE_SCREENSHOTS").is_some() {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs")
+    } else {
+        shots.path().to_path_buf()
+    };
+    let out = run(
+        tokio::process::Command::new("node")
+            .arg(Path::new(E2E_DIR).join("signin.mjs"))
+            .arg(gw.url(""))
+            .arg(&shots_dir)
+            .env("CHROMIUM", &chromium)
+            .env("E2E_USER", "alice")
+            .env("E2E_PASSWORD", "alice-pw")
+            .env("ACCESS_TTL_MS", ACCESS_TTL_MS.to_string()),
+        "node tests/e2e/signin.mjs",
+    )
+    .await;
+    println!("{out}");
+    assert!(out.contains("all steps passed"), "{out}");
+
+    // What the browser did reached the upstream with the injected identity.
+    let seen = up.seen();
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(seen
+        .iter()
+        .all(|s| s.uri == "/page" && s.headers["x-auth-user"] == "alice"));
+    for name in ["signin.png", "signin-error.png"] {
+        let png = std::fs::read(shots_dir.join(name)).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{name} is no PNG");
+    }
+}
