@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::auth::password::hash_blocking;
-use crate::config::{Config, SessionsBackend};
+use crate::config::{Config, SessionsBackend, UsersBackend};
 use crate::gateway::Gateway;
 use crate::users::{self, User, UserStoreError};
 
@@ -88,6 +88,8 @@ pub enum UsersCommand {
     Del { username: String },
     /// List users.
     List,
+    /// Create or upgrade the PostgreSQL schema (backend = "postgres").
+    Migrate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -295,6 +297,11 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
     let mut problems = crate::auth::jwt::JwtService::from_config(&config.jwt)
         .err()
         .unwrap_or_default();
+    if config.users.backend == UsersBackend::Postgres {
+        if let Err(e) = users::postgres::connect_config(&config) {
+            problems.extend(e.problems);
+        }
+    }
     if let Some(tls) = &config.server.tls {
         problems.extend(crate::tls::Tls::from_config(tls).err().unwrap_or_default());
     }
@@ -402,7 +409,20 @@ fn read_password(from_stdin: bool, confirm: bool) -> anyhow::Result<String> {
 }
 
 async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result<ExitCode> {
+    if let UsersCommand::Migrate = command {
+        if config.users.backend != UsersBackend::Postgres {
+            anyhow::bail!(
+                "users.backend is \"file\": only the postgres backend has a schema to migrate"
+            );
+        }
+        println!("{}", users::postgres::migrate(config).await?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let store = users::open(config, false).await?;
+    if !matches!(command, UsersCommand::List) {
+        // Before any password prompt.
+        store.writable()?;
+    }
     let cost = config.users.bcrypt_cost;
     let hash = |password: String| async move {
         tokio::task::spawn_blocking(move || hash_blocking(&password, cost)).await?
@@ -456,6 +476,7 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
                 );
             }
         }),
+        UsersCommand::Migrate => unreachable!("handled before the store is opened"),
     };
     result?;
     Ok(ExitCode::SUCCESS)

@@ -194,9 +194,17 @@ impl Gateway {
             problems,
         };
         let jwt = Arc::new(JwtService::from_config(&config.jwt).map_err(invalid)?);
-        let tls = match &config.server.tls {
-            Some(tls) => Some(Arc::new(Tls::from_config(tls).map_err(invalid)?)),
-            None => None,
+        let tls = match (&config.server.tls, &self.tls) {
+            // Same files: re-read them in place; a bad certificate keeps the
+            // current one (and is logged) without refusing the whole reload.
+            (Some(new), Some(current))
+                if format!("{new:?}") == format!("{:?}", current.config()) =>
+            {
+                current.reload_logged();
+                Some(current.clone())
+            }
+            (Some(new), _) => Some(Arc::new(Tls::from_config(new).map_err(invalid)?)),
+            (None, _) => None,
         };
         let upstreams = Upstreams::from_routes(&config.routes).map_err(invalid)?;
         let passwords = if config.users.bcrypt_cost == old.users.bcrypt_cost

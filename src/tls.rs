@@ -37,6 +37,10 @@ pub struct Tls {
 }
 
 impl Tls {
+    pub fn config(&self) -> &TlsConfig {
+        &self.config
+    }
+
     /// Reads the certificate and key; errors name the key and line.
     pub fn from_config(config: &TlsConfig) -> Result<Tls, Vec<Problem>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -189,6 +189,13 @@ async fn https_clients_on_http2_and_http11_are_authenticated_and_proxied() {
     assert_eq!(seen.uri, "/api/two");
     assert_eq!(seen.headers["x-auth-user"], "alice");
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    // The h2 client's :authority reaches the HTTP/1.1 upstream as Host.
+    let authority = https(&gw, "/")
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_string();
+    assert_eq!(seen.headers["host"], authority.as_str());
+    assert_eq!(seen.headers["x-forwarded-host"], authority.as_str());
 
     let response = h1
         .get(https(&gw, "/api/one"))

@@ -738,6 +738,24 @@ impl Validator<'_> {
             }
         }
         let c = raw.columns;
+        let any_column = [
+            &c.username,
+            &c.password_hash,
+            &c.email,
+            &c.roles,
+            &c.disabled,
+        ]
+        .iter()
+        .any(|column| column.is_some());
+        if any_column && table.is_none() {
+            self.problems.push(Problem {
+                line: None,
+                key: "users.columns".into(),
+                message:
+                    "applies only with users.table (authgate's own table has fixed column names)"
+                        .into(),
+            });
+        }
         let columns = Columns {
             username: c.username.unwrap_or_else(|| "username".into()),
             password_hash: c.password_hash.unwrap_or_else(|| "hashed_password".into()),

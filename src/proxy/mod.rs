@@ -445,6 +445,17 @@ fn mutate(
             }
         }
     }
+    // HTTP/2 clients name the host in `:authority`; the upstream (HTTP/1.1)
+    // and X-Forwarded-Host need it as `Host`.
+    if !headers.contains_key(HOST) {
+        if let Some(Ok(authority)) = parts
+            .uri
+            .authority()
+            .map(|a| HeaderValue::from_str(a.as_str()))
+        {
+            headers.insert(HOST, authority);
+        }
+    }
     headers::set_forwarded(headers, ctx.peer.ip(), gw.scheme);
     headers.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
     if !route.preserve_host || !headers.contains_key(HOST) {

@@ -37,6 +37,9 @@ pub enum UserStoreError {
     NotFound(String),
     #[error("invalid users data: {0}")]
     Invalid(String),
+    /// The store cannot be written (a mapped PostgreSQL table).
+    #[error("{0}")]
+    ReadOnly(String),
     #[error("user store unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -49,6 +52,10 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
     async fn add(&self, user: User) -> Result<(), UserStoreError>;
     async fn set_password(&self, username: &str, hash: &str) -> Result<(), UserStoreError>;
     async fn delete(&self, username: &str) -> Result<(), UserStoreError>;
+    /// Fails when the store can only be read.
+    fn writable(&self) -> Result<(), UserStoreError> {
+        Ok(())
+    }
     /// Fails while the store cannot answer (readiness).
     async fn check(&self) -> Result<(), UserStoreError>;
     /// Re-reads the backing data where that means something (SIGHUP).
@@ -65,9 +72,7 @@ pub async fn open(config: &Config, watch: bool) -> anyhow::Result<Arc<dyn UserSt
             }
             store
         }
-        UsersBackend::Postgres => {
-            Arc::new(postgres::PostgresUserStore::open(&config.users.postgres, watch).await?)
-        }
+        UsersBackend::Postgres => Arc::new(postgres::PostgresUserStore::open(config, watch).await?),
     })
 }
 

@@ -2,6 +2,8 @@
 //! HTTP server that records what reaches it, users files, Redis prefixes.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -322,6 +324,18 @@ impl TestGateway {
     pub async fn access_token(&self, username: &str, password: &str) -> String {
         let (body, _) = self.login(username, password).await;
         body["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// The claims `/userinfo` shows for `token` (which must be valid).
+    pub async fn userinfo(&self, token: &str) -> serde_json::Value {
+        let response = client()
+            .get(self.url("/userinfo"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "/userinfo refused the token");
+        response.json().await.unwrap()
     }
 }
 

@@ -1,0 +1,664 @@
+//! Issue 9: the PostgreSQL user store against the real server, a fresh
+//! schema per test: migrations, the CLI, refresh re-reading the table,
+//! mapped existing tables, and outages (a closed port, a relay taken down
+//! and brought back, connections terminated by the server).
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{json, Value};
+use support::postgres::{self as pg, PgSchema, Relay};
+use support::{client, now, sign_hs256, user, TestGateway, Upstream, SECRET};
+
+use authgate::config::Config;
+use authgate::gateway::Gateway;
+
+fn routes(up: &Upstream) -> String {
+    format!(
+        "[[routes]]\nprefix = \"/api\"\nupstream = \"{}\"\nauth = \"required\"\n",
+        up.url()
+    )
+}
+
+/// A gateway whose users live in `schema`, its URL read from `url_env`,
+/// with `/api` proxied to a recording upstream.
+async fn gateway(schema: &PgSchema, url_env: &str) -> (Upstream, TestGateway) {
+    let up = Upstream::start("api").await;
+    let toml = format!("{}{}", routes(&up), schema.users_toml(url_env));
+    (up, TestGateway::start(&toml, &[]).await)
+}
+
+/// Runs the authgate binary with `dir/gateway.toml` and the test database
+/// URL in its environment; `stdin` is piped in when given.
+fn cli(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(support::binary())
+        .current_dir(dir)
+        .arg("-c")
+        .arg(dir.join("gateway.toml"))
+        .args(args)
+        .env(pg::URL_ENV, pg::url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A directory with a gateway.toml whose users live in `schema`.
+fn config_dir(schema: &PgSchema, extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        format!("{}{extra}", schema.users_toml(pg::URL_ENV)),
+    )
+    .unwrap();
+    dir
+}
+
+/// Builds a gateway in-process, for start-up outcomes.
+async fn build(toml: &str) -> anyhow::Result<Gateway> {
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!("{toml}\n[jwt]\nsecret_env = \"{}\"\n", support::SECRET_ENV),
+    )
+    .unwrap();
+    Gateway::build(Config::load(&path).unwrap()).await
+}
+
+async fn login(gw: &TestGateway, username: &str, password: &str) -> reqwest::Response {
+    client()
+        .post(gw.url("/token"))
+        .form(&[("username", username), ("password", password)])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn refresh(gw: &TestGateway, refresh_token: &str) -> reqwest::Response {
+    client()
+        .post(gw.url("/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn tokens(response: reqwest::Response) -> (String, String) {
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    (
+        body["access_token"].as_str().unwrap().to_string(),
+        body["refresh_token"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn readyz(gw: &TestGateway) -> (u16, Value) {
+    let response = client().get(gw.url("/readyz")).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// 503 `temporarily_unavailable`: neither a 500 nor a pass.
+async fn assert_unavailable(response: reqwest::Response) {
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().get("retry-after").is_some());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+}
+
+async fn get_api(gw: &TestGateway, token: &str) -> reqwest::Response {
+    client()
+        .get(gw.url("/api/data"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn migrate_twice_is_idempotent() {
+    let schema = PgSchema::new("migrate").await;
+    let dir = config_dir(&schema, "");
+    let first = cli(dir.path(), &["users", "migrate"], None);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).contains("applied migration 1 (users)"),
+        "{}",
+        stdout(&first)
+    );
+    let second = cli(dir.path(), &["users", "migrate"], None);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stdout(&second).contains("is up to date"),
+        "{}",
+        stdout(&second)
+    );
+
+    let db = schema.client();
+    let versions: Vec<i32> = db
+        .query(
+            &format!("SELECT version FROM \"{}\".schema_migrations", schema.name),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1]);
+    let columns: Vec<(String, String)> = db
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = 'users' ORDER BY ordinal_position",
+            &[&schema.name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected = [
+        ("user_id", "uuid"),
+        ("username", "text"),
+        ("email", "text"),
+        ("hashed_password", "text"),
+        ("roles", "ARRAY"),
+        ("disabled", "boolean"),
+        ("created_at", "timestamp with time zone"),
+        ("updated_at", "timestamp with time zone"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(c, t)| (c.to_string(), t.to_string()))
+        .collect();
+    assert_eq!(columns, expected);
+    // The login query's index.
+    let unique: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND tablename = 'users' \
+             AND indexdef LIKE 'CREATE UNIQUE INDEX % (username)'",
+            &[&schema.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unique, 1);
+}
+
+#[tokio::test]
+async fn concurrent_migrations_apply_once() {
+    let schema = PgSchema::new("concurrent").await;
+    let run = |name: String| async move {
+        let mut db = pg::connect(&pg::url()).await;
+        authgate::users::postgres::migrate::migrate(&mut db, &name)
+            .await
+            .unwrap()
+            .len()
+    };
+    let (a, b) = tokio::join!(run(schema.name.clone()), run(schema.name.clone()));
+    assert_eq!(a + b, 1);
+}
+
+#[tokio::test]
+async fn gateway_refuses_a_missing_or_outdated_schema() {
+    let schema = PgSchema::new("refuse").await;
+    let users = schema.users_toml(pg::shared_env());
+
+    let error = build(&users).await.unwrap_err().to_string();
+    assert!(error.contains("users.schema"), "{error}");
+    assert!(error.contains("authgate users migrate"), "{error}");
+    // The CLI says the same.
+    let dir = config_dir(&schema, "");
+    let out = cli(dir.path(), &["users", "list"], None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("authgate users migrate"),
+        "{}",
+        stderr(&out)
+    );
+
+    let mut db = pg::connect(&pg::url()).await;
+    authgate::users::postgres::migrate::migrate(&mut db, &schema.name)
+        .await
+        .unwrap();
+    build(&users).await.expect("a migrated schema starts");
+    let checksum: String = db
+        .query_one(
+            &format!(
+                "SELECT checksum FROM \"{}\".schema_migrations WHERE version = 1",
+                schema.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    // Outdated: a migration is missing.
+    schema
+        .execute("DELETE FROM {schema}.schema_migrations")
+        .await;
+    let error = build(&users).await.unwrap_err().to_string();
+    assert!(error.contains("is at migration 0"), "{error}");
+    assert!(error.contains("authgate users migrate"), "{error}");
+
+    // Migrated by a build whose migration 1 differs.
+    schema
+        .execute(
+            "INSERT INTO {schema}.schema_migrations (version, name, checksum) VALUES (1, 'users', 'x')",
+        )
+        .await;
+    let error = build(&users).await.unwrap_err().to_string();
+    assert!(error.contains("differs"), "{error}");
+
+    // Migrated further by a newer authgate: starts.
+    schema
+        .execute(&format!(
+            "UPDATE {{schema}}.schema_migrations SET checksum = '{}';
+             INSERT INTO {{schema}}.schema_migrations (version, name, checksum) VALUES (99, 'future', 'y')",
+            checksum
+        ))
+        .await;
+    build(&users).await.expect("a newer schema starts");
+}
+
+#[tokio::test]
+async fn cli_round_trip_then_login_through_the_gateway() {
+    let schema = PgSchema::new("cli").await;
+    let dir = config_dir(&schema, "");
+    assert!(cli(dir.path(), &["users", "migrate"], None)
+        .status
+        .success());
+    let add = [
+        "users",
+        "add",
+        "erin",
+        "--email",
+        "erin@example.com",
+        "--role",
+        "ops",
+        "--role",
+        "dev",
+        "--password-stdin",
+    ];
+    let out = cli(dir.path(), &add, Some("erin-pw\n"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = cli(dir.path(), &add, Some("erin-pw\n"));
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("\"erin\" already exists"),
+        "{}",
+        stderr(&again)
+    );
+
+    let (_up, gw) = gateway(&schema, pg::shared_env()).await;
+    let (access, _) = tokens(login(&gw, "erin", "erin-pw").await).await;
+    let info = gw.userinfo(&access).await;
+    assert_eq!(info["roles"], json!(["ops", "dev"]));
+    assert_eq!(info["email"], "erin@example.com");
+
+    let list = cli(dir.path(), &["users", "list"], None);
+    assert!(
+        stdout(&list).contains("erin\terin@example.com\tops,dev"),
+        "{}",
+        stdout(&list)
+    );
+
+    let out = cli(
+        dir.path(),
+        &["users", "passwd", "erin", "--password-stdin"],
+        Some("new-pw\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(login(&gw, "erin", "erin-pw").await.status(), 401);
+    assert_eq!(login(&gw, "erin", "new-pw").await.status(), 200);
+    let changed: bool = schema
+        .client()
+        .query_one(
+            &format!(
+                "SELECT updated_at > created_at FROM \"{}\".users WHERE username = 'erin'",
+                schema.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(changed, "updated_at follows the password change");
+
+    assert!(cli(dir.path(), &["users", "del", "erin"], None)
+        .status
+        .success());
+    assert_eq!(login(&gw, "erin", "new-pw").await.status(), 401);
+    let out = cli(dir.path(), &["users", "del", "erin"], None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no user \"erin\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn refresh_picks_up_role_changes_made_in_the_database() {
+    let schema = PgSchema::migrated("refresh").await;
+    schema.insert(&[user("alice", "alice-pw", &["dev"])]).await;
+    let (up, gw) = gateway(&schema, pg::shared_env()).await;
+    let (access, refresh_token) = tokens(login(&gw, "alice", "alice-pw").await).await;
+    assert_eq!(gw.userinfo(&access).await["roles"], json!(["dev"]));
+
+    schema
+        .execute("UPDATE {schema}.users SET roles = '{auditor,ops}' WHERE username = 'alice'")
+        .await;
+    let (access, refresh_token) = tokens(refresh(&gw, &refresh_token).await).await;
+    assert_eq!(
+        gw.userinfo(&access).await["roles"],
+        json!(["auditor", "ops"])
+    );
+    get_api(&gw, &access).await;
+    assert_eq!(up.last().headers["x-auth-roles"], "auditor,ops");
+
+    // Disabled in the database: the session ends at the next refresh.
+    schema
+        .execute("UPDATE {schema}.users SET disabled = true WHERE username = 'alice'")
+        .await;
+    let response = refresh(&gw, &refresh_token).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn mapped_existing_table_is_read_only() {
+    let schema = PgSchema::new("mapped").await;
+    schema
+        .execute(
+            "CREATE SCHEMA {schema};
+             CREATE TABLE {schema}.accounts (
+                 id     serial PRIMARY KEY,
+                 login  varchar(64) NOT NULL UNIQUE,
+                 pw     varchar(100),
+                 mail   text,
+                 groups varchar(32)[],
+                 locked boolean
+             );",
+        )
+        .await;
+    let hash = |password: &str, prefix: &str| {
+        bcrypt::hash(password, 4)
+            .unwrap()
+            .replacen("$2b$", prefix, 1)
+    };
+    let insert = format!(
+        "INSERT INTO \"{}\".accounts (login, pw, mail, groups, locked) VALUES ($1, $2, $3, $4, $5)",
+        schema.name
+    );
+    let rows = [
+        (
+            "php",
+            hash("php-pw", "$2y$"),
+            Some("php@example.com"),
+            Some(vec!["admin"]),
+            Some(false),
+        ),
+        ("old", hash("old-pw", "$2a$"), None, None, None),
+        (
+            "new",
+            hash("new-pw", "$2b$"),
+            None,
+            Some(vec!["dev", "ops"]),
+            Some(false),
+        ),
+        ("gone", hash("gone-pw", "$2b$"), None, None, Some(true)),
+    ];
+    for (login, pw, mail, groups, locked) in &rows {
+        schema
+            .client()
+            .execute(&insert, &[login, pw, mail, groups, locked])
+            .await
+            .unwrap();
+    }
+    let columns = "table = \"accounts\"\n[users.columns]\nusername = \"login\"\n\
+                   password_hash = \"pw\"\nemail = \"mail\"\nroles = \"groups\"\ndisabled = \"locked\"\n";
+    let toml = format!(
+        "{}\n[users]\nbackend = \"postgres\"\nurl_env = \"{}\"\nschema = \"{}\"\nbcrypt_cost = 4\n{columns}",
+        routes(&Upstream::start("api").await),
+        pg::shared_env(),
+        schema.name
+    );
+    let gw = TestGateway::start(&toml, &[]).await;
+
+    let (access, _) = tokens(login(&gw, "php", "php-pw").await).await;
+    let info = gw.userinfo(&access).await;
+    assert_eq!(info["roles"], json!(["admin"]));
+    assert_eq!(info["email"], "php@example.com");
+    let (access, _) = tokens(login(&gw, "old", "old-pw").await).await;
+    assert_eq!(gw.userinfo(&access).await["roles"], json!([]));
+    let (access, _) = tokens(login(&gw, "new", "new-pw").await).await;
+    assert_eq!(gw.userinfo(&access).await["roles"], json!(["dev", "ops"]));
+    assert_eq!(login(&gw, "gone", "gone-pw").await.status(), 401);
+    assert_eq!(login(&gw, "php", "old-pw").await.status(), 401);
+    assert_eq!(login(&gw, "nobody", "php-pw").await.status(), 401);
+
+    // The CLI reads it, and refuses to write it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        format!(
+            "[users]\nbackend = \"postgres\"\nurl_env = \"{}\"\nschema = \"{}\"\n{columns}",
+            pg::URL_ENV,
+            schema.name
+        ),
+    )
+    .unwrap();
+    let list = cli(dir.path(), &["users", "list"], None);
+    assert!(list.status.success(), "{}", stderr(&list));
+    assert_eq!(
+        stdout(&list),
+        "gone\t-\t\tdisabled\nnew\t-\tdev,ops\nold\t-\t\nphp\tphp@example.com\tadmin\n"
+    );
+    for args in [
+        &["users", "add", "eve", "--password-stdin"][..],
+        &["users", "passwd", "php", "--password-stdin"],
+        &["users", "del", "php"],
+    ] {
+        // No password given: the refusal comes before any prompt.
+        let out = cli(dir.path(), args, None);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr(&out).contains("only reads"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = cli(dir.path(), &["users", "migrate"], None);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("nothing to migrate"),
+        "{}",
+        stdout(&out)
+    );
+    let migrations: bool = schema
+        .client()
+        .query_one(
+            "SELECT to_regclass(format('%I.schema_migrations', $1::text)) IS NOT NULL",
+            &[&schema.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!migrations, "a mapped schema is left alone");
+    assert_eq!(login(&gw, "php", "php-pw").await.status(), 200);
+
+    // A column that is not there stops the gateway at start, named.
+    let wrong = toml.replace("disabled = \"locked\"", "disabled = \"blocked\"");
+    let error = build(&wrong).await.unwrap_err().to_string();
+    assert!(error.contains("users.table"), "{error}");
+    assert!(error.contains("blocked"), "{error}");
+}
+
+#[tokio::test]
+async fn unreachable_database_means_503_and_tokens_keep_working() {
+    let up = Upstream::start("api").await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/test",
+        support::closed_port()
+    );
+    let toml = format!(
+        "{}\n[users]\nbackend = \"postgres\"\nurl_env = \"{}\"\nschema = \"nowhere\"\nbcrypt_cost = 4\n",
+        routes(&up),
+        pg::url_env(&url)
+    );
+    let gw = TestGateway::start(&toml, &[]).await;
+
+    assert_unavailable(login(&gw, "alice", "alice-pw").await).await;
+    let json_login = client()
+        .post(gw.url("/token"))
+        .json(&json!({"username": "alice", "password": "alice-pw"}))
+        .send()
+        .await
+        .unwrap();
+    assert_unavailable(json_login).await;
+    // A well-formed refresh token is refused before the session store is
+    // touched, with 503 rather than "invalid".
+    let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 48]>());
+    assert_unavailable(refresh(&gw, &token).await).await;
+    let (status, body) = readyz(&gw).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["checks"]["users"], "unavailable");
+    assert_eq!(body["checks"]["sessions"], "ok");
+
+    // An access token signed with the gateway's secret needs no database.
+    let now = now();
+    let token = sign_hs256(
+        &json!({"sub": "alice", "iat": now, "nbf": now, "exp": now + 60, "iss": "authgate",
+                "jti": "t1", "roles": ["dev"], "email": "alice@example.com"}),
+        SECRET,
+    );
+    assert_eq!(get_api(&gw, &token).await.status(), 200);
+    assert_eq!(up.last().headers["x-auth-user"], "alice");
+}
+
+/// The database is down at start, comes up, goes down (every connection
+/// cut, as by a restart), and comes back.
+#[tokio::test]
+async fn outage_and_recovery() {
+    let schema = PgSchema::migrated("outage").await;
+    schema.insert(&[user("alice", "alice-pw", &["dev"])]).await;
+    let mut relay = Relay::down();
+    let (_up, gw) = gateway(&schema, &pg::url_env(&relay.url())).await;
+    assert_eq!(readyz(&gw).await.0, 503);
+    assert_unavailable(login(&gw, "alice", "alice-pw").await).await;
+
+    relay.start().await;
+    assert_eq!(readyz(&gw).await.0, 200);
+    let (access, refresh_token) = tokens(login(&gw, "alice", "alice-pw").await).await;
+
+    relay.stop().await;
+    assert_unavailable(login(&gw, "alice", "alice-pw").await).await;
+    assert_unavailable(refresh(&gw, &refresh_token).await).await;
+    let (status, body) = readyz(&gw).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["checks"]["users"], "unavailable");
+    assert_eq!(get_api(&gw, &access).await.status(), 200);
+
+    relay.start().await;
+    // The refresh refused during the outage did not rotate the token.
+    let (access, _) = tokens(refresh(&gw, &refresh_token).await).await;
+    assert_eq!(gw.userinfo(&access).await["sub"], "alice");
+    assert_eq!(login(&gw, "alice", "alice-pw").await.status(), 200);
+    assert_eq!(readyz(&gw).await.0, 200);
+}
+
+/// Down at start with an unmigrated schema: once the database answers, the
+/// schema is checked, and the gateway stays not ready until it is migrated.
+#[tokio::test]
+async fn schema_is_checked_when_the_database_comes_back() {
+    let schema = PgSchema::new("late").await;
+    let mut relay = Relay::down();
+    let (_up, gw) = gateway(&schema, &pg::url_env(&relay.url())).await;
+    relay.start().await;
+    assert_eq!(readyz(&gw).await.0, 503);
+    assert_unavailable(login(&gw, "alice", "alice-pw").await).await;
+
+    let mut db = pg::connect(&pg::url()).await;
+    authgate::users::postgres::migrate::migrate(&mut db, &schema.name)
+        .await
+        .unwrap();
+    schema.insert(&[user("alice", "alice-pw", &["dev"])]).await;
+    assert_eq!(readyz(&gw).await.0, 200);
+    assert_eq!(login(&gw, "alice", "alice-pw").await.status(), 200);
+}
+
+/// The server ends every connection of the gateway (`pg_terminate_backend`,
+/// what a restart does to them): the next login still succeeds.
+#[tokio::test]
+async fn pool_replaces_connections_the_server_closed() {
+    let schema = PgSchema::migrated("terminate").await;
+    schema.insert(&[user("alice", "alice-pw", &["dev"])]).await;
+    let app = schema.name.clone();
+    let url = format!("{}?application_name={app}", pg::url());
+    let (_up, gw) = gateway(&schema, &pg::url_env(&url)).await;
+    for _ in 0..3 {
+        assert_eq!(login(&gw, "alice", "alice-pw").await.status(), 200);
+        let ended: i64 = schema
+            .client()
+            .query_one(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = $1) AS t",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(ended >= 1, "the gateway held no connection");
+    }
+    assert_eq!(login(&gw, "alice", "alice-pw").await.status(), 200);
+    assert_eq!(readyz(&gw).await.0, 200);
+}
+
+/// A server that accepts connections and never says a word: the timeouts
+/// turn it into a 503 (the test client would give up after 30 s).
+#[tokio::test]
+async fn silent_database_means_503_not_a_hang() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let schema = PgSchema::new("silent").await;
+    let url = format!("postgres://postgres@127.0.0.1:{port}/test");
+    let (_up, gw) = gateway(&schema, &pg::url_env(&url)).await;
+    assert_unavailable(login(&gw, "alice", "alice-pw").await).await;
+    let (status, body) = readyz(&gw).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["checks"]["users"], "unavailable");
+}
