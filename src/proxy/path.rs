@@ -64,7 +64,10 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 /// The common case costs one scan and no allocation.
 fn is_already_normal(path: &str) -> bool {
     let bytes = path.as_bytes();
-    !bytes.iter().any(|&b| b == b'%' || b == b'\\' || b == b';')
+    // Control bytes take the slow path, which refuses them.
+    !bytes
+        .iter()
+        .any(|&b| b == b'%' || b == b'\\' || b == b';' || b.is_ascii_control())
         && !path.contains("//")
         && !path.contains("/./")
         && !path.contains("/../")
@@ -173,6 +176,15 @@ mod tests {
         assert_eq!(n("/a%zz"), Err(PathError::Malformed));
         assert_eq!(n("/a%2"), Err(PathError::Malformed));
         assert_eq!(n("*"), Err(PathError::Malformed));
+    }
+
+    #[test]
+    fn raw_control_bytes_are_refused_on_the_fast_path_too() {
+        // Found by `fuzz/` (path_normalize): "/\n" came back unchanged.
+        assert_eq!(n("/\n"), Err(PathError::Malformed));
+        assert_eq!(n("/a\u{0}b"), Err(PathError::Malformed));
+        assert_eq!(n("/a\tb"), Err(PathError::Malformed));
+        assert_eq!(n("/a\u{7f}"), Err(PathError::Malformed));
     }
 
     #[test]
