@@ -662,3 +662,33 @@ async fn silent_database_means_503_not_a_hang() {
     assert_eq!(status, 503);
     assert_eq!(body["checks"]["users"], "unavailable");
 }
+
+/// `sslmode=require` speaks TLS and verifies the server's certificate: the
+/// local server's self-signed (snakeoil) certificate is refused, never
+/// silently accepted.
+#[test]
+fn sslmode_require_verifies_the_server_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[users]\nbackend = \"postgres\"\nschema = \"authgate_tls_probe\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::binary())
+        .arg("-c")
+        .arg(&config)
+        .args(["users", "migrate"])
+        .env(
+            "AUTHGATE_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/test?sslmode=require",
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "TLS to an untrusted certificate was accepted"
+    );
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+}

@@ -116,7 +116,7 @@ impl Upstreams {
 }
 
 /// The operating system's trusted roots, else the Mozilla set.
-fn system_roots() -> RootCertStore {
+pub fn system_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();
     roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     if roots.is_empty() {

@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, Pool, Runtime, Timeouts};
-use tokio_postgres::config::SslMode;
 use tokio_postgres::error::{Severity, SqlState};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use super::{valid_username, User, UserStore, UserStoreError};
 use crate::config::{Config, ConfigError, Problem};
@@ -73,13 +72,6 @@ pub fn connect_config(config: &Config) -> Result<tokio_postgres::Config, ConfigE
             url_env.value
         ))
     })?;
-    if pg.get_ssl_mode() == SslMode::Require {
-        return Err(problem(format!(
-            "the URL in {} asks for sslmode=require; authgate does not speak TLS to PostgreSQL yet \
-             (use a local TLS proxy, or sslmode=disable on a trusted network)",
-            url_env.value
-        )));
-    }
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(CONNECT_TIMEOUT);
     }
@@ -99,11 +91,20 @@ pub async fn migrate(config: &Config) -> anyhow::Result<String> {
             pg.schema, table
         ));
     }
-    let (mut client, connection) = connect_config(config)?
-        .connect(NoTls)
-        .await
-        .map_err(|e| unreachable(config, e.into()))?;
-    let driver = tokio::spawn(connection);
+    let pg_config = connect_config(config)?;
+    let (mut client, driver) = if wants_tls(&pg_config) {
+        let (client, connection) = pg_config
+            .connect(tls())
+            .await
+            .map_err(|e| unreachable(config, e.into()))?;
+        (client, tokio::spawn(connection))
+    } else {
+        let (client, connection) = pg_config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| unreachable(config, e.into()))?;
+        (client, tokio::spawn(connection))
+    };
     let applied = migrate::migrate(&mut client, &pg.schema).await;
     drop(client);
     let _ = driver.await;
@@ -271,7 +272,7 @@ impl PostgresUserStore {
                 STATEMENT_TIMEOUT.as_millis()
             ));
         }
-        let pool = Pool::builder(Manager::new(pg_config, NoTls))
+        let pool = Pool::builder(manager(pg_config))
             .max_size(pg.pool_size)
             .runtime(Runtime::Tokio1)
             .timeouts(Timeouts {
@@ -533,6 +534,32 @@ impl UserStore for PostgresUserStore {
             None => Ok(()),
         }
     }
+}
+
+/// `sslmode=require`: TLS, with the server certificate verified (unlike
+/// libpq's `require`). Otherwise plain TCP: `prefer` is treated as `disable`,
+/// since an unverified "maybe TLS" protects nothing.
+fn wants_tls(config: &tokio_postgres::Config) -> bool {
+    config.get_ssl_mode() == tokio_postgres::config::SslMode::Require
+}
+
+fn manager(mut config: tokio_postgres::Config) -> Manager {
+    if wants_tls(&config) {
+        Manager::new(config, tls())
+    } else {
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        Manager::new(config, tokio_postgres::NoTls)
+    }
+}
+
+/// rustls, verified against the system roots (the Mozilla set where the
+/// system has none).
+fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(crate::proxy::upstream::system_roots())
+        .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }
 
 #[cfg(test)]
