@@ -10,6 +10,7 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src
 COPY src ./src
+COPY migrations ./migrations
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked \
     && strip target/release/authgate
 

@@ -159,13 +159,20 @@ async fn token(
                 ctx.set_session_cookies(gw, &pair);
                 Ok(crate::pages::redirect(StatusCode::SEE_OTHER, &rd))
             }
-            Err(error) => Ok(crate::pages::sign_in(
-                error.status(),
-                &gw.paths.token,
-                &rd,
-                &username,
-                Some(&error.detail()),
-            )),
+            Err(error) => {
+                let mut page = crate::pages::sign_in(
+                    error.status(),
+                    &gw.paths.token,
+                    &rd,
+                    &username,
+                    Some(&error.detail()),
+                );
+                if let GatewayError::TooManyRequests { retry_after_secs } = error {
+                    page.headers_mut()
+                        .insert(http::header::RETRY_AFTER, retry_after_secs.into());
+                }
+                Ok(page)
+            }
         };
     }
     let pair = grant(gw, &parts, fields, ctx).await?;
@@ -181,10 +188,15 @@ async fn grant(
 ) -> Result<TokenPair, GatewayError> {
     let pair = match login::token_request(fields)? {
         TokenRequest::Password { username, password } => {
+            let attempt = gw
+                .throttle
+                .begin(&username, &parts.headers, ctx.peer)
+                .await?;
             let user = login::check_password(&*gw.users, &gw.passwords, &username, password)
                 .await
                 .map_err(users_unavailable)?;
             let Some(user) = user else {
+                attempt.failed();
                 crate::metrics::get().login("failure");
                 ctx.auth = "login_failed";
                 tracing::warn!(
@@ -198,6 +210,7 @@ async fn grant(
                     detail: "Incorrect username or password",
                 });
             };
+            attempt.succeeded().await?;
             crate::metrics::get().login("success");
             ctx.user = Some(user.username.clone());
             ctx.auth = "login";
@@ -207,11 +220,18 @@ async fn grant(
                 .map_err(|e| refresh_error(gw, e, ctx))?
         }
         TokenRequest::Refresh { refresh_token } => {
-            let presented = refresh_token
-                .as_deref()
-                .or_else(|| cookies::get(&parts.headers, &gw.cookies.refresh))
-                .ok_or_else(|| GatewayError::InvalidRequest("refresh_token is required".into()))?
-                .to_string();
+            let presented = match refresh_token {
+                Some(token) => token,
+                None => {
+                    let cookie =
+                        cookies::get(&parts.headers, &gw.cookies.refresh).ok_or_else(|| {
+                            GatewayError::InvalidRequest("refresh_token is required".into())
+                        })?;
+                    gw.csrf
+                        .check(&parts.method, &parts.uri, &parts.headers, gw.scheme)?;
+                    cookie.to_string()
+                }
+            };
             let pair = gw
                 .session_service
                 .refresh(&presented)
@@ -283,10 +303,20 @@ async fn logout(
 ) -> Result<Response<Body>, GatewayError> {
     let method = req.method().clone();
     let (parts, fields) = read_fields(req).await?;
-    let presented = fields
+    let presented = match fields
         .as_ref()
         .and_then(|f| f.get("refresh_token").cloned())
-        .or_else(|| cookies::get(&parts.headers, &gw.cookies.refresh).map(str::to_string));
+    {
+        Some(token) => Some(token),
+        None => match cookies::get(&parts.headers, &gw.cookies.refresh) {
+            Some(cookie) => {
+                gw.csrf
+                    .check(&parts.method, &parts.uri, &parts.headers, gw.scheme)?;
+                Some(cookie.to_string())
+            }
+            None => None,
+        },
+    };
     if let Some(token) = presented {
         let ended = gw
             .session_service

@@ -6,8 +6,11 @@ use std::sync::Arc;
 use crate::auth::jwt::JwtService;
 use crate::auth::password::Passwords;
 use crate::auth::refresh::SessionService;
+use crate::auth::throttle::Throttle;
 use crate::config::{Config, ConfigError};
 use crate::cookies::CookieJar;
+use crate::proxy::client_ip::TrustedProxies;
+use crate::proxy::csrf::CsrfGuard;
 use crate::proxy::headers::IdentityHeaders;
 use crate::proxy::route::RouteTable;
 use crate::proxy::upstream::Upstreams;
@@ -53,6 +56,8 @@ pub struct Gateway {
     pub passwords: Passwords,
     pub cookies: CookieJar,
     pub identity: IdentityHeaders,
+    pub throttle: Throttle,
+    pub csrf: CsrfGuard,
     /// `"http"` or `"https"`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
     /// `Some` when the listener terminates TLS (`[server.tls]`).
@@ -118,6 +123,12 @@ impl Gateway {
             paths: OwnPaths::new(&config.auth.path_prefix),
             cookies: CookieJar::new(&cookie_config),
             identity: IdentityHeaders::new(&config.identity),
+            throttle: Throttle::new(
+                sessions.clone(),
+                &config.auth.throttle,
+                TrustedProxies::new(&config.server.trusted_proxies),
+            ),
+            csrf: CsrfGuard::new(&config.cookies.trusted_origins),
             scheme: if tls.is_some() { "https" } else { "http" },
             tls,
             own_metrics: crate::metrics::get().route("(gateway)"),
@@ -217,6 +228,12 @@ impl Gateway {
             paths: OwnPaths::new(&config.auth.path_prefix),
             cookies: CookieJar::new(&cookie_config),
             identity: IdentityHeaders::new(&config.identity),
+            throttle: Throttle::new(
+                self.sessions.clone(),
+                &config.auth.throttle,
+                TrustedProxies::new(&config.server.trusted_proxies),
+            ),
+            csrf: CsrfGuard::new(&config.cookies.trusted_origins),
             scheme: self.scheme,
             tls: if self.tls.is_some() { tls } else { None },
             own_metrics: self.own_metrics.clone(),

@@ -17,6 +17,8 @@ use tokio::sync::Semaphore;
 use crate::gateway::{Gateway, SharedGateway};
 use crate::proxy;
 
+mod timer;
+
 /// The floor of hyper's read buffer, which is also its limit for a request
 /// head: a streamed request body moves in reads of up to this size (32 KiB
 /// cost a third of the upload throughput, bench/run.sh case 7), and the
@@ -29,7 +31,9 @@ fn builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(server.header_timeout)
+        // `timer::TimedIo` enforces header_timeout: hyper's would also
+        // bound the wait between keep-alive requests.
+        .header_read_timeout(None)
         // hyper answers a bare 431 past its buffer; below it, the pipeline
         // answers 431 with a JSON body, so leave it headroom.
         .max_buf_size((server.max_header_bytes * 2).max(MIN_HYPER_BUF))
@@ -103,16 +107,25 @@ fn serve_connection(
     let _ = stream.set_nodelay(true);
     let current = shared.load();
     let tls = current.tls.clone();
-    let handshake_timeout = current.config.server.header_timeout;
+    let server = &current.config.server;
+    let (header_timeout, idle_timeout) = (server.header_timeout, server.idle_timeout);
+    let handshake_timeout = header_timeout;
     drop(current);
+    let activity = timer::Activity::new();
     let shared = shared.clone();
     // Boxed per request: hyper keeps room for the service's future in every
     // connection, idle ones included, and the pipeline's future is large.
-    let service = service_fn(move |req| {
-        // Each request sees the configuration current when it arrives.
-        let gw = shared.load_full();
-        Box::pin(async move { Ok::<_, Infallible>(proxy::handle(gw, req, peer).await) })
-    });
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            // Each request sees the configuration current when it arrives.
+            let gw = shared.load_full();
+            let busy = activity.busy();
+            Box::pin(
+                async move { Ok::<_, Infallible>(busy.hold(proxy::handle(gw, req, peer).await)) },
+            )
+        })
+    };
     let builder = builder.clone();
     let watcher = graceful.watcher();
     crate::metrics::get().open_connections.inc();
@@ -120,6 +133,7 @@ fn serve_connection(
         let _permit = permit;
         let served = match tls {
             None => {
+                let stream = timer::TimedIo::new(stream, activity, header_timeout, idle_timeout);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 watcher.watch(conn.into_owned()).await
             }
@@ -128,6 +142,8 @@ fn serve_connection(
                 // opens a socket and says nothing is let go either way.
                 match tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
+                        let stream =
+                            timer::TimedIo::new(stream, activity, header_timeout, idle_timeout);
                         let conn =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                         watcher.watch(conn.into_owned()).await

@@ -54,6 +54,18 @@ async fn setup() -> (Upstream, TestGateway) {
     (up, gw)
 }
 
+/// For tests that poll a login until a users-file edit shows: every failed
+/// poll would count against the login throttle.
+async fn setup_unthrottled() -> (Upstream, TestGateway) {
+    let up = Upstream::start("api").await;
+    let toml = format!(
+        "{}\n[auth.throttle]\nmax_failures = 0\nip_max_failures = 0\n",
+        routes(&up)
+    );
+    let gw = TestGateway::start(&toml, &people()).await;
+    (up, gw)
+}
+
 fn claims(sub: &str, exp_offset: i64) -> serde_json::Value {
     let now = now() as i64;
     json!({"sub": sub, "iat": now, "nbf": now - 1, "exp": now + exp_offset, "iss": "authgate",
@@ -568,7 +580,7 @@ async fn userinfo_requires_a_token() {
 
 #[tokio::test]
 async fn users_file_edits_apply_without_restart() {
-    let (_, gw) = setup().await;
+    let (_, gw) = setup_unthrottled().await;
     let response = client()
         .post(gw.url("/token"))
         .form(&[("username", "dave"), ("password", "dave-pw")])
@@ -608,7 +620,7 @@ async fn users_file_edits_apply_without_restart() {
 
 #[tokio::test]
 async fn cli_round_trip_add_then_login() {
-    let (_, gw) = setup().await;
+    let (_, gw) = setup_unthrottled().await;
     let config = gw.path("gateway.toml");
     let mut child = Command::new(binary())
         .arg("-c")

@@ -309,6 +309,16 @@ impl JwtService {
         }
         .ok_or(TokenError::Invalid)?;
         match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
+            // No token authgate mints lives longer than the access TTL: an
+            // `exp` far beyond it was not minted here (or with this config).
+            Ok(data)
+                if data.claims.exp
+                    > super::now_secs()
+                        .saturating_add(self.access_ttl.as_secs())
+                        .saturating_add(self.validation.leeway) =>
+            {
+                Err(TokenError::Invalid)
+            }
             Ok(data) => Ok(data.claims),
             Err(e) if *e.kind() == ErrorKind::ExpiredSignature => Err(TokenError::Expired),
             Err(_) => Err(TokenError::Invalid),
@@ -395,6 +405,41 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         assert_eq!(jwt.verify(&token).unwrap_err(), TokenError::Expired);
+    }
+
+    #[test]
+    fn exp_beyond_the_access_ttl_is_invalid() {
+        let jwt = service(
+            "[jwt]\nsecret_env = \"JWT_TEST_D\"\naccess_ttl = \"60s\"\n",
+            "JWT_TEST_D",
+            &"d".repeat(32),
+        );
+        let now = crate::auth::now_secs();
+        let token = |exp: u64| {
+            let claims = Claims {
+                sub: "alice".into(),
+                exp,
+                iat: now,
+                nbf: now,
+                iss: "authgate".into(),
+                aud: None,
+                jti: "j".into(),
+                sid: None,
+                email: None,
+                roles: vec![],
+                extra: Map::new(),
+            };
+            jsonwebtoken::encode(&jwt.header, &claims, &jwt.encoding).unwrap()
+        };
+        assert!(jwt.verify(&token(now + 60)).is_ok());
+        assert_eq!(
+            jwt.verify(&token(now + 3600)).unwrap_err(),
+            TokenError::Invalid
+        );
+        assert_eq!(
+            jwt.verify(&token(u64::MAX)).unwrap_err(),
+            TokenError::Invalid
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod login;
 pub mod password;
 pub mod redirect;
 pub mod refresh;
+pub mod throttle;
 pub mod token_cache;
 
 use serde_json::{Map, Value};

@@ -68,6 +68,16 @@ pub const KEY_PREFIX: &str = "authgate:";
 pub const REUSE_GRACE: Duration = Duration::from_secs(10);
 /// Tokens larger than this are refused before any parsing: 8 KiB.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// `[auth.throttle] max_failures`: failed logins for one username within
+/// the window before it is banned (0 turns the username limit off).
+pub const THROTTLE_MAX_FAILURES: u64 = 5;
+/// `[auth.throttle] window`: 15 minutes, counted from the first failure.
+pub const THROTTLE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// `[auth.throttle] ip_max_failures`: failed logins from one client
+/// address within the window (0 turns the address limit off).
+pub const THROTTLE_IP_MAX_FAILURES: u64 = 20;
+/// `[auth.throttle] ban`: 15 minutes of 429s once a limit is reached.
+pub const THROTTLE_BAN: Duration = Duration::from_secs(15 * 60);
 
 fn spanned<T>(value: T) -> Spanned<T> {
     Spanned::new(0..0, value)
@@ -180,6 +190,18 @@ pub fn key_prefix() -> String {
 }
 pub fn reuse_grace() -> HumanDuration {
     HumanDuration(REUSE_GRACE)
+}
+pub fn throttle_max_failures() -> u64 {
+    THROTTLE_MAX_FAILURES
+}
+pub fn throttle_window() -> HumanDuration {
+    HumanDuration(THROTTLE_WINDOW)
+}
+pub fn throttle_ip_max_failures() -> u64 {
+    THROTTLE_IP_MAX_FAILURES
+}
+pub fn throttle_ban() -> HumanDuration {
+    HumanDuration(THROTTLE_BAN)
 }
 pub fn path_prefix() -> Spanned<String> {
     spanned(String::new())

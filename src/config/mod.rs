@@ -93,6 +93,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub log_format: LogFormat,
     pub worker_threads: Option<usize>,
+    /// Peers whose `X-Forwarded-For` names the client (login throttling).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub pid_file: Option<PathBuf>,
     /// `Some` when the listener speaks HTTPS.
     pub tls: Option<TlsConfig>,
@@ -218,6 +220,8 @@ pub struct CookieConfig {
     pub same_site: SameSite,
     pub domain: Option<String>,
     pub path: String,
+    /// Normalized `scheme://host[:port]`, lowercase, default port omitted.
+    pub trusted_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -245,6 +249,16 @@ pub struct AuthConfig {
     pub path_prefix: String,
     /// Browsers on `required` routes are sent to the sign-in page.
     pub login_redirect: bool,
+    pub throttle: ThrottleConfig,
+}
+
+/// `[auth.throttle]`: failed-login limits. A limit of 0 is off.
+#[derive(Debug, Clone)]
+pub struct ThrottleConfig {
+    pub max_failures: u64,
+    pub window: Duration,
+    pub ip_max_failures: u64,
+    pub ban: Duration,
 }
 
 impl Config {
@@ -421,6 +435,20 @@ impl Validator<'_> {
         if *raw.max_headers.get_ref() == 0 {
             self.fail(&raw.max_headers, "server.max_headers", "must be at least 1");
         }
+        let mut trusted_proxies = Vec::new();
+        for (i, entry) in raw.trusted_proxies.iter().enumerate() {
+            match parse_net(entry.get_ref()) {
+                Some(net) => trusted_proxies.push(net),
+                None => self.fail(
+                    entry,
+                    format!("server.trusted_proxies[{i}]"),
+                    format!(
+                        "{:?} is not an address or CIDR such as \"10.0.0.0/8\"",
+                        entry.get_ref()
+                    ),
+                ),
+            }
+        }
         ServerConfig {
             listen,
             request_timeout: raw.request_timeout.0,
@@ -432,6 +460,7 @@ impl Validator<'_> {
             max_connections: raw.max_connections.max(1),
             log_format: raw.log_format,
             worker_threads: raw.worker_threads,
+            trusted_proxies,
             pid_file: (!raw.pid_file.is_empty()).then(|| base_dir.join(&raw.pid_file)),
             tls: raw.tls.map(|tls| self.tls(tls, listen, base_dir)),
         }
@@ -788,7 +817,22 @@ impl Validator<'_> {
                 "\"none\" requires secure = true (browsers drop such cookies otherwise)",
             );
         }
+        let mut trusted_origins = Vec::new();
+        for (i, entry) in raw.trusted_origins.iter().enumerate() {
+            match normalize_origin(entry.get_ref()) {
+                Some(origin) => trusted_origins.push(origin),
+                None => self.fail(
+                    entry,
+                    format!("cookies.trusted_origins[{i}]"),
+                    format!(
+                        "{:?} is not an origin such as \"https://app.example.com\" (scheme and host, no path)",
+                        entry.get_ref()
+                    ),
+                ),
+            }
+        }
         CookieConfig {
+            trusted_origins,
             access: raw.access.into_inner(),
             refresh: raw.refresh.into_inner(),
             secure: raw.secure,
@@ -876,11 +920,56 @@ impl Validator<'_> {
                 format!("{prefix:?} must start with \"/\" and not end with one, e.g. \"/auth\""),
             );
         }
+        let t = raw.throttle;
+        if t.window.0.is_zero() || t.ban.0.is_zero() {
+            self.problems.push(Problem {
+                line: None,
+                key: "auth.throttle".into(),
+                message: "window and ban must be longer than zero".into(),
+            });
+        }
         AuthConfig {
             path_prefix: prefix.clone(),
             login_redirect: raw.login_redirect,
+            throttle: ThrottleConfig {
+                max_failures: t.max_failures,
+                window: t.window.0,
+                ip_max_failures: t.ip_max_failures,
+                ban: t.ban.0,
+            },
         }
     }
+}
+
+/// `"10.0.0.0/8"`, `"::1"` or `"192.0.2.7"` (a single address).
+fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(Into::into))
+}
+
+/// An origin as browsers send it in `Origin`: lowercase scheme and host,
+/// the port only when it is not the scheme's default. `None` for anything
+/// that is not `http(s)://host[:port]` (an optional trailing `/` allowed).
+pub fn normalize_origin(text: &str) -> Option<String> {
+    let text = text.trim();
+    let (scheme, rest) = text.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return None,
+    };
+    let authority: Authority = rest.strip_suffix('/').unwrap_or(rest).parse().ok()?;
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return None;
+    }
+    let host = authority.host().to_ascii_lowercase();
+    Some(match authority.port_u16() {
+        Some(port) if port.to_string() != default_port => format!("{scheme}://{host}:{port}"),
+        _ => format!("{scheme}://{host}"),
+    })
 }
 
 fn is_sql_identifier(name: &str) -> bool {
@@ -976,6 +1065,39 @@ mod tests {
         assert_eq!(p[0].key, "sessions.redis_url");
         let p = problems("[sessions]\nbackend = \"redis\"\nredis_url = \"http://x\"\n");
         assert_eq!(p[0].line, Some(3));
+    }
+
+    #[test]
+    fn security_keys_parse_and_are_checked() {
+        let c = Config::parse(
+            Path::new("g.toml"),
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n\
+             [cookies]\ntrusted_origins = [\"HTTPS://App.Example.com:443/\", \"http://x:8080\"]\n\
+             [auth.throttle]\nmax_failures = 3\nban = \"1m\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+        assert_eq!(
+            c.cookies.trusted_origins,
+            vec!["https://app.example.com", "http://x:8080"]
+        );
+        assert_eq!(c.auth.throttle.max_failures, 3);
+        assert_eq!(c.auth.throttle.ip_max_failures, 20);
+        assert_eq!(c.auth.throttle.window, Duration::from_secs(900));
+        assert_eq!(c.auth.throttle.ban, Duration::from_secs(60));
+        let p = problems(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n\
+             [cookies]\ntrusted_origins = [\"https://a/path\", \"ftp://b\"]\n",
+        );
+        let keys: Vec<_> = p.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("server.trusted_proxies[0]", Some(2)),
+                ("cookies.trusted_origins[0]", Some(4)),
+                ("cookies.trusted_origins[1]", Some(4)),
+            ]
+        );
     }
 
     #[test]

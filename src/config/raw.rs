@@ -68,6 +68,9 @@ pub struct RawServer {
     pub log_format: LogFormat,
     #[serde(default)]
     pub worker_threads: Option<usize>,
+    /// CIDRs (or bare addresses) of proxies whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
     /// Where `serve` writes its pid for `authgate reload`; "" for none.
     #[serde(default = "d::pid_file")]
     pub pid_file: String,
@@ -281,6 +284,10 @@ pub struct RawCookies {
     pub domain: Option<String>,
     #[serde(default = "d::cookie_path")]
     pub path: String,
+    /// Origins besides the gateway's own whose cookie-authenticated unsafe
+    /// requests are accepted (CSRF).
+    #[serde(default)]
+    pub trusted_origins: Vec<Spanned<String>>,
 }
 
 impl Default for RawCookies {
@@ -346,6 +353,27 @@ pub struct RawAuth {
     pub path_prefix: Spanned<String>,
     #[serde(default = "d::login_redirect")]
     pub login_redirect: bool,
+    #[serde(default)]
+    pub throttle: RawThrottle,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThrottle {
+    #[serde(default = "d::throttle_max_failures")]
+    pub max_failures: u64,
+    #[serde(default = "d::throttle_window")]
+    pub window: HumanDuration,
+    #[serde(default = "d::throttle_ip_max_failures")]
+    pub ip_max_failures: u64,
+    #[serde(default = "d::throttle_ban")]
+    pub ban: HumanDuration,
+}
+
+impl Default for RawThrottle {
+    fn default() -> Self {
+        toml::from_str("").expect("throttle defaults")
+    }
 }
 
 impl Default for RawAuth {

@@ -5,7 +5,8 @@
 //! 2. **own endpoints**: `/token`, `/logout`, `/userinfo`, `/healthz`, ...
 //! 3. **route**: longest prefix (and host) on the normalized path — or 404
 //! 4. **authenticate**: Bearer header, else access cookie; on a missing or
-//!    expired cookie with a refresh cookie, a silent refresh
+//!    expired cookie with a refresh cookie, a silent refresh; a cookie
+//!    credential on an unsafe method passes the [`csrf`] check first
 //! 5. **authorize**: the route's policy and roles → a [`Permit`], or 401/403
 //! 6. **mutate**: strip hop-by-hop, spoofed identity headers and our
 //!    cookies; inject identity and forwarding headers
@@ -14,6 +15,8 @@
 //! 8. **response filter** (on every response, errors included): request
 //!    id, `Set-Cookie`, one log line
 
+pub mod client_ip;
+pub mod csrf;
 pub mod headers;
 pub mod path;
 pub mod route;
@@ -184,6 +187,7 @@ async fn process(
     let authn = if route.auth == AuthPolicy::Public {
         Authn::Anonymous(AuthFailure::Missing)
     } else {
+        csrf::check_proxied(gw, &req)?;
         authenticate(gw, req.headers(), ctx).await?
     };
     let lifetime = upgrade.then(|| websocket::Lifetime::of(&authn));
@@ -494,6 +498,7 @@ async fn forward(
     ctx.upstream_latency = Some(started.elapsed());
     let response = match result {
         Err(_) => return Err(GatewayError::UpstreamTimeout),
+        Ok(Err(e)) if upstream::body_too_large(&e) => return Err(GatewayError::BodyTooLarge),
         Ok(Err(e)) => {
             if let Some(tls) = upstream::tls_failure(&e) {
                 tracing::warn!(

@@ -64,7 +64,10 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 /// The common case costs one scan and no allocation.
 fn is_already_normal(path: &str) -> bool {
     let bytes = path.as_bytes();
-    !bytes.iter().any(|&b| b == b'%' || b == b'\\' || b == b';')
+    // Control bytes take the slow path, which refuses them.
+    !bytes
+        .iter()
+        .any(|&b| b == b'%' || b == b'\\' || b == b';' || b.is_ascii_control())
         && !path.contains("//")
         && !path.contains("/./")
         && !path.contains("/../")
@@ -78,33 +81,39 @@ fn is_unreserved(b: u8) -> bool {
 
 fn decode_unreserved(raw: &str) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
-    let mut out = String::with_capacity(raw.len());
+    // Bytes, not chars: a multi-byte character is copied byte for byte.
+    let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
             let hex = bytes.get(i + 1..i + 3).ok_or(PathError::Malformed)?;
+            // `from_str_radix` would also take a sign ("%+f").
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return Err(PathError::Malformed);
+            }
             let hex = std::str::from_utf8(hex).map_err(|_| PathError::Malformed)?;
             let value = u8::from_str_radix(hex, 16).map_err(|_| PathError::Malformed)?;
             if value == 0 {
                 return Err(PathError::Malformed);
             }
             if is_unreserved(value) {
-                out.push(value as char);
+                out.push(value);
             } else {
-                out.push('%');
-                out.push_str(&hex.to_ascii_uppercase());
+                out.push(b'%');
+                out.extend_from_slice(hex.to_ascii_uppercase().as_bytes());
             }
             i += 3;
         } else {
             if b == 0 || b.is_ascii_control() {
                 return Err(PathError::Malformed);
             }
-            out.push(b as char);
+            out.push(b);
             i += 1;
         }
     }
-    Ok(out)
+    // Original bytes of valid UTF-8 plus ASCII: still valid.
+    String::from_utf8(out).map_err(|_| PathError::Malformed)
 }
 
 /// A segment some upstream could read as `.` or `..` after splitting on
@@ -173,6 +182,28 @@ mod tests {
         assert_eq!(n("/a%zz"), Err(PathError::Malformed));
         assert_eq!(n("/a%2"), Err(PathError::Malformed));
         assert_eq!(n("*"), Err(PathError::Malformed));
+    }
+
+    #[test]
+    fn raw_control_bytes_are_refused_on_the_fast_path_too() {
+        // Found by `fuzz/` (path_normalize): "/\n" came back unchanged.
+        assert_eq!(n("/\n"), Err(PathError::Malformed));
+        assert_eq!(n("/a\u{0}b"), Err(PathError::Malformed));
+        assert_eq!(n("/a\tb"), Err(PathError::Malformed));
+        assert_eq!(n("/a\u{7f}"), Err(PathError::Malformed));
+    }
+
+    #[test]
+    fn non_ascii_survives_the_slow_path() {
+        // Found by `fuzz/` (path_normalize): each byte became a char.
+        assert_eq!(n("/caf\u{e9}/;/.").unwrap(), "/caf\u{e9}/;/");
+        assert_eq!(n("/\u{7ff}//x").unwrap(), "/\u{7ff}/x");
+    }
+
+    #[test]
+    fn signed_escapes_are_malformed() {
+        assert_eq!(n("/a%+f"), Err(PathError::Malformed));
+        assert_eq!(n("/a%-1"), Err(PathError::Malformed));
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a TCP connect to an upstream may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The upstream read buffer: 64 KiB (hyper's default is about 400 KiB). A
+/// response head still incomplete when the buffer is full fails with 502;
+/// hyper checks before each read, so a head is refused for certain past
+/// twice this, and may be accepted up to it.
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -147,6 +152,7 @@ fn client(roots: RootCertStore, http2: bool) -> UpstreamClient {
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
+        .http1_max_buf_size(MAX_RESPONSE_HEAD_BYTES)
         .timer(TokioTimer::new())
         .http2_only(http2);
     client.build(connector)
@@ -168,6 +174,19 @@ pub fn tls_failure<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&
         };
     }
     None
+}
+
+/// Whether a failed upstream request failed because the client's body
+/// went past the route's `max_body` (it was cut off mid-stream).
+pub fn body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 #[cfg(test)]

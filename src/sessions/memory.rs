@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    hex, FamilyId, FamilyInfo, RotateRequest, Rotation, SealedSuccessor, SessionStore, StoreError,
-    TokenHash,
+    hex, FailureLimits, FamilyId, FamilyInfo, RotateRequest, Rotation, SealedSuccessor,
+    SessionStore, StoreError, TokenHash,
 };
 use crate::auth::now_millis;
 
@@ -33,7 +33,10 @@ struct Token {
 #[derive(Debug, Default)]
 struct State {
     families: HashMap<FamilyId, Family>,
+    /// Login attempts: key → (count, lapses at ms).
     failures: HashMap<String, (u64, u64)>,
+    /// Banned keys: key → banned until ms.
+    bans: HashMap<String, u64>,
     operations: u64,
 }
 
@@ -50,6 +53,7 @@ impl State {
             family.tokens.retain(|_, t| t.expires_ms > now_ms);
         }
         self.failures.retain(|_, (_, until)| *until > now_ms);
+        self.bans.retain(|_, until| *until > now_ms);
     }
 
     fn family(&mut self, id: &FamilyId, now_ms: u64) -> Option<&mut Family> {
@@ -214,25 +218,35 @@ impl SessionStore for MemorySessionStore {
         Ok(())
     }
 
-    async fn count_failure(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
+    async fn count_attempt(
+        &self,
+        key: &str,
+        limits: FailureLimits,
+    ) -> Result<Option<Duration>, StoreError> {
         let mut state = self.lock();
         let now = now_millis();
+        state.sweep(now);
+        if let Some(until) = state.bans.get(key).filter(|until| **until > now) {
+            return Ok(Some(Duration::from_millis(until - now)));
+        }
         let entry = state.failures.entry(key.to_string()).or_insert((0, 0));
         if entry.1 <= now {
-            *entry = (0, now + ms(window));
+            *entry = (0, now + ms(limits.window));
         }
         entry.0 += 1;
-        Ok(entry.0)
+        if entry.0 <= limits.limit {
+            return Ok(None);
+        }
+        state.failures.remove(key);
+        state.bans.insert(key.to_string(), now + ms(limits.ban));
+        Ok(Some(limits.ban))
     }
 
-    async fn failures(&self, key: &str) -> Result<u64, StoreError> {
-        let state = self.lock();
-        let now = now_millis();
-        Ok(state
-            .failures
-            .get(key)
-            .filter(|(_, until)| *until > now)
-            .map_or(0, |(n, _)| *n))
+    async fn forgive_attempt(&self, key: &str) -> Result<(), StoreError> {
+        if let Some(entry) = self.lock().failures.get_mut(key) {
+            entry.0 = entry.0.saturating_sub(1);
+        }
+        Ok(())
     }
 
     async fn reset_failures(&self, key: &str) -> Result<(), StoreError> {

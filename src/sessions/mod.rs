@@ -100,10 +100,28 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// Fails while the store cannot answer (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Counts a failed login under `key` within `window`; returns the count.
-    async fn count_failure(&self, key: &str, window: Duration) -> Result<u64, StoreError>;
-    async fn failures(&self, key: &str) -> Result<u64, StoreError>;
+    /// Counts a login attempt under `key`, before its password is checked;
+    /// the count lapses `window` after its first attempt. A banned key, or
+    /// an attempt beyond `limit` (which bans the key for `ban` and clears
+    /// its count, atomically), is refused: the answer is how long the ban
+    /// still runs. `None`: go ahead.
+    async fn count_attempt(
+        &self,
+        key: &str,
+        limits: FailureLimits,
+    ) -> Result<Option<Duration>, StoreError>;
+    /// Takes back one counted attempt of `key` (it succeeded).
+    async fn forgive_attempt(&self, key: &str) -> Result<(), StoreError>;
+    /// Clears the count of `key` (not a ban).
     async fn reset_failures(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// What [`SessionStore::count_attempt`] counts against.
+#[derive(Debug, Clone, Copy)]
+pub struct FailureLimits {
+    pub window: Duration,
+    pub limit: u64,
+    pub ban: Duration,
 }
 
 pub async fn open(config: &SessionsConfig) -> anyhow::Result<Arc<dyn SessionStore>> {

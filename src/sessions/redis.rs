@@ -6,7 +6,8 @@
 //! - `P{f:F}:t:H` — hash of token hash H: state (live/used), used_at, succ
 //! - `P u:USER`   — set of the user's family ids (for `sessions list/revoke`),
 //!   expiring with the user's longest-lived family (extended at each rotation)
-//! - `P fail:K`   — failed-login counter (TTL = throttle window)
+//! - `P fail:{K}` — failed-login counter of throttle key K (hashed; TTL = window)
+//! - `P ban:{K}`  — a banned throttle key (TTL = the ban)
 //!
 //! The `{f:F}` hash tag puts every key a rotation touches in one Cluster slot,
 //! so the rotation script runs atomically on Cluster too.
@@ -21,7 +22,8 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::Mutex;
 
 use super::{
-    hex, unhex, FamilyId, FamilyInfo, RotateRequest, Rotation, SessionStore, StoreError, TokenHash,
+    hex, unhex, FailureLimits, FamilyId, FamilyInfo, RotateRequest, Rotation, SessionStore,
+    StoreError, TokenHash,
 };
 
 /// Upper bound on one store operation; past it the request is refused (503).
@@ -64,10 +66,24 @@ end
 return 0
 "#;
 
-const COUNT_FAILURE: &str = r#"
+/// KEYS: counter, ban. ARGV: window ms, limit, ban ms. Returns the ms a
+/// ban still runs, or 0 when the attempt may go ahead.
+const COUNT_ATTEMPT: &str = r#"
+local banned = redis.call('PTTL', KEYS[2])
+if banned > 0 then return banned end
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return n
+if n <= tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+return tonumber(ARGV[3])
+"#;
+
+/// Never below zero, and never recreates a lapsed counter.
+const FORGIVE_ATTEMPT: &str = r#"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then redis.call('DECR', KEYS[1]) end
+return 0
 "#;
 
 /// One connection type for single-server and Cluster deployments, so
@@ -139,7 +155,8 @@ pub struct RedisSessionStore {
     rotate: Arc<Script>,
     revoke_with_token: Script,
     revoke_family: Script,
-    count_failure: Script,
+    count_attempt: Script,
+    forgive_attempt: Script,
 }
 
 impl std::fmt::Debug for RedisSessionStore {
@@ -208,7 +225,8 @@ impl RedisSessionStore {
             rotate: Arc::new(Script::new(ROTATE)),
             revoke_with_token: Script::new(REVOKE_WITH_TOKEN),
             revoke_family: Script::new(REVOKE_FAMILY),
-            count_failure: Script::new(COUNT_FAILURE),
+            count_attempt: Script::new(COUNT_ATTEMPT),
+            forgive_attempt: Script::new(FORGIVE_ATTEMPT),
         })
     }
 
@@ -302,8 +320,16 @@ impl RedisSessionStore {
         .await
     }
 
-    fn failure_key(&self, key: &str) -> String {
-        format!("{}fail:{key}", self.prefix)
+    /// The counter and the ban of a throttle key share a Cluster slot (the
+    /// hash tag), so the counting script may touch both. The key is hashed:
+    /// usernames stay out of Redis, and a `{` in one cannot move the tag.
+    fn failure_keys(&self, key: &str) -> [String; 2] {
+        use sha2::{Digest, Sha256};
+        let id = hex(&Sha256::digest(key.as_bytes())[..16]);
+        [
+            format!("{}fail:{{{id}}}", self.prefix),
+            format!("{}ban:{{{id}}}", self.prefix),
+        ]
     }
 }
 
@@ -489,29 +515,36 @@ impl SessionStore for RedisSessionStore {
         Ok(())
     }
 
-    async fn count_failure(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
-        let key = self.failure_key(key);
-        self.run(async |c| {
-            self.count_failure
-                .key(&key)
-                .arg(ms(window))
-                .invoke_async(c)
-                .await
-        })
-        .await
+    async fn count_attempt(
+        &self,
+        key: &str,
+        limits: FailureLimits,
+    ) -> Result<Option<Duration>, StoreError> {
+        let [count, ban] = self.failure_keys(key);
+        let banned_ms: u64 = self
+            .run(async |c| {
+                self.count_attempt
+                    .key(&count)
+                    .key(&ban)
+                    .arg(ms(limits.window))
+                    .arg(limits.limit)
+                    .arg(ms(limits.ban))
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        Ok((banned_ms > 0).then(|| Duration::from_millis(banned_ms)))
     }
 
-    async fn failures(&self, key: &str) -> Result<u64, StoreError> {
-        let key = self.failure_key(key);
-        let n: Option<u64> = self
-            .run(async |c| redis::cmd("GET").arg(&key).query_async(c).await)
-            .await?;
-        Ok(n.unwrap_or(0))
+    async fn forgive_attempt(&self, key: &str) -> Result<(), StoreError> {
+        let [count, _] = self.failure_keys(key);
+        self.run(async |c| self.forgive_attempt.key(&count).invoke_async(c).await)
+            .await
     }
 
     async fn reset_failures(&self, key: &str) -> Result<(), StoreError> {
-        let key = self.failure_key(key);
-        self.run(async |c| redis::cmd("DEL").arg(&key).query_async(c).await)
+        let [count, _] = self.failure_keys(key);
+        self.run(async |c| redis::cmd("DEL").arg(&count).query_async(c).await)
             .await
     }
 }
