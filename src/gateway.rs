@@ -179,15 +179,13 @@ impl Gateway {
             (
                 c.server.max_header_bytes,
                 c.server.max_headers,
-                c.server.header_timeout,
-                c.server.idle_timeout,
                 c.server.max_connections,
                 c.server.worker_threads,
                 c.server.log_format,
             )
         };
         if server_settings(&config) != server_settings(old) {
-            restart.push("server (connection limits and timeouts, workers, log format)");
+            restart.push("server (head limits, max_connections, workers, log format)");
         }
         let invalid = |problems| ConfigError {
             file: config.file.clone(),
