@@ -196,7 +196,7 @@ async fn grant(
                 .await
                 .map_err(users_unavailable)?;
             let Some(user) = user else {
-                attempt.failed();
+                attempt.failed().await?;
                 crate::metrics::get().login("failure");
                 ctx.auth = "login_failed";
                 tracing::warn!(

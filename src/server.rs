@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use crate::gateway::{Gateway, SharedGateway};
 use crate::proxy;
 
+mod framing;
 mod timer;
 
 /// The floor of hyper's read buffer, which is also its limit for a request
@@ -24,6 +25,11 @@ mod timer;
 /// cost a third of the upload throughput, bench/run.sh case 7), and the
 /// pipeline still answers 431 past `max_header_bytes`.
 const MIN_HYPER_BUF: usize = 64 * 1024;
+
+/// The most hyper buffers of a request head.
+fn max_head(server: &crate::config::ServerConfig) -> usize {
+    (server.max_header_bytes * 2).max(MIN_HYPER_BUF)
+}
 
 fn builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
     let server = &gw.config.server;
@@ -36,7 +42,7 @@ fn builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(None)
         // hyper answers a bare 431 past its buffer; below it, the pipeline
         // answers 431 with a JSON body, so leave it headroom.
-        .max_buf_size((server.max_header_bytes * 2).max(MIN_HYPER_BUF))
+        .max_buf_size(max_head(server))
         .max_headers(server.max_headers)
         .keep_alive(true);
     builder
@@ -109,6 +115,7 @@ fn serve_connection(
     let tls = current.tls.clone();
     let server = &current.config.server;
     let (header_timeout, idle_timeout) = (server.header_timeout, server.idle_timeout);
+    let framing = framing::Framing::new(max_head(server), server.max_headers);
     let handshake_timeout = header_timeout;
     drop(current);
     let activity = timer::Activity::new();
@@ -121,9 +128,15 @@ fn serve_connection(
             // Each request sees the configuration current when it arrives.
             let gw = shared.load_full();
             let busy = activity.busy();
-            Box::pin(
-                async move { Ok::<_, Infallible>(busy.hold(proxy::handle(gw, req, peer).await)) },
-            )
+            let smuggled = activity.received_smuggled();
+            Box::pin(async move {
+                let response = if smuggled {
+                    refuse_smuggled(peer)
+                } else {
+                    proxy::handle(gw, req, peer).await
+                };
+                Ok::<_, Infallible>(busy.hold(response))
+            })
         })
     };
     let builder = builder.clone();
@@ -133,7 +146,8 @@ fn serve_connection(
         let _permit = permit;
         let served = match tls {
             None => {
-                let stream = timer::TimedIo::new(stream, activity, header_timeout, idle_timeout);
+                let stream =
+                    timer::TimedIo::new(stream, activity, header_timeout, idle_timeout, framing);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 watcher.watch(conn.into_owned()).await
             }
@@ -142,8 +156,13 @@ fn serve_connection(
                 // opens a socket and says nothing is let go either way.
                 match tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
-                        let stream =
-                            timer::TimedIo::new(stream, activity, header_timeout, idle_timeout);
+                        let stream = timer::TimedIo::new(
+                            stream,
+                            activity,
+                            header_timeout,
+                            idle_timeout,
+                            framing,
+                        );
                         let conn =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                         watcher.watch(conn.into_owned()).await
@@ -164,6 +183,22 @@ fn serve_connection(
             tracing::debug!(event = "connection_error", peer = %peer, error = %e);
         }
     });
+}
+
+/// A request that carried both Content-Length and Transfer-Encoding: a
+/// server behind could frame it by the length and read a second request
+/// from its body (request smuggling), so it is refused, not re-framed, and
+/// the connection closed, since where the next request starts is in doubt.
+fn refuse_smuggled(peer: SocketAddr) -> http::Response<crate::response::Body> {
+    tracing::warn!(event = "request_smuggling", peer = %peer, "Content-Length with Transfer-Encoding");
+    let mut response =
+        crate::response::GatewayError::BadRequest("Content-Length and Transfer-Encoding together")
+            .into_response();
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -572,32 +572,41 @@ fn responses_in(raw_response: &str) -> usize {
     raw_response.matches("HTTP/1.1 ").count()
 }
 
-/// Content-Length and Transfer-Encoding together (CL.TE / TE.CL). hyper
-/// frames the message by Transfer-Encoding (RFC 9112 §6.1), drops the
-/// Content-Length, and closes the connection after the response, so the
-/// bytes an attacker meant as a second request are never parsed; authgate
-/// forwards one request, re-framed. Exactly: 200, one request upstream
-/// with the chunked body, nothing on the protected upstream.
+/// Content-Length and Transfer-Encoding together (CL.TE / TE.CL): a server
+/// behind that frames by the length would read the attacker's second
+/// request out of the body. hyper would re-frame by Transfer-Encoding; the
+/// gateway's own scanner of the byte stream refuses it instead: 400, the
+/// connection closed, nothing forwarded.
 #[tokio::test]
-async fn smuggling_with_both_content_length_and_transfer_encoding_forwards_one_request() {
+async fn smuggling_with_both_content_length_and_transfer_encoding_is_400() {
     let s = site("").await;
-    for head in [
+    let heads = [
         "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
         "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n",
         "Content-Length: 60\r\nTransfer-Encoding: chunked\r\n",
-    ] {
-        let before = s.public.count();
-        let request =
-            format!("POST /public/x HTTP/1.1\r\nHost: gw\r\n{head}\r\n{CHUNKED_HELLO}{SMUGGLED}");
-        let response = raw(s.gw.addr, request.as_bytes()).await;
-        assert_eq!(status_of(&response), 200, "{head:?}: {response}");
-        assert_eq!(responses_in(&response), 1, "{head:?}: {response}");
-        assert_eq!(s.public.count(), before + 1);
-        let seen = s.public.last();
-        assert_eq!(seen.uri, "/public/x");
-        assert_eq!(seen.body.as_ref(), b"hello");
-        assert!(!seen.headers.contains_key("content-length"), "{head:?}");
-    }
+        "content-length: 0\r\ntransfer-encoding: chunked\r\n",
+    ];
+    assert_smuggling_refused(&s, &heads, CHUNKED_HELLO).await;
+}
+
+/// The same behind a good request on one keep-alive connection: the first
+/// is served, the smuggling one refused, and nothing after it parsed.
+#[tokio::test]
+async fn smuggling_pipelined_after_a_good_request_is_400() {
+    let s = site("").await;
+    let request = format!(
+        "GET /public/first HTTP/1.1\r\nHost: gw\r\n\r\n\
+         POST /public/x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n\
+         {CHUNKED_HELLO}{SMUGGLED}"
+    );
+    let response = raw(s.gw.addr, request.as_bytes()).await;
+    assert_eq!(responses_in(&response), 2, "{response}");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let second = &response[response.rfind("HTTP/1.1 ").unwrap()..];
+    assert!(second.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(second.contains("\"error\":\"bad_request\""), "{response}");
+    assert_eq!(s.public.count(), 1);
+    assert_eq!(s.public.last().uri, "/public/first");
     assert_eq!(s.admin.count(), 0);
 }
 

@@ -3,12 +3,14 @@
 //! address within `window`; past that every attempt is answered 429 with
 //! `Retry-After`, before any bcrypt runs, until `ban` has passed.
 //!
-//! Each attempt is counted *before* its password is checked, so a burst of
-//! parallel guesses cannot all slip in ahead of the first recorded failure.
-//! A success takes its attempt back from the address and clears the
-//! username's count. The counts live in the session store, so every
-//! instance sharing a Redis agrees; a store that cannot answer refuses the
-//! login (503) rather than letting it through uncounted.
+//! A username's attempt is counted *before* its password is checked, so a
+//! burst of parallel guesses at one account cannot all slip in ahead of the
+//! first recorded failure (nor keep bcrypt busy); a success clears the
+//! count. An address is charged only for failures: many people behind one
+//! NAT or proxy logging in at once are not guessers, and the rule
+//! is "after N failed logins". The counts live in the session store, so
+//! every instance sharing a Redis agrees; a store that cannot answer
+//! refuses the login (503) rather than letting it through uncounted.
 //!
 //! Keys: `user:<lowercased username>` (a case-insensitive user store must
 //! not give `Alice` and `alice` separate budgets) and `ip:<address>`, IPv6
@@ -96,18 +98,17 @@ impl Throttle {
             user,
             ip,
         };
-        let checks = [
-            (&attempt.user, self.config.max_failures),
-            (&attempt.ip, self.config.ip_max_failures),
-        ];
         let mut banned = Duration::ZERO;
-        for (key, limit) in checks {
-            let Some(key) = key else { continue };
+        if let Some(user) = &attempt.user {
             let refused = self
                 .store
-                .count_attempt(key, self.limits(limit))
+                .count_attempt(user, self.limits(self.config.max_failures))
                 .await
                 .map_err(unavailable)?;
+            banned = banned.max(refused.unwrap_or_default());
+        }
+        if let Some(ip) = &attempt.ip {
+            let refused = self.store.ban_remaining(ip).await.map_err(unavailable)?;
             banned = banned.max(refused.unwrap_or_default());
         }
         if banned.is_zero() {
@@ -131,18 +132,25 @@ fn retry_after_secs(banned: Duration) -> u64 {
 }
 
 impl Attempt<'_> {
-    /// The password was wrong: the attempt stays counted.
-    pub fn failed(self) {}
+    /// The password was wrong: the username's attempt stays counted, and
+    /// the address is charged; its `ip_max_failures`-th failure bans it.
+    pub async fn failed(self) -> Result<(), GatewayError> {
+        let Some(ip) = &self.ip else { return Ok(()) };
+        let throttle = self.throttle;
+        let limits = throttle.limits(throttle.config.ip_max_failures - 1);
+        throttle
+            .store
+            .count_attempt(ip, limits)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
 
-    /// The password was right: clear the username's count and take the
-    /// attempt back from the address.
+    /// The password was right: clear the username's count.
     pub async fn succeeded(self) -> Result<(), GatewayError> {
-        let store = &self.throttle.store;
         if let Some(user) = &self.user {
+            let store = &self.throttle.store;
             store.reset_failures(user).await.map_err(unavailable)?;
-        }
-        if let Some(ip) = &self.ip {
-            store.forgive_attempt(ip).await.map_err(unavailable)?;
         }
         Ok(())
     }
@@ -178,7 +186,9 @@ mod tests {
             t.begin("Alice", &h, peer("192.0.2.1"))
                 .await
                 .unwrap()
-                .failed();
+                .failed()
+                .await
+                .unwrap();
         }
         // Another case, another address: the same username.
         let e = t.begin("alice", &h, peer("192.0.2.2")).await.unwrap_err();
@@ -192,25 +202,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn success_clears_the_username_and_forgives_the_address() {
+    async fn success_clears_the_username_and_the_address_counts_failures_only() {
         let t = throttle(2, 3);
         let h = HeaderMap::new();
         t.begin("alice", &h, peer("192.0.2.1"))
             .await
             .unwrap()
-            .failed();
+            .failed()
+            .await
+            .unwrap();
         let ok = t.begin("alice", &h, peer("192.0.2.1")).await.unwrap();
         ok.succeeded().await.unwrap();
-        // alice starts afresh; the address has one failure on record.
+        // alice starts afresh; the address has one failure on record, and
+        // its third failure bans it.
         t.begin("alice", &h, peer("192.0.2.1"))
             .await
             .unwrap()
-            .failed();
+            .failed()
+            .await
+            .unwrap();
         t.begin("bob", &h, peer("192.0.2.1"))
             .await
             .unwrap()
-            .failed();
+            .failed()
+            .await
+            .unwrap();
         t.begin("carol", &h, peer("192.0.2.1")).await.unwrap_err();
+    }
+
+    #[tokio::test]
+    async fn logins_in_flight_from_one_address_are_not_failures() {
+        let t = throttle(5, 3);
+        let h = HeaderMap::new();
+        let mut attempts = Vec::new();
+        for i in 0..10 {
+            let user = format!("user{i}");
+            attempts.push(t.begin(&user, &h, peer("192.0.2.1")).await.unwrap());
+        }
+        for attempt in attempts {
+            attempt.succeeded().await.unwrap();
+        }
+        assert!(t.begin("user0", &h, peer("192.0.2.1")).await.is_ok());
     }
 
     #[test]

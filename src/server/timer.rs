@@ -37,6 +37,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::framing::Framing;
+
 /// What the service and the socket of one connection share.
 #[derive(Debug)]
 pub struct Activity {
@@ -48,6 +50,11 @@ pub struct Activity {
     /// one from a stale one, even within the same millisecond.
     finished: AtomicU64,
     upgraded: AtomicBool,
+    /// Requests the service has received.
+    received: AtomicU64,
+    /// The first request (by arrival) with both Content-Length and
+    /// Transfer-Encoding, as the framing scanner found; `u64::MAX`: none.
+    smuggled: AtomicU64,
     /// The socket's reader, to re-arm its deadline when a request ends.
     reader: AtomicWaker,
 }
@@ -60,6 +67,8 @@ impl Activity {
             idle_since_ms: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
+            received: AtomicU64::new(0),
+            smuggled: AtomicU64::new(u64::MAX),
             reader: AtomicWaker::new(),
         })
     }
@@ -68,6 +77,14 @@ impl Activity {
     pub fn busy(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
+    }
+
+    /// Counts a request the service received: true when its head carried
+    /// both Content-Length and Transfer-Encoding (hyper has dropped the
+    /// former by now, so only the socket's scanner can tell).
+    pub fn received_smuggled(&self) -> bool {
+        let index = self.received.fetch_add(1, Ordering::AcqRel);
+        index >= self.smuggled.load(Ordering::Acquire)
     }
 
     fn idle_since(&self) -> Instant {
@@ -145,6 +162,7 @@ pub struct TimedIo<T> {
     /// requests had finished then.
     head_started: Option<(Instant, u64)>,
     http2: Option<bool>,
+    framing: Framing,
     timer: Pin<Box<Sleep>>,
 }
 
@@ -156,6 +174,7 @@ impl<T> TimedIo<T> {
         activity: Arc<Activity>,
         header_timeout: Duration,
         idle_timeout: Duration,
+        framing: Framing,
     ) -> TimedIo<T> {
         let started = activity.started;
         TimedIo {
@@ -165,6 +184,7 @@ impl<T> TimedIo<T> {
             idle_timeout,
             head_started: Some((started, 0)),
             http2: None,
+            framing,
             timer: Box::pin(tokio::time::sleep_until(started + header_timeout)),
         }
     }
@@ -192,6 +212,12 @@ impl<T> TimedIo<T> {
             // Clients write the preface at once; a shorter first read is
             // taken for HTTP/1 (the stricter deadlines).
             self.http2 = Some(bytes.starts_with(H2_PREFACE_START));
+        }
+        if self.http2 == Some(false) && !self.activity.upgraded.load(Ordering::Acquire) {
+            self.framing.feed(bytes);
+            if let Some(index) = self.framing.smuggled() {
+                self.activity.smuggled.store(index, Ordering::Release);
+            }
         }
         if self.activity.in_flight.load(Ordering::Acquire) == 0
             && self.head_started.is_none_or(|(_, f)| !self.is_current(f))
@@ -291,6 +317,7 @@ mod tests {
             activity.clone(),
             Duration::from_secs(header),
             Duration::from_secs(idle),
+            Framing::new(16 * 1024, 100),
         );
         (io, b, activity)
     }

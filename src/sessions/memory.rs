@@ -242,11 +242,14 @@ impl SessionStore for MemorySessionStore {
         Ok(Some(limits.ban))
     }
 
-    async fn forgive_attempt(&self, key: &str) -> Result<(), StoreError> {
-        if let Some(entry) = self.lock().failures.get_mut(key) {
-            entry.0 = entry.0.saturating_sub(1);
-        }
-        Ok(())
+    async fn ban_remaining(&self, key: &str) -> Result<Option<Duration>, StoreError> {
+        let now = now_millis();
+        Ok(self
+            .lock()
+            .bans
+            .get(key)
+            .filter(|until| **until > now)
+            .map(|until| Duration::from_millis(until - now)))
     }
 
     async fn reset_failures(&self, key: &str) -> Result<(), StoreError> {

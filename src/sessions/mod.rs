@@ -110,8 +110,8 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
         key: &str,
         limits: FailureLimits,
     ) -> Result<Option<Duration>, StoreError>;
-    /// Takes back one counted attempt of `key` (it succeeded).
-    async fn forgive_attempt(&self, key: &str) -> Result<(), StoreError>;
+    /// How long the ban of `key` still runs, without counting anything.
+    async fn ban_remaining(&self, key: &str) -> Result<Option<Duration>, StoreError>;
     /// Clears the count of `key` (not a ban).
     async fn reset_failures(&self, key: &str) -> Result<(), StoreError>;
 }

@@ -79,13 +79,6 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
 return tonumber(ARGV[3])
 "#;
 
-/// Never below zero, and never recreates a lapsed counter.
-const FORGIVE_ATTEMPT: &str = r#"
-local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-if n > 0 then redis.call('DECR', KEYS[1]) end
-return 0
-"#;
-
 /// One connection type for single-server and Cluster deployments, so
 /// commands and scripts are written once.
 #[derive(Clone)]
@@ -156,7 +149,6 @@ pub struct RedisSessionStore {
     revoke_with_token: Script,
     revoke_family: Script,
     count_attempt: Script,
-    forgive_attempt: Script,
 }
 
 impl std::fmt::Debug for RedisSessionStore {
@@ -226,7 +218,6 @@ impl RedisSessionStore {
             revoke_with_token: Script::new(REVOKE_WITH_TOKEN),
             revoke_family: Script::new(REVOKE_FAMILY),
             count_attempt: Script::new(COUNT_ATTEMPT),
-            forgive_attempt: Script::new(FORGIVE_ATTEMPT),
         })
     }
 
@@ -536,10 +527,12 @@ impl SessionStore for RedisSessionStore {
         Ok((banned_ms > 0).then(|| Duration::from_millis(banned_ms)))
     }
 
-    async fn forgive_attempt(&self, key: &str) -> Result<(), StoreError> {
-        let [count, _] = self.failure_keys(key);
-        self.run(async |c| self.forgive_attempt.key(&count).invoke_async(c).await)
-            .await
+    async fn ban_remaining(&self, key: &str) -> Result<Option<Duration>, StoreError> {
+        let [_, ban] = self.failure_keys(key);
+        let ms: i64 = self
+            .run(async |c| redis::cmd("PTTL").arg(&ban).query_async(c).await)
+            .await?;
+        Ok((ms > 0).then(|| Duration::from_millis(ms as u64)))
     }
 
     async fn reset_failures(&self, key: &str) -> Result<(), StoreError> {
