@@ -4,15 +4,19 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::gateway::{Gateway, SharedGateway};
 use crate::proxy;
@@ -64,7 +68,9 @@ pub async fn serve(
     // them as needing a restart); everything per request follows reloads.
     let gw = shared.load_full();
     let builder = Arc::new(builder(&gw));
-    let graceful = GracefulShutdown::new();
+    // Each connection holds a receiver: `true` asks it to finish, and the
+    // drain is over when every receiver is gone.
+    let (drain, _) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(gw.config.server.max_connections));
     let grace = gw.config.server.shutdown_grace;
     tokio::pin!(shutdown);
@@ -87,7 +93,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        serve_connection(&shared, &builder, &graceful, stream, peer, permit);
+        serve_connection(&shared, &builder, drain.subscribe(), stream, peer, permit);
     }
     drop(listener);
     tracing::info!(
@@ -95,8 +101,9 @@ pub async fn serve(
         grace_secs = grace.as_secs(),
         "draining connections"
     );
+    let _ = drain.send(true);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!(event = "drained"),
+        () = drain.closed() => tracing::info!(event = "drained"),
         () = tokio::time::sleep(grace) => tracing::warn!(event = "drain_timeout", "closing remaining connections"),
     }
     Ok(())
@@ -105,7 +112,7 @@ pub async fn serve(
 fn serve_connection(
     shared: &SharedGateway,
     builder: &Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
+    mut stop: watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
     permit: tokio::sync::OwnedSemaphorePermit,
@@ -140,49 +147,173 @@ fn serve_connection(
         })
     };
     let builder = builder.clone();
-    let watcher = graceful.watcher();
     crate::metrics::get().open_connections.inc();
+    // Two tasks, not one with a branch: a task's allocation is sized for
+    // its largest state, and an idle plain connection should not carry
+    // room for a TLS session.
+    let Some(tls) = tls else {
+        let stream = timer::TimedIo::new(stream, activity, header_timeout, idle_timeout, framing);
+        let task = async move {
+            let served = serve_plain(stream, &builder, service, &mut stop).await;
+            connection_ended(served, peer, permit);
+        };
+        tokio::spawn(task);
+        return;
+    };
     tokio::spawn(async move {
-        let _permit = permit;
-        let served = match tls {
-            None => {
+        // The handshake shares the head's deadline: a client that opens a
+        // socket and says nothing is let go either way.
+        let served = match tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream))
+            .await
+        {
+            Ok(Ok(stream)) => {
                 let stream =
                     timer::TimedIo::new(stream, activity, header_timeout, idle_timeout, framing);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                watcher.watch(conn.into_owned()).await
+                until_done(Box::pin(conn.into_owned()), &mut stop).await
             }
-            Some(tls) => {
-                // The handshake shares the head's deadline: a client that
-                // opens a socket and says nothing is let go either way.
-                match tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let stream = timer::TimedIo::new(
-                            stream,
-                            activity,
-                            header_timeout,
-                            idle_timeout,
-                            framing,
-                        );
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(event = "tls_handshake_failed", peer = %peer, error = %e);
-                        Ok(())
-                    }
-                    Err(_) => {
-                        tracing::debug!(event = "tls_handshake_timeout", peer = %peer);
-                        Ok(())
-                    }
-                }
+            Ok(Err(e)) => {
+                tracing::debug!(event = "tls_handshake_failed", peer = %peer, error = %e);
+                Ok(())
+            }
+            Err(_) => {
+                tracing::debug!(event = "tls_handshake_timeout", peer = %peer);
+                Ok(())
             }
         };
-        crate::metrics::get().open_connections.dec();
-        if let Err(e) = served {
-            tracing::debug!(event = "connection_error", peer = %peer, error = %e);
-        }
+        connection_ended(served, peer, permit);
     });
+}
+
+fn connection_ended(
+    served: Result<(), BoxError>,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    drop(permit);
+    crate::metrics::get().open_connections.dec();
+    if let Err(e) = served {
+        tracing::debug!(event = "connection_error", peer = %peer, error = %e);
+    }
+}
+
+/// Serves a plain-TCP connection. Whenever it is shed (idle between HTTP/1
+/// requests, see `timer`), hyper's connection and buffers are dropped and
+/// the socket waits alone for the client's next bytes, which a new hyper
+/// connection then serves.
+async fn serve_plain<S>(
+    mut io: timer::TimedIo<TcpStream>,
+    builder: &auto::Builder<TokioExecutor>,
+    service: S,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), BoxError>
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<timer::Held<crate::response::Body>>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let home = Arc::new(std::sync::Mutex::new(None));
+    loop {
+        let lent = Lent {
+            io: Some(io),
+            home: home.clone(),
+        };
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(lent), service.clone());
+        until_done(Box::pin(conn.into_owned()), stop).await?;
+        let Some(parked) = home.lock().expect("never poisoned").take() else {
+            return Ok(());
+        };
+        io = parked;
+        tokio::select! {
+            more = io.wait_for_request() => if !more { return Ok(()) },
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs a hyper connection until it ends; once the listener drains, asks it
+/// to finish its in-flight requests and close. Boxed by the caller, so an
+/// idle task of `serve_plain` keeps no room for hyper's state.
+async fn until_done<C>(
+    mut conn: Pin<Box<C>>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), BoxError>
+where
+    C: GracefulConnection<Error = BoxError>,
+{
+    tokio::select! {
+        done = conn.as_mut() => return done,
+        _ = stop.wait_for(|stop| *stop) => conn.as_mut().graceful_shutdown(),
+    }
+    conn.await
+}
+
+/// A socket lent to one hyper connection. When hyper drops it after a
+/// shed, it goes back `home` for the next one; otherwise it closes.
+struct Lent {
+    io: Option<timer::TimedIo<TcpStream>>,
+    home: Arc<std::sync::Mutex<Option<timer::TimedIo<TcpStream>>>>,
+}
+
+impl Lent {
+    fn io(&mut self) -> Pin<&mut timer::TimedIo<TcpStream>> {
+        Pin::new(self.io.as_mut().expect("present until dropped"))
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(io) = self.io.take().filter(|io| io.is_shed()) {
+            *self.home.lock().expect("never poisoned") = Some(io);
+        }
+    }
+}
+
+impl AsyncRead for Lent {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.io().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lent {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.io().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.io().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io().poll_shutdown(cx)
+    }
 }
 
 /// A request that carried both Content-Length and Transfer-Encoding: a

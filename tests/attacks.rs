@@ -1465,6 +1465,58 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     assert_eq!(s.public.count(), 2);
 }
 
+/// An idle keep-alive connection gives back hyper's buffers after a second
+/// (README "Idle connections") while its socket stays open: the requests
+/// that follow on it, pipelined or with bodies, are served as before, and a
+/// shutdown closes it at once.
+#[tokio::test]
+async fn idle_keep_alive_connection_is_shed_and_still_serves_its_next_requests() {
+    let mut s = site("\n[server]\nheader_timeout = \"60s\"\nidle_timeout = \"60s\"\n").await;
+    let mut stream = TcpStream::connect(s.gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /public/first HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status_of(&read_response(&mut stream).await), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream
+        .write_all(b"POST /public/second HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    assert_eq!(status_of(&read_response(&mut stream).await), 200);
+    assert_eq!(s.public.last().body.as_ref(), b"hello");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream
+        .write_all(
+            b"GET /public/third HTTP/1.1\r\nHost: gw\r\n\r\nGET /public/fourth HTTP/1.1\r\nHost: gw\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut both = read_response(&mut stream).await;
+    if both.matches("HTTP/1.1 200").count() < 2 {
+        both.push_str(&read_response(&mut stream).await);
+    }
+    assert_eq!(both.matches("HTTP/1.1 200").count(), 2, "{both}");
+    let uris: Vec<String> = s.public.seen().into_iter().map(|seen| seen.uri).collect();
+    assert_eq!(
+        uris,
+        [
+            "/public/first",
+            "/public/second",
+            "/public/third",
+            "/public/fourth"
+        ]
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let server = s.gw.begin_shutdown();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("a shed connection holds up the drain")
+        .unwrap()
+        .unwrap();
+    assert!(closed_within(&mut stream, Duration::from_secs(2)).await);
+}
+
 #[tokio::test]
 async fn connection_flood_past_max_connections_waits_and_is_served_later() {
     let s = site("\n[server]\nmax_connections = 2\n").await;

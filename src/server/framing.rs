@@ -86,6 +86,11 @@ impl Framing {
         self.smuggled
     }
 
+    /// Complete request heads received so far.
+    pub fn heads(&self) -> u64 {
+        self.heads
+    }
+
     /// Every byte received so far belongs to a complete request.
     pub fn between_requests(&self) -> bool {
         self.state == State::Head && self.partial.is_empty()

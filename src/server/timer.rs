@@ -16,6 +16,14 @@
 //! - **idle**: no byte since the previous response: after `idle_timeout`
 //!   the read reports end-of-stream and hyper closes the connection cleanly.
 //!
+//! An HTTP/1 connection that has sat idle for [`SHED_AFTER`], between
+//! requests (every byte received belongs to a request already answered),
+//! is *shed*: the read reports end-of-stream to hyper, which ends its side
+//! of the connection and frees its buffers, while the socket stays open
+//! (shutdown is not passed on). The listener then waits for the client's
+//! next bytes holding only the socket, and serves them with a fresh hyper
+//! connection. That is what keeps 10,000 idle keep-alive clients cheap.
+//!
 //! HTTP/2 connections (recognized by their preface) carry pings and other
 //! control frames between requests, so for them only the idle deadline
 //! applies, counted from the last stream's end. After a protocol upgrade
@@ -149,7 +157,13 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Held<B> {
 enum Expiry {
     Head,
     Idle,
+    Shed,
 }
+
+/// How long an HTTP/1 connection waits idle before hyper's buffers are
+/// given back: long enough that a client sending a steady stream of
+/// requests never pays for a new hyper connection.
+pub const SHED_AFTER: Duration = Duration::from_secs(1);
 
 /// A client socket with the deadlines above.
 #[derive(Debug)]
@@ -163,6 +177,10 @@ pub struct TimedIo<T> {
     head_started: Option<(Instant, u64)>,
     http2: Option<bool>,
     framing: Framing,
+    /// The last write could not complete: hyper holds unsent bytes.
+    write_blocked: bool,
+    /// hyper was told end-of-stream to shed the connection: keep the socket.
+    shedding: bool,
     timer: Pin<Box<Sleep>>,
 }
 
@@ -185,6 +203,8 @@ impl<T> TimedIo<T> {
             head_started: Some((started, 0)),
             http2: None,
             framing,
+            write_blocked: false,
+            shedding: false,
             timer: Box::pin(tokio::time::sleep_until(started + header_timeout)),
         }
     }
@@ -199,8 +219,32 @@ impl<T> TimedIo<T> {
             Some((at, finished)) if self.is_current(finished) && self.http2 != Some(true) => {
                 Some((at + self.header_timeout, Expiry::Head))
             }
-            _ => Some((self.activity.idle_since() + self.idle_timeout, Expiry::Idle)),
+            _ => {
+                let idle_since = self.activity.idle_since();
+                let idle = (idle_since + self.idle_timeout, Expiry::Idle);
+                if self.sheddable() && SHED_AFTER < self.idle_timeout {
+                    Some((idle_since + SHED_AFTER, Expiry::Shed))
+                } else {
+                    Some(idle)
+                }
+            }
         }
+    }
+
+    /// Between requests, with nothing of hyper's to lose: every head
+    /// received was handed to the service, every body read, every response
+    /// written out.
+    fn sheddable(&self) -> bool {
+        self.http2 == Some(false)
+            && self.framing.between_requests()
+            && self.framing.heads() == self.activity.received.load(Ordering::Acquire)
+            && !self.write_blocked
+    }
+
+    /// hyper was told end-of-stream to shed this connection; the socket is
+    /// still open.
+    pub fn is_shed(&self) -> bool {
+        self.shedding
     }
 
     fn is_current(&self, finished: u64) -> bool {
@@ -235,6 +279,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.shedding {
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -259,10 +306,29 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
         match expiry {
             // End of stream: hyper closes an idle connection cleanly.
             Expiry::Idle => Poll::Ready(Ok(())),
+            Expiry::Shed => {
+                this.shedding = true;
+                Poll::Ready(Ok(()))
+            }
             Expiry::Head => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "request head not received in time",
             ))),
+        }
+    }
+}
+
+impl TimedIo<tokio::net::TcpStream> {
+    /// After a shed: waits for the client's next bytes, holding no buffer.
+    /// False when the connection should close instead: the idle deadline
+    /// passed, or the socket failed.
+    pub async fn wait_for_request(&mut self) -> bool {
+        self.shedding = false;
+        let deadline = self.activity.idle_since() + self.idle_timeout;
+        self.timer.as_mut().reset(deadline);
+        tokio::select! {
+            ready = self.io.readable() => ready.is_ok(),
+            () = self.timer.as_mut() => false,
         }
     }
 }
@@ -273,7 +339,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.write_blocked = written.is_pending();
+        written
     }
 
     fn poll_write_vectored(
@@ -281,7 +349,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.write_blocked = written.is_pending();
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -293,6 +363,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.shedding {
+            // hyper ends its side; the client's connection lives on.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
@@ -360,6 +434,50 @@ mod tests {
         let finished = Instant::now();
         assert_eq!(io.read(&mut buf).await.unwrap(), 0, "idle, not a head");
         assert_eq!(finished.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http1_connection_is_shed_but_its_socket_stays_open() {
+        let (mut io, mut client, activity) = pair(10, 60).await;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        assert!(!activity.received_smuggled());
+        drop(activity.busy());
+        let finished = Instant::now();
+        assert_eq!(
+            io.read(&mut buf).await.unwrap(),
+            0,
+            "end of stream for hyper"
+        );
+        assert_eq!(finished.elapsed(), SHED_AFTER);
+        assert!(io.is_shed());
+        io.shutdown().await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(600), client.read(&mut buf)).await;
+        assert!(waited.is_err(), "the shutdown reached the client");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_not_shed_with_a_request_unfinished() {
+        // A body not yet all received; a head received but not yet handed
+        // to the service: the idle deadline applies, not the shed.
+        for (bytes, served) in [
+            (&b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhe"[..], true),
+            (b"GET / HTTP/1.1\r\n\r\n", false),
+        ] {
+            let (mut io, mut client, activity) = pair(10, 60).await;
+            client.write_all(bytes).await.unwrap();
+            let mut buf = [0u8; 64];
+            assert!(io.read(&mut buf).await.unwrap() > 0);
+            if served {
+                assert!(!activity.received_smuggled());
+            }
+            drop(activity.busy());
+            let finished = Instant::now();
+            assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+            assert_eq!(finished.elapsed(), Duration::from_secs(60));
+            assert!(!io.is_shed());
+        }
     }
 
     #[tokio::test(start_paused = true)]
