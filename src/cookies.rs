@@ -35,35 +35,36 @@ pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Removes cookies `names` from the `Cookie` header(s), keeping the rest in
 /// order; drops the header when nothing is left.
 pub fn remove(headers: &mut HeaderMap, names: &[&str]) {
-    let mentions = headers
-        .get_all(COOKIE)
-        .iter()
-        .any(|v| names.iter().any(|n| memfind(v.as_bytes(), n.as_bytes())));
+    // Most requests carry none of them: find that out without allocating.
+    let mentions = headers.get_all(COOKIE).iter().any(|v| {
+        names
+            .iter()
+            .any(|n| memchr::memmem::find(v.as_bytes(), n.as_bytes()).is_some())
+    });
     if !mentions {
         return;
     }
-    let kept: Vec<String> = headers
+    let mut kept = String::new();
+    let values = headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
-            !pair.is_empty() && !names.contains(&name)
-        })
-        .map(str::to_owned)
-        .collect();
+        .filter_map(|v| v.to_str().ok());
+    for pair in values.flat_map(|v| v.split(';')).map(str::trim) {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+        if pair.is_empty() || names.contains(&name) {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.push_str("; ");
+        }
+        kept.push_str(pair);
+    }
     headers.remove(COOKIE);
     if !kept.is_empty() {
-        if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+        if let Ok(value) = HeaderValue::from_str(&kept) {
             headers.insert(COOKIE, value);
         }
     }
-}
-
-fn memfind(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Builds `Set-Cookie` values with the configured attributes.

@@ -1035,6 +1035,59 @@ async fn rotation_is_atomic_under_parallelism(backend: Backend) {
 
 // ------------------------------------------------------------ redis only
 
+/// The user's index (what `sessions list` reads) lives a quarter of the
+/// ttl past the family, and a rotation extends it only once that slack is
+/// used up: a session kept alive by refreshing stays listed well past its
+/// first ttl, and the index key never outlives its families by more.
+#[tokio::test]
+async fn a_session_kept_alive_by_refreshing_stays_listed() {
+    use authgate::sessions::redis::RedisSessionStore;
+    use authgate::sessions::{RotateRequest, Rotation};
+
+    let prefix = redis_prefix("index");
+    let store = RedisSessionStore::new(REDIS_URL, &prefix, None)
+        .await
+        .unwrap();
+    let ttl = Duration::from_millis(1200);
+    let family: [u8; 16] = rand::random();
+    let mut token: [u8; 32] = rand::random();
+    store
+        .create(&family, "carol", &token, authgate::auth::now_millis(), ttl)
+        .await
+        .unwrap();
+    let mut redis = redis_connection(REDIS_URL).await;
+    let index_ttl = async |redis: &mut ::redis::aio::MultiplexedConnection| -> i64 {
+        ::redis::cmd("PTTL")
+            .arg(format!("{prefix}u:carol"))
+            .query_async(redis)
+            .await
+            .unwrap()
+    };
+    assert!(index_ttl(&mut redis).await > 1200, "slack past the ttl");
+    // Refresh every 200 ms for three ttls.
+    for _ in 0..18 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let next: [u8; 32] = rand::random();
+        let outcome = store
+            .rotate(RotateRequest {
+                family: &family,
+                presented: &token,
+                successor: &next,
+                sealed_successor: &rand::random(),
+                now_ms: authgate::auth::now_millis(),
+                grace: Duration::from_millis(100),
+                ttl,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Rotation::Rotated { .. }), "{outcome:?}");
+        token = next;
+        let left = index_ttl(&mut redis).await;
+        assert!(left > 1200 - 200 && left <= 1500, "index ttl {left} ms");
+    }
+    assert_eq!(store.list_user("carol").await.unwrap().len(), 1);
+}
+
 /// No raw refresh token, nor its secret in any encoding, is ever written to
 /// Redis: every key and value under the prefix is scanned.
 #[tokio::test]

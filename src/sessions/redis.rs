@@ -29,8 +29,11 @@ use super::{
 /// Upper bound on one store operation; past it the request is refused (503).
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// KEYS: family, presented token, successor token. ARGV: now ms, grace ms,
+/// ttl ms, sealed successor, the share of the ttl after which the user's
+/// index is extended again ([`INDEX_SLACK`]).
 const ROTATE: &str = r#"
-local fam = redis.call('HMGET', KEYS[1], 'user', 'revoked')
+local fam = redis.call('HMGET', KEYS[1], 'user', 'revoked', 'indexed_at')
 if not fam[1] or fam[2] == '1' then return {'invalid'} end
 local tok = redis.call('HMGET', KEYS[2], 'state', 'used_at', 'succ')
 if not tok[1] then return {'invalid'} end
@@ -38,9 +41,15 @@ if tok[1] == 'live' then
   redis.call('HSET', KEYS[2], 'state', 'used', 'used_at', ARGV[1], 'succ', ARGV[4])
   redis.call('HSET', KEYS[3], 'state', 'live')
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
-  redis.call('HSET', KEYS[1], 'last_used', ARGV[1])
+  local reindex = '0'
+  if tonumber(ARGV[1]) - tonumber(fam[3] or '0') > tonumber(ARGV[3]) * ARGV[5] then
+    reindex = '1'
+    redis.call('HSET', KEYS[1], 'last_used', ARGV[1], 'indexed_at', ARGV[1])
+  else
+    redis.call('HSET', KEYS[1], 'last_used', ARGV[1])
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {'rotated', fam[1], ARGV[1]}
+  return {'rotated', fam[1], ARGV[1], reindex}
 end
 if tonumber(ARGV[1]) - tonumber(tok[2]) <= tonumber(ARGV[2]) then
   return {'successor', fam[1], tok[2], tok[3]}
@@ -290,10 +299,12 @@ impl RedisSessionStore {
         format!("{}u:{username}", self.prefix)
     }
 
-    /// Adds the family to its user's index and extends the index to the
-    /// family's new expiry, so a session kept alive by refreshing stays
-    /// listed and revocable. The index is in another hash slot than the
-    /// family, hence not part of the rotation script.
+    /// Adds the family to its user's index and extends the index past the
+    /// family's expiry by [`INDEX_SLACK`], so a session kept alive by
+    /// refreshing stays listed and revocable. The index is in another hash
+    /// slot than the family, hence not part of the rotation script; the
+    /// script asks for it only once the slack is used up, so most rotations
+    /// cost one round trip.
     async fn index_family(
         &self,
         username: &str,
@@ -301,10 +312,11 @@ impl RedisSessionStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let user = self.user_key(username);
+        let until = ttl + ttl.mul_f64(INDEX_SLACK);
         self.run(async |c| {
             redis::pipe()
                 .sadd(&user, hex(family))
-                .pexpire(&user, ms(ttl) as i64)
+                .pexpire(&user, ms(until) as i64)
                 .query_async::<()>(c)
                 .await
         })
@@ -323,6 +335,10 @@ impl RedisSessionStore {
         ]
     }
 }
+
+/// How far past a family's expiry its user's index lives: the index is
+/// extended at most once per this share of `refresh_ttl` of refreshing.
+const INDEX_SLACK: f64 = 0.25;
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
@@ -349,6 +365,7 @@ impl SessionStore for RedisSessionStore {
                         ("user", username.to_string()),
                         ("created", now_ms.to_string()),
                         ("last_used", now_ms.to_string()),
+                        ("indexed_at", now_ms.to_string()),
                     ],
                 )
                 .pexpire(&fam, ms(ttl) as i64)
@@ -378,11 +395,13 @@ impl SessionStore for RedisSessionStore {
                     .arg(ms(r.grace))
                     .arg(ms(r.ttl))
                     .arg(hex(r.sealed_successor))
+                    .arg(INDEX_SLACK)
                     .invoke_async(c)
                     .await
             })
             .await?;
         let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
+        let reindex = reply.first().is_some_and(|s| s == "rotated") && field(3) == "1";
         let rotation = match reply.first().map(String::as_str) {
             Some("rotated") => Rotation::Rotated {
                 username: field(1),
@@ -399,7 +418,7 @@ impl SessionStore for RedisSessionStore {
             Some("reused") => Rotation::Reused { username: field(1) },
             _ => Rotation::Invalid,
         };
-        if let Rotation::Rotated { username, .. } = &rotation {
+        if let (Rotation::Rotated { username, .. }, true) = (&rotation, reindex) {
             // The rotation has happened: failing the request now would make
             // the client's retry look like a replay. A missed index update
             // only hides this family from `sessions list/revoke` until the
