@@ -159,14 +159,7 @@ async fn jwt_hs256_signed_with_the_rs256_public_key_is_refused() {
     assert_eq!(response.status(), 200);
     let before = admin.count();
     let pem = std::fs::read(format!("{fixtures}/rsa.pub.pem")).unwrap();
-    let jwks: Value = json_of(
-        client()
-            .get(gw.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let jwks: Value = json_of(gw.get("/.well-known/jwks.json").await).await;
     let n = jwks["keys"][0]["n"].as_str().unwrap().to_string();
     let claims = claims_text("alice", r#"["admin"]"#);
     for (what, secret) in [
@@ -716,19 +709,8 @@ async fn refresh_token_replay_after_rotation_revokes_the_session() {
     let s = site("\n[sessions]\nreuse_grace = \"0s\"\n").await;
     let (body, _) = s.gw.login("bob", "bob-pw").await;
     let stolen = body["refresh_token"].as_str().unwrap().to_string();
-    let refresh = |token: String| {
-        let url = s.gw.url("/token");
-        async move {
-            client()
-                .post(url)
-                .form(&[("grant_type", "refresh_token"), ("refresh_token", &token)])
-                .send()
-                .await
-                .unwrap()
-        }
-    };
     // The user refreshes; the token is rotated.
-    let response = refresh(stolen.clone()).await;
+    let response = s.gw.refresh_grant(&stolen).await;
     assert_eq!(response.status(), 200);
     let rotated = json_of(response).await["refresh_token"]
         .as_str()
@@ -736,13 +718,13 @@ async fn refresh_token_replay_after_rotation_revokes_the_session() {
         .to_string();
     tokio::time::sleep(Duration::from_millis(20)).await;
     // The thief replays the old one: refused, and the whole family revoked.
-    let response = refresh(stolen).await;
+    let response = s.gw.refresh_grant(&stolen).await;
     assert_eq!(response.status(), 400);
     assert_eq!(
         json_of(response).await,
         json!({"error": "invalid_grant", "detail": "The refresh token is invalid, expired or revoked"})
     );
-    let response = refresh(rotated).await;
+    let response = s.gw.refresh_grant(&rotated).await;
     assert_eq!(
         response.status(),
         400,
@@ -1306,10 +1288,10 @@ async fn upstream_response_head_past_the_read_buffer_is_502() {
          [[routes]]\nprefix = \"/small\"\nupstream = \"http://{small}\"\nauth = \"public\"\n"
     );
     let gw = TestGateway::start(&toml, &[]).await;
-    let response = client().get(gw.url("/big/x")).send().await.unwrap();
+    let response = gw.get("/big/x").await;
     assert_eq!(response.status(), 502);
     assert_eq!(json_of(response).await["error"], "bad_gateway");
-    let response = client().get(gw.url("/small/x")).send().await.unwrap();
+    let response = gw.get("/small/x").await;
     assert_eq!(response.status(), 200);
 }
 
@@ -1539,7 +1521,7 @@ async fn connection_flood_past_max_connections_waits_and_is_served_later() {
     assert_eq!(status_of(&read_response(&mut third).await), 200);
     drop(second);
     drop(third);
-    let response = client().get(s.gw.url("/healthz")).send().await.unwrap();
+    let response = s.gw.get("/healthz").await;
     assert_eq!(response.status(), 200);
     assert!(!s.gw.task.as_ref().unwrap().is_finished());
 }

@@ -8,9 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
+use support::process::run_authgate;
 use support::{
-    binary, client, cookie_value, now, set_cookies, sign_hs256, user, TestGateway, TestUser,
-    Upstream, SECRET,
+    binary, client, cookie_value, now, set_cookies, sign_hs256, tokens, user, TestGateway,
+    TestUser, Upstream, SECRET,
 };
 
 fn routes(up: &Upstream) -> String {
@@ -182,12 +183,7 @@ async fn bad_credentials_are_indistinguishable_401s() {
         ("nobody", "alice-pw"),
         ("carol", "carol-pw"),
     ] {
-        let response = client()
-            .post(gw.url("/token"))
-            .form(&[("username", username), ("password", password)])
-            .send()
-            .await
-            .unwrap();
+        let response = gw.password_grant(username, password).await;
         assert_eq!(response.status(), 401, "{username}");
         assert_eq!(response.headers()["www-authenticate"], "Bearer");
         assert!(response.headers().get("set-cookie").is_none());
@@ -267,7 +263,7 @@ async fn malformed_token_requests_are_400() {
         .await,
         (400, "unsupported_grant_type".into())
     );
-    let r = client().get(gw.url("/token")).send().await.unwrap();
+    let r = gw.get("/token").await;
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "POST");
 }
@@ -454,7 +450,7 @@ async fn route_policies() {
     let bob = gw.access_token("bob", "bob-pw").await;
 
     // required, no token: a plain challenge.
-    let response = client().get(gw.url("/api/x")).send().await.unwrap();
+    let response = gw.get("/api/x").await;
     assert_eq!(response.status(), 401);
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
     assert_eq!(
@@ -473,15 +469,7 @@ async fn route_policies() {
 
     // optional: forwarded either way, identity only when valid.
     let before = up.count();
-    assert_eq!(
-        client()
-            .get(gw.url("/maybe/x"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.get("/maybe/x").await.status(), 200);
     assert!(up.last().headers.get("x-auth-user").is_none());
     assert_eq!(
         get_with_bearer(&gw, "/maybe/x", "garbage").await.status(),
@@ -574,19 +562,14 @@ async fn forward_token_sends_the_access_token_upstream() {
 #[tokio::test]
 async fn userinfo_requires_a_token() {
     let (_, gw) = setup().await;
-    let response = client().get(gw.url("/userinfo")).send().await.unwrap();
+    let response = gw.get("/userinfo").await;
     assert_eq!(response.status(), 401);
 }
 
 #[tokio::test]
 async fn users_file_edits_apply_without_restart() {
     let (_, gw) = setup_unthrottled().await;
-    let response = client()
-        .post(gw.url("/token"))
-        .form(&[("username", "dave"), ("password", "dave-pw")])
-        .send()
-        .await
-        .unwrap();
+    let response = gw.password_grant("dave", "dave-pw").await;
     assert_eq!(response.status(), 401);
     let mut users = people();
     users.push(user("dave", "dave-pw", &[]));
@@ -595,14 +578,7 @@ async fn users_file_edits_apply_without_restart() {
     let mut status = 0;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        status = client()
-            .post(gw.url("/token"))
-            .form(&[("username", "dave"), ("password", "dave-pw")])
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
+        status = gw.password_grant("dave", "dave-pw").await.status().as_u16();
         if status == 200 {
             break;
         }
@@ -653,19 +629,9 @@ async fn cli_round_trip_add_then_login() {
     let mut token = None;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let response = client()
-            .post(gw.url("/token"))
-            .form(&[("username", "erin"), ("password", "erin-pw")])
-            .send()
-            .await
-            .unwrap();
+        let response = gw.password_grant("erin", "erin-pw").await;
         if response.status() == 200 {
-            token = Some(
-                response.json::<serde_json::Value>().await.unwrap()["access_token"]
-                    .as_str()
-                    .unwrap()
-                    .to_string(),
-            );
+            token = Some(tokens(response).await.access);
             break;
         }
     }
@@ -678,12 +644,7 @@ async fn cli_round_trip_add_then_login() {
     assert_eq!(info["roles"], json!(["ops", "dev"]));
     assert_eq!(info["email"], "erin@example.com");
 
-    let list = Command::new(binary())
-        .arg("-c")
-        .arg(&config)
-        .args(["users", "list"])
-        .output()
-        .unwrap();
+    let list = run_authgate(&config, &["users", "list"]);
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(text.contains("erin\terin@example.com\tops,dev"), "{text}");
 
@@ -698,19 +659,9 @@ async fn cli_round_trip_add_then_login() {
         .unwrap();
     child.stdin.take().unwrap().write_all(b"new-pw\n").unwrap();
     assert!(child.wait().unwrap().success());
-    let out = Command::new(binary())
-        .arg("-c")
-        .arg(&config)
-        .args(["users", "del", "erin"])
-        .output()
-        .unwrap();
+    let out = run_authgate(&config, &["users", "del", "erin"]);
     assert!(out.status.success());
-    let out = Command::new(binary())
-        .arg("-c")
-        .arg(&config)
-        .args(["users", "del", "erin"])
-        .output()
-        .unwrap();
+    let out = run_authgate(&config, &["users", "del", "erin"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("erin"));
 }
@@ -744,14 +695,7 @@ async fn asymmetric(algorithm: &str, key: &str) {
     assert_eq!(header["kid"], "k1");
     assert_eq!(get_with_bearer(&gw, "/api/x", &token).await.status(), 200);
 
-    let jwks: serde_json::Value = client()
-        .get(gw.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: serde_json::Value = gw.get("/.well-known/jwks.json").await.json().await.unwrap();
     let jwk = &jwks["keys"][0];
     assert_eq!(jwk["kid"], "k1");
     assert_eq!(jwk["use"], "sig");
@@ -801,15 +745,7 @@ async fn eddsa_tokens_and_jwks() {
 #[tokio::test]
 async fn hmac_gateways_publish_no_jwks() {
     let (_, gw) = setup().await;
-    assert_eq!(
-        client()
-            .get(gw.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(gw.get("/.well-known/jwks.json").await.status(), 404);
 }
 
 #[tokio::test]
@@ -898,14 +834,7 @@ async fn eddsa_rotation_verifies_old_public_key() {
         get_with_bearer(&gw, "/api/x", &old_token).await.status(),
         200
     );
-    let jwks: serde_json::Value = client()
-        .get(gw.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: serde_json::Value = gw.get("/.well-known/jwks.json").await.json().await.unwrap();
     let kids: Vec<&str> = jwks["keys"]
         .as_array()
         .unwrap()

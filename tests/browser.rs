@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{client, cookie_value, set_cookies, user, TestGateway, Upstream};
+use support::{client, cookie_value, password_grant, set_cookies, user, TestGateway, Upstream};
 
 const HTML: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 
@@ -125,15 +125,7 @@ async fn browsers_are_sent_to_sign_in_and_back() {
         "{cleared:?}"
     );
     assert!(response.text().await.unwrap().contains("Signed out"));
-    let response = client()
-        .post(gw.url("/token"))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let response = gw.refresh_grant(&refresh).await;
     assert_eq!(response.status(), 400);
 }
 
@@ -215,39 +207,17 @@ async fn path_prefix_moves_the_gateway_paths() {
     );
     let gw = TestGateway::start(&toml, &[user("alice", "alice-pw", &[])]).await;
     // /token now belongs to the upstream.
-    let response = client()
-        .post(gw.url("/token"))
-        .form(&[("username", "alice"), ("password", "alice-pw")])
-        .send()
-        .await
-        .unwrap();
+    let response = gw.password_grant("alice", "alice-pw").await;
     assert_eq!(
         response.json::<serde_json::Value>().await.unwrap()["upstream"],
         "root"
     );
-    let response = client()
-        .post(gw.url("/auth/token"))
-        .form(&[("username", "alice"), ("password", "alice-pw")])
-        .send()
-        .await
-        .unwrap();
+    let response = password_grant(gw.url("/auth/token"), "alice", "alice-pw").await;
     assert_eq!(response.status(), 200);
     for path in ["/auth/healthz", "/auth/readyz", "/auth/login"] {
-        assert_eq!(
-            client().get(gw.url(path)).send().await.unwrap().status(),
-            200,
-            "{path}"
-        );
+        assert_eq!(gw.get(path).await.status(), 200, "{path}");
     }
-    assert_eq!(
-        client()
-            .get(gw.url("/auth/userinfo"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(gw.get("/auth/userinfo").await.status(), 401);
 }
 
 #[tokio::test]
@@ -259,7 +229,7 @@ async fn admin_listener_serves_metrics() {
         .unwrap();
     authgate::admin::spawn(listener, gw.gateway.clone());
     gw.login("alice", "alice-pw").await;
-    client().get(gw.url("/app/x")).send().await.unwrap();
+    gw.get("/app/x").await;
     let text = client()
         .get(format!("http://127.0.0.1:{port}/metrics"))
         .send()
@@ -278,13 +248,5 @@ async fn admin_listener_serves_metrics() {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
     // Metrics are not on the public listener.
-    assert_eq!(
-        client()
-            .get(gw.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(gw.get("/metrics").await.status(), 404);
 }

@@ -7,23 +7,13 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{binary, client, closed_port, Upstream, SECRET};
+use support::process::{run_authgate, AuthgateProcess};
+use support::{binary, client, closed_port, Upstream};
 
 fn write_config(dir: &tempfile::TempDir, body: &str) -> std::path::PathBuf {
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, body).unwrap();
     path
-}
-
-fn authgate(config: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(binary())
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .env("AUTHGATE_JWT_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
 }
 
 /// Each bad file is refused by `check-config` and `serve` with a message
@@ -54,7 +44,7 @@ fn bad_configs_are_refused_with_key_and_line() {
             &["check-config"][..],
             &["serve", "--listen", "127.0.0.1:0"][..],
         ] {
-            let out = authgate(&path, command);
+            let out = run_authgate(&path, command);
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{command:?} accepted:\n{body}");
             assert!(
@@ -76,7 +66,7 @@ fn check_config_prints_a_summary() {
         &dir,
         "[server]\nlisten = \"127.0.0.1:9999\"\n[[routes]]\nprefix = \"/api/\"\nupstream = \"http://127.0.0.1:9000\"\nstrip_prefix = true\n",
     );
-    let out = authgate(&path, &["check-config"]);
+    let out = run_authgate(&path, &["check-config"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -90,7 +80,7 @@ fn check_config_prints_a_summary() {
 #[test]
 fn the_example_gateway_toml_is_valid() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
-    let out = authgate(&example, &["check-config"]);
+    let out = run_authgate(&example, &["check-config"]);
     assert!(
         out.status.success(),
         "{}",
@@ -161,47 +151,16 @@ async fn serve_answers_then_drains_on_sigterm() {
             up.url()
         ),
     );
-    let mut child = tokio::process::Command::new(binary())
-        .arg("-c")
-        .arg(&path)
-        .env("AUTHGATE_JWT_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut up_now = false;
-    for _ in 0..100 {
-        if client().get(format!("{base}/healthz")).send().await.is_ok() {
-            up_now = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up_now, "authgate did not start");
-    let slow = tokio::spawn(async move {
-        client()
-            .get(format!("{base}/slow/700"))
-            .send()
-            .await
-            .map(|r| r.status())
-    });
+    let mut gw = AuthgateProcess::start(&path, port).await;
+    let slow_url = gw.url("/slow/700");
+    let slow = tokio::spawn(async move { client().get(slow_url).send().await.map(|r| r.status()) });
     for _ in 0..100 {
         if up.count() > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    let status = gw.terminate().await;
     assert_eq!(slow.await.unwrap().unwrap(), 200);
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
     assert!(status.success(), "{status:?}");
 }

@@ -6,7 +6,10 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{binary, client, closed_port, cookie_value, set_cookies, Upstream, SECRET};
+use support::process::AuthgateProcess;
+use support::{
+    client, closed_port, cookie_value, password_grant, refresh_grant, set_cookies, tokens, Upstream,
+};
 
 /// A 3-master Redis Cluster on loopback ports, removed when dropped.
 struct Cluster {
@@ -134,17 +137,12 @@ fn wait_for_ping(port: u16) {
 }
 
 /// An authgate process using the cluster.
-struct Instance {
-    child: tokio::process::Child,
-    base: String,
-}
-
 async fn instance(
     dir: &std::path::Path,
     name: &str,
     upstream: &Upstream,
     redis_url: &str,
-) -> Instance {
+) -> AuthgateProcess {
     let port = closed_port();
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
@@ -160,36 +158,7 @@ async fn instance(
         ),
     )
     .unwrap();
-    let child = tokio::process::Command::new(binary())
-        .arg("-c")
-        .arg(&config)
-        .env("AUTHGATE_JWT_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if client()
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return Instance { child, base };
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("authgate {name} did not become ready on the cluster");
-}
-
-async fn refresh(base: &str, token: &str) -> reqwest::Response {
-    client()
-        .post(format!("{base}/token"))
-        .form(&[("grant_type", "refresh_token"), ("refresh_token", token)])
-        .send()
-        .await
-        .unwrap()
+    AuthgateProcess::start(&config, port).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,21 +171,14 @@ async fn rotation_and_reuse_detection_across_two_instances_on_a_cluster() {
         support::users_toml(&[support::user("alice", "alice-pw", &["dev"])]),
     )
     .unwrap();
-    let mut a = instance(dir.path(), "a", &up, &cluster.url()).await;
-    let mut b = instance(dir.path(), "b", &up, &cluster.url()).await;
+    let a = instance(dir.path(), "a", &up, &cluster.url()).await;
+    let b = instance(dir.path(), "b", &up, &cluster.url()).await;
 
     // Log in at A; several sessions so keys spread over the slots.
     let mut sessions = Vec::new();
     for _ in 0..6 {
-        let response = client()
-            .post(format!("{}/token", a.base))
-            .form(&[("username", "alice"), ("password", "alice-pw")])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let body: serde_json::Value = response.json().await.unwrap();
-        sessions.push(body["refresh_token"].as_str().unwrap().to_string());
+        let login = password_grant(a.url("/token"), "alice", "alice-pw").await;
+        sessions.push(tokens(login).await.refresh);
     }
 
     for original in &sessions {
@@ -260,33 +222,26 @@ async fn rotation_and_reuse_detection_across_two_instances_on_a_cluster() {
         // After the grace period, replaying the retired token at B is theft:
         // the family is revoked, and the successor dies with it at A.
         tokio::time::sleep(Duration::from_millis(1300)).await;
-        let replay = refresh(&b.base, original).await;
+        let replay = refresh_grant(b.url("/token"), original).await;
         assert_eq!(replay.status(), 400);
-        assert_eq!(refresh(&a.base, &successor).await.status(), 400);
+        assert_eq!(
+            refresh_grant(a.url("/token"), &successor).await.status(),
+            400
+        );
     }
 
     // Logout at A holds at B.
-    let response = client()
-        .post(format!("{}/token", a.base))
-        .form(&[("username", "alice"), ("password", "alice-pw")])
-        .send()
+    let token = tokens(password_grant(a.url("/token"), "alice", "alice-pw").await)
         .await
-        .unwrap();
-    let token = response.json::<serde_json::Value>().await.unwrap()["refresh_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .refresh;
     let out = client()
-        .post(format!("{}/logout", a.base))
+        .post(a.url("/logout"))
         .form(&[("refresh_token", token.as_str())])
         .send()
         .await
         .unwrap();
     assert_eq!(out.status(), 204);
-    assert_eq!(refresh(&b.base, &token).await.status(), 400);
-
-    let _ = a.child.kill().await;
-    let _ = b.child.kill().await;
+    assert_eq!(refresh_grant(b.url("/token"), &token).await.status(), 400);
 }
 
 fn spawn_redis(dir: &std::path::Path, args: &[&str]) -> Child {
@@ -380,40 +335,12 @@ async fn sentinel_master_survives_a_failover() {
         ),
     )
     .unwrap();
-    let mut gw = tokio::process::Command::new(binary())
-        .arg("-c")
-        .arg(&config)
-        .env("AUTHGATE_JWT_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut login = None;
-    for _ in 0..100 {
-        if let Ok(r) = client()
-            .post(format!("{base}/token"))
-            .form(&[("username", "alice"), ("password", "alice-pw")])
-            .send()
-            .await
-        {
-            if r.status() == 200 {
-                login = Some(r.json::<serde_json::Value>().await.unwrap());
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut token = login.expect("login through Sentinel failed")["refresh_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = refresh(&base, &token).await;
-    assert_eq!(r.status(), 200);
-    token = r.json::<serde_json::Value>().await.unwrap()["refresh_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // Ready means Sentinel named the master and the master answered.
+    let gw = AuthgateProcess::start(&config, port).await;
+    let login = tokens(password_grant(gw.url("/token"), "alice", "alice-pw").await).await;
+    let token = tokens(refresh_grant(gw.url("/token"), &login.refresh).await)
+        .await
+        .refresh;
     // Let the replica catch up, then fail over.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(redis_cli(sentinel_port, &["sentinel", "failover", "authgate"]).contains("OK"));
@@ -433,8 +360,10 @@ async fn sentinel_master_survives_a_failover() {
     // master (the first attempt may meet the demoted master and answer 503).
     let mut status = 0;
     for _ in 0..50 {
-        let r = refresh(&base, &token).await;
-        status = r.status().as_u16();
+        status = refresh_grant(gw.url("/token"), &token)
+            .await
+            .status()
+            .as_u16();
         if status == 200 {
             break;
         }
@@ -442,7 +371,7 @@ async fn sentinel_master_survives_a_failover() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(status, 200);
-    let _ = gw.kill().await;
+    drop(gw);
     for child in [&mut sentinel, &mut replica, &mut master] {
         let _ = child.kill();
         let _ = child.wait();

@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
 use support::postgres::{self as pg, PgSchema, Relay};
-use support::{client, now, sign_hs256, user, TestGateway, Upstream, SECRET};
+use support::{client, now, sign_hs256, tokens, user, TestGateway, Upstream, SECRET};
 
 use authgate::config::Config;
 use authgate::gateway::Gateway;
@@ -87,38 +87,8 @@ async fn build(toml: &str) -> anyhow::Result<Gateway> {
     Gateway::build(Config::load(&path).unwrap()).await
 }
 
-async fn login(gw: &TestGateway, username: &str, password: &str) -> reqwest::Response {
-    client()
-        .post(gw.url("/token"))
-        .form(&[("username", username), ("password", password)])
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn refresh(gw: &TestGateway, refresh_token: &str) -> reqwest::Response {
-    client()
-        .post(gw.url("/token"))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-        ])
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn tokens(response: reqwest::Response) -> (String, String) {
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    (
-        body["access_token"].as_str().unwrap().to_string(),
-        body["refresh_token"].as_str().unwrap().to_string(),
-    )
-}
-
 async fn readyz(gw: &TestGateway) -> (u16, Value) {
-    let response = client().get(gw.url("/readyz")).send().await.unwrap();
+    let response = gw.get("/readyz").await;
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }
@@ -317,7 +287,9 @@ async fn cli_round_trip_then_login_through_the_gateway() {
     );
 
     let (_up, gw) = gateway(&schema, pg::shared_env()).await;
-    let (access, _) = tokens(login(&gw, "erin", "erin-pw").await).await;
+    let access = tokens(gw.password_grant("erin", "erin-pw").await)
+        .await
+        .access;
     let info = gw.userinfo(&access).await;
     assert_eq!(info["roles"], json!(["ops", "dev"]));
     assert_eq!(info["email"], "erin@example.com");
@@ -335,8 +307,8 @@ async fn cli_round_trip_then_login_through_the_gateway() {
         Some("new-pw\n"),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(login(&gw, "erin", "erin-pw").await.status(), 401);
-    assert_eq!(login(&gw, "erin", "new-pw").await.status(), 200);
+    assert_eq!(gw.password_grant("erin", "erin-pw").await.status(), 401);
+    assert_eq!(gw.password_grant("erin", "new-pw").await.status(), 200);
     let changed: bool = schema
         .client()
         .query_one(
@@ -354,7 +326,7 @@ async fn cli_round_trip_then_login_through_the_gateway() {
     assert!(cli(dir.path(), &["users", "del", "erin"], None)
         .status
         .success());
-    assert_eq!(login(&gw, "erin", "new-pw").await.status(), 401);
+    assert_eq!(gw.password_grant("erin", "new-pw").await.status(), 401);
     let out = cli(dir.path(), &["users", "del", "erin"], None);
     assert!(!out.status.success());
     assert!(
@@ -369,25 +341,25 @@ async fn refresh_picks_up_role_changes_made_in_the_database() {
     let schema = PgSchema::migrated("refresh").await;
     schema.insert(&[user("alice", "alice-pw", &["dev"])]).await;
     let (up, gw) = gateway(&schema, pg::shared_env()).await;
-    let (access, refresh_token) = tokens(login(&gw, "alice", "alice-pw").await).await;
-    assert_eq!(gw.userinfo(&access).await["roles"], json!(["dev"]));
+    let login = tokens(gw.password_grant("alice", "alice-pw").await).await;
+    assert_eq!(gw.userinfo(&login.access).await["roles"], json!(["dev"]));
 
     schema
         .execute("UPDATE {schema}.users SET roles = '{auditor,ops}' WHERE username = 'alice'")
         .await;
-    let (access, refresh_token) = tokens(refresh(&gw, &refresh_token).await).await;
+    let refreshed = tokens(gw.refresh_grant(&login.refresh).await).await;
     assert_eq!(
-        gw.userinfo(&access).await["roles"],
+        gw.userinfo(&refreshed.access).await["roles"],
         json!(["auditor", "ops"])
     );
-    get_api(&gw, &access).await;
+    get_api(&gw, &refreshed.access).await;
     assert_eq!(up.last().headers["x-auth-roles"], "auditor,ops");
 
     // Disabled in the database: the session ends at the next refresh.
     schema
         .execute("UPDATE {schema}.users SET disabled = true WHERE username = 'alice'")
         .await;
-    let response = refresh(&gw, &refresh_token).await;
+    let response = gw.refresh_grant(&refreshed.refresh).await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "invalid_grant");
@@ -453,17 +425,23 @@ async fn mapped_existing_table_is_read_only() {
     );
     let gw = TestGateway::start(&toml, &[]).await;
 
-    let (access, _) = tokens(login(&gw, "php", "php-pw").await).await;
+    let access = tokens(gw.password_grant("php", "php-pw").await)
+        .await
+        .access;
     let info = gw.userinfo(&access).await;
     assert_eq!(info["roles"], json!(["admin"]));
     assert_eq!(info["email"], "php@example.com");
-    let (access, _) = tokens(login(&gw, "old", "old-pw").await).await;
+    let access = tokens(gw.password_grant("old", "old-pw").await)
+        .await
+        .access;
     assert_eq!(gw.userinfo(&access).await["roles"], json!([]));
-    let (access, _) = tokens(login(&gw, "new", "new-pw").await).await;
+    let access = tokens(gw.password_grant("new", "new-pw").await)
+        .await
+        .access;
     assert_eq!(gw.userinfo(&access).await["roles"], json!(["dev", "ops"]));
-    assert_eq!(login(&gw, "gone", "gone-pw").await.status(), 401);
-    assert_eq!(login(&gw, "php", "old-pw").await.status(), 401);
-    assert_eq!(login(&gw, "nobody", "php-pw").await.status(), 401);
+    assert_eq!(gw.password_grant("gone", "gone-pw").await.status(), 401);
+    assert_eq!(gw.password_grant("php", "old-pw").await.status(), 401);
+    assert_eq!(gw.password_grant("nobody", "php-pw").await.status(), 401);
 
     // The CLI reads it, and refuses to write it.
     let dir = tempfile::tempdir().unwrap();
@@ -513,7 +491,7 @@ async fn mapped_existing_table_is_read_only() {
         .unwrap()
         .get(0);
     assert!(!migrations, "a mapped schema is left alone");
-    assert_eq!(login(&gw, "php", "php-pw").await.status(), 200);
+    assert_eq!(gw.password_grant("php", "php-pw").await.status(), 200);
 
     // A column that is not there stops the gateway at start, named.
     let wrong = toml.replace("disabled = \"locked\"", "disabled = \"blocked\"");
@@ -536,7 +514,7 @@ async fn unreachable_database_means_503_and_tokens_keep_working() {
     );
     let gw = TestGateway::start(&toml, &[]).await;
 
-    assert_unavailable(login(&gw, "alice", "alice-pw").await).await;
+    assert_unavailable(gw.password_grant("alice", "alice-pw").await).await;
     let json_login = client()
         .post(gw.url("/token"))
         .json(&json!({"username": "alice", "password": "alice-pw"}))
@@ -547,7 +525,7 @@ async fn unreachable_database_means_503_and_tokens_keep_working() {
     // A well-formed refresh token is refused before the session store is
     // touched, with 503 rather than "invalid".
     let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 48]>());
-    assert_unavailable(refresh(&gw, &token).await).await;
+    assert_unavailable(gw.refresh_grant(&token).await).await;
     let (status, body) = readyz(&gw).await;
     assert_eq!(status, 503);
     assert_eq!(body["checks"]["users"], "unavailable");
@@ -573,25 +551,25 @@ async fn outage_and_recovery() {
     let mut relay = Relay::down();
     let (_up, gw) = gateway(&schema, &pg::url_env(&relay.url())).await;
     assert_eq!(readyz(&gw).await.0, 503);
-    assert_unavailable(login(&gw, "alice", "alice-pw").await).await;
+    assert_unavailable(gw.password_grant("alice", "alice-pw").await).await;
 
     relay.start().await;
     assert_eq!(readyz(&gw).await.0, 200);
-    let (access, refresh_token) = tokens(login(&gw, "alice", "alice-pw").await).await;
+    let login = tokens(gw.password_grant("alice", "alice-pw").await).await;
 
     relay.stop().await;
-    assert_unavailable(login(&gw, "alice", "alice-pw").await).await;
-    assert_unavailable(refresh(&gw, &refresh_token).await).await;
+    assert_unavailable(gw.password_grant("alice", "alice-pw").await).await;
+    assert_unavailable(gw.refresh_grant(&login.refresh).await).await;
     let (status, body) = readyz(&gw).await;
     assert_eq!(status, 503);
     assert_eq!(body["checks"]["users"], "unavailable");
-    assert_eq!(get_api(&gw, &access).await.status(), 200);
+    assert_eq!(get_api(&gw, &login.access).await.status(), 200);
 
     relay.start().await;
     // The refresh refused during the outage did not rotate the token.
-    let (access, _) = tokens(refresh(&gw, &refresh_token).await).await;
+    let access = tokens(gw.refresh_grant(&login.refresh).await).await.access;
     assert_eq!(gw.userinfo(&access).await["sub"], "alice");
-    assert_eq!(login(&gw, "alice", "alice-pw").await.status(), 200);
+    assert_eq!(gw.password_grant("alice", "alice-pw").await.status(), 200);
     assert_eq!(readyz(&gw).await.0, 200);
 }
 
@@ -604,7 +582,7 @@ async fn schema_is_checked_when_the_database_comes_back() {
     let (_up, gw) = gateway(&schema, &pg::url_env(&relay.url())).await;
     relay.start().await;
     assert_eq!(readyz(&gw).await.0, 503);
-    assert_unavailable(login(&gw, "alice", "alice-pw").await).await;
+    assert_unavailable(gw.password_grant("alice", "alice-pw").await).await;
 
     let mut db = pg::connect(&pg::url()).await;
     authgate::users::postgres::migrate::migrate(&mut db, &schema.name)
@@ -612,7 +590,7 @@ async fn schema_is_checked_when_the_database_comes_back() {
         .unwrap();
     schema.insert(&[user("alice", "alice-pw", &["dev"])]).await;
     assert_eq!(readyz(&gw).await.0, 200);
-    assert_eq!(login(&gw, "alice", "alice-pw").await.status(), 200);
+    assert_eq!(gw.password_grant("alice", "alice-pw").await.status(), 200);
 }
 
 /// The server ends every connection of the gateway (`pg_terminate_backend`,
@@ -625,7 +603,7 @@ async fn pool_replaces_connections_the_server_closed() {
     let url = format!("{}?application_name={app}", pg::url());
     let (_up, gw) = gateway(&schema, &pg::url_env(&url)).await;
     for _ in 0..3 {
-        assert_eq!(login(&gw, "alice", "alice-pw").await.status(), 200);
+        assert_eq!(gw.password_grant("alice", "alice-pw").await.status(), 200);
         let ended: i64 = schema
             .client()
             .query_one(
@@ -638,7 +616,7 @@ async fn pool_replaces_connections_the_server_closed() {
             .get(0);
         assert!(ended >= 1, "the gateway held no connection");
     }
-    assert_eq!(login(&gw, "alice", "alice-pw").await.status(), 200);
+    assert_eq!(gw.password_grant("alice", "alice-pw").await.status(), 200);
     assert_eq!(readyz(&gw).await.0, 200);
 }
 
@@ -657,7 +635,7 @@ async fn silent_database_means_503_not_a_hang() {
     let schema = PgSchema::new("silent").await;
     let url = format!("postgres://postgres@127.0.0.1:{port}/test");
     let (_up, gw) = gateway(&schema, &pg::url_env(&url)).await;
-    assert_unavailable(login(&gw, "alice", "alice-pw").await).await;
+    assert_unavailable(gw.password_grant("alice", "alice-pw").await).await;
     let (status, body) = readyz(&gw).await;
     assert_eq!(status, 503);
     assert_eq!(body["checks"]["users"], "unavailable");

@@ -40,7 +40,7 @@ async fn request_arrives_intact() {
 async fn preserve_host_false_sends_upstream_host() {
     let up = Upstream::start("a").await;
     let gw = TestGateway::start(&public_route("/", &up, "preserve_host = false"), &[]).await;
-    client().get(gw.url("/x")).send().await.unwrap();
+    gw.get("/x").await;
     assert_eq!(up.last().headers["host"], up.addr.to_string());
 }
 
@@ -221,7 +221,7 @@ async fn malformed_paths_are_400() {
 async fn no_route_is_404_json() {
     let up = Upstream::start("a").await;
     let gw = TestGateway::start(&public_route("/api", &up, ""), &[]).await;
-    let response = client().get(gw.url("/elsewhere")).send().await.unwrap();
+    let response = gw.get("/elsewhere").await;
     assert_eq!(response.status(), 404);
     assert_eq!(response.headers()["content-type"], "application/json");
     let body: serde_json::Value = response.json().await.unwrap();
@@ -236,7 +236,7 @@ async fn unreachable_upstream_is_502() {
         closed_port()
     );
     let gw = TestGateway::start(&toml, &[]).await;
-    let response = client().get(gw.url("/x")).send().await.unwrap();
+    let response = gw.get("/x").await;
     assert_eq!(response.status(), 502);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "bad_gateway");
@@ -254,20 +254,12 @@ async fn slow_upstream_is_504() {
         public_route("/", &up, "")
     );
     let gw = TestGateway::start(&toml, &[]).await;
-    let response = client().get(gw.url("/slow/2000")).send().await.unwrap();
+    let response = gw.get("/slow/2000").await;
     assert_eq!(response.status(), 504);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "gateway_timeout");
     // A fast answer on the same gateway still passes.
-    assert_eq!(
-        client()
-            .get(gw.url("/slow/10"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.get("/slow/10").await.status(), 200);
 }
 
 #[tokio::test]
@@ -319,13 +311,13 @@ async fn malformed_request_is_400() {
 #[tokio::test]
 async fn healthz_answers_from_the_gateway() {
     let gw = TestGateway::start("", &[]).await;
-    let response = client().get(gw.url("/healthz")).send().await.unwrap();
+    let response = gw.get("/healthz").await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.json::<serde_json::Value>().await.unwrap(),
         serde_json::json!({"status": "ok"})
     );
-    let response = client().get(gw.url("/readyz")).send().await.unwrap();
+    let response = gw.get("/readyz").await;
     assert_eq!(response.status(), 200);
 }
 

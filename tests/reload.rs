@@ -6,7 +6,8 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{binary, client, closed_port, user, users_toml, Upstream, SECRET};
+use support::process::{run_authgate, serve_command, AuthgateProcess};
+use support::{client, closed_port, password_grant, tokens, user, users_toml, Upstream};
 
 fn config(port: u16, routes: &str, extra: &str) -> String {
     format!(
@@ -42,34 +43,18 @@ async fn reload_applies_routes_and_identity_without_dropping_requests() {
     let port = closed_port();
     std::fs::write(&path, config(port, &route("/a", &a, "public"), "")).unwrap();
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let mut child = tokio::process::Command::new(binary())
-        .arg("-c")
-        .arg(&path)
-        .env("AUTHGATE_JWT_SECRET", SECRET)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_for(
-        async || client().get(format!("{base}/healthz")).send().await.is_ok(),
-        "start",
-    )
-    .await;
+    let mut command = serve_command(&path);
+    // Info level: the reload events are asserted in the log below.
+    command.env("RUST_LOG", "info").stderr(Stdio::from(log));
+    let mut gw = AuthgateProcess::spawn(command, port).await;
     assert!(dir.path().join("authgate.pid").exists(), "no pid file");
     assert_eq!(
-        client()
-            .get(format!("{base}/b/x"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        client().get(gw.url("/b/x")).send().await.unwrap().status(),
         404
     );
 
     // A slow request in flight across the reload.
-    let slow_url = format!("{base}/a/slow/1500");
+    let slow_url = gw.url("/a/slow/1500");
     let in_flight =
         tokio::spawn(async move { client().get(slow_url).send().await.map(|r| r.status()) });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -85,12 +70,7 @@ async fn reload_applies_routes_and_identity_without_dropping_requests() {
         config(closed_port(), &routes, "[identity]\nuser = \"X-User\"\n"),
     )
     .unwrap();
-    let out = Command::new(binary())
-        .arg("-c")
-        .arg(&path)
-        .arg("reload")
-        .output()
-        .unwrap();
+    let out = run_authgate(&path, &["reload"]);
     assert!(
         out.status.success(),
         "{}",
@@ -100,7 +80,7 @@ async fn reload_applies_routes_and_identity_without_dropping_requests() {
     wait_for(
         async || {
             client()
-                .get(format!("{base}/b/x"))
+                .get(gw.url("/b/x"))
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == 401)
@@ -114,20 +94,11 @@ async fn reload_applies_routes_and_identity_without_dropping_requests() {
         "the in-flight request was dropped"
     );
     // Still on the old port: listen needs a restart.
-    let token = client()
-        .post(format!("{base}/token"))
-        .form(&[("username", "alice"), ("password", "alice-pw")])
-        .send()
+    let token = tokens(password_grant(gw.url("/token"), "alice", "alice-pw").await)
         .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .access;
     let response = client()
-        .get(format!("{base}/b/x"))
+        .get(gw.url("/b/x"))
         .bearer_auth(&token)
         .send()
         .await
@@ -142,12 +113,7 @@ async fn reload_applies_routes_and_identity_without_dropping_requests() {
         config(port, &routes, "[identity]\nuser = \"X User\"\n"),
     )
     .unwrap();
-    let out = Command::new(binary())
-        .arg("-c")
-        .arg(&path)
-        .arg("reload")
-        .output()
-        .unwrap();
+    let out = run_authgate(&path, &["reload"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("identity.user"));
     let pid = std::fs::read_to_string(dir.path().join("authgate.pid")).unwrap();
@@ -158,7 +124,7 @@ async fn reload_applies_routes_and_identity_without_dropping_requests() {
         .success());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let response = client()
-        .get(format!("{base}/b/x"))
+        .get(gw.url("/b/x"))
         .bearer_auth(&token)
         .send()
         .await
@@ -175,15 +141,6 @@ async fn reload_applies_routes_and_identity_without_dropping_requests() {
     assert!(log.contains("config_reload_failed"), "{log}");
 
     // The pid file goes with the process.
-    let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    gw.terminate().await;
     assert!(!dir.path().join("authgate.pid").exists());
 }

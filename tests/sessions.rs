@@ -18,9 +18,11 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 use authgate::sessions::{FamilyInfo, SessionStore};
+use support::process::AuthgateProcess;
 use support::{
-    binary, client, closed_port, cookie_value, now, redis_prefix, set_cookies, sign_hs256, user,
-    users_toml, TestGateway, TestUser, Upstream, SECRET, SECRET_ENV,
+    binary, client, closed_port, cookie_value, now, password_grant, redis_prefix, refresh_grant,
+    set_cookies, sign_hs256, tokens, user, users_toml, TestGateway, TestUser, Tokens, Upstream,
+    SECRET, SECRET_ENV,
 };
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -212,18 +214,13 @@ impl Setup {
     }
 
     async fn refresh_grant(&self, refresh_token: &str) -> reqwest::Response {
-        refresh_grant(self.gw.url("/token"), refresh_token).await
+        self.gw.refresh_grant(refresh_token).await
     }
 
     /// The successor of `refresh_token`; panics unless the grant succeeds.
     async fn refreshed(&self, refresh_token: &str) -> Session {
-        let response = self.refresh_grant(refresh_token).await;
-        assert_eq!(response.status(), 200);
-        let body: Value = response.json().await.unwrap();
-        Session {
-            access: body["access_token"].as_str().unwrap().into(),
-            refresh: body["refresh_token"].as_str().unwrap().into(),
-        }
+        let Tokens { access, refresh } = tokens(self.refresh_grant(refresh_token).await).await;
+        Session { access, refresh }
     }
 
     async fn assert_refresh_refused(&self, refresh_token: &str) {
@@ -259,19 +256,6 @@ impl Setup {
         }
         panic!("the users file edit was not picked up");
     }
-}
-
-/// `POST /token` with `grant_type=refresh_token` in the form.
-async fn refresh_grant(token_url: String, refresh_token: &str) -> reqwest::Response {
-    client()
-        .post(token_url)
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-        ])
-        .send()
-        .await
-        .unwrap()
 }
 
 /// GETs every URL at once with the same cookies; each must succeed with
@@ -1180,11 +1164,8 @@ async fn no_raw_refresh_token_is_stored_in_redis() {
 
 // ------------------------------------------------ two processes, one Redis
 
-/// A `authgate serve` process on its own port.
-struct Process {
-    child: tokio::process::Child,
-    base: String,
-}
+/// An `authgate serve` process on its own port, signing in as the suite does.
+struct Process(AuthgateProcess);
 
 impl Process {
     async fn start(
@@ -1203,48 +1184,21 @@ impl Process {
         );
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml).unwrap();
-        let child = tokio::process::Command::new(binary())
-            .arg("-c")
-            .arg(&config)
-            .env(SECRET_ENV, SECRET)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        for _ in 0..200 {
-            if client().get(format!("{base}/healthz")).send().await.is_ok() {
-                return Process { child, base };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("authgate {name} did not start");
+        Process(AuthgateProcess::start(&config, port).await)
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.0.url(path)
     }
 
     async fn login(&self, username: &str) -> Session {
-        let response = client()
-            .post(self.url("/token"))
-            .form(&[("username", username), ("password", &password(username))])
-            .send()
-            .await
-            .unwrap();
+        let response = password_grant(self.url("/token"), username, &password(username)).await;
         assert_eq!(response.status(), 200);
         Session::from_set_cookies(&set_cookies(response.headers()))
     }
 
     async fn refresh_grant(&self, refresh_token: &str) -> reqwest::Response {
         refresh_grant(self.url("/token"), refresh_token).await
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
     }
 }
 
@@ -1394,7 +1348,7 @@ async fn redis_outage_fails_closed_and_recovers() {
         ..Options::default()
     };
     let s = Setup::start_with_url(Backend::Redis, "outage", options, &server.url()).await;
-    let readyz = || async { client().get(s.gw.url("/readyz")).send().await.unwrap() };
+    let readyz = || async { s.gw.get("/readyz").await };
     assert_eq!(readyz().await.status(), 200);
     let a = s.login("alice").await;
 
@@ -1413,12 +1367,7 @@ async fn redis_outage_fails_closed_and_recovers() {
     let response = s.refresh_grant(&a.refresh).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(error_code(response).await, "temporarily_unavailable");
-    let response = client()
-        .post(s.gw.url("/token"))
-        .form(&[("username", "alice"), ("password", "alice-pw")])
-        .send()
-        .await
-        .unwrap();
+    let response = s.gw.password_grant("alice", "alice-pw").await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(error_code(response).await, "temporarily_unavailable");
     // A silent refresh cannot happen: 503, never forwarded anonymously.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod postgres;
+pub mod process;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -308,14 +309,22 @@ impl TestGateway {
         self.task.take().unwrap()
     }
 
+    /// A GET of `path` with no credentials.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        client().get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn password_grant(&self, username: &str, password: &str) -> reqwest::Response {
+        password_grant(self.url("/token"), username, password).await
+    }
+
+    pub async fn refresh_grant(&self, refresh_token: &str) -> reqwest::Response {
+        refresh_grant(self.url("/token"), refresh_token).await
+    }
+
     /// Logs in with the form; returns the JSON body and the Set-Cookie values.
     pub async fn login(&self, username: &str, password: &str) -> (serde_json::Value, Vec<String>) {
-        let response = client()
-            .post(self.url("/token"))
-            .form(&[("username", username), ("password", password)])
-            .send()
-            .await
-            .unwrap();
+        let response = self.password_grant(username, password).await;
         assert_eq!(response.status(), 200, "login of {username} failed");
         let cookies = set_cookies(response.headers());
         (response.json().await.unwrap(), cookies)
@@ -368,6 +377,54 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
+}
+
+/// `POST /token` with a username and password in the form, at the token
+/// URL of any authgate: in-process or a spawned binary.
+pub async fn password_grant(
+    token_url: impl reqwest::IntoUrl,
+    username: &str,
+    password: &str,
+) -> reqwest::Response {
+    client()
+        .post(token_url)
+        .form(&[("username", username), ("password", password)])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST /token` with `grant_type=refresh_token` in the form.
+pub async fn refresh_grant(
+    token_url: impl reqwest::IntoUrl,
+    refresh_token: &str,
+) -> reqwest::Response {
+    client()
+        .post(token_url)
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The token pair in the JSON body of a grant.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+}
+
+/// The tokens of a grant that must have succeeded.
+pub async fn tokens(response: reqwest::Response) -> Tokens {
+    assert_eq!(response.status(), 200, "the grant was refused");
+    let body: serde_json::Value = response.json().await.unwrap();
+    Tokens {
+        access: body["access_token"].as_str().unwrap().to_string(),
+        refresh: body["refresh_token"].as_str().unwrap().to_string(),
+    }
 }
 
 pub fn set_cookies(headers: &reqwest::header::HeaderMap) -> Vec<String> {
