@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteStatus {
@@ -90,75 +90,41 @@ pub fn get() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
+/// Registers `metric` and returns the handle the gateway keeps: a clone
+/// shares the registered value, so what the handle counts shows in
+/// `/metrics`.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("authgate");
-        let m = Metrics {
-            requests: Family::default(),
-            duration: Family::new_with_constructor(latency_histogram),
-            upstream_duration: Family::new_with_constructor(latency_histogram),
-            auth: Family::default(),
-            logins: Family::default(),
-            reuse_detected: Counter::default(),
-            store_errors: Family::default(),
-            upstream_errors: Family::default(),
-            open_connections: Gauge::default(),
-            registry: Registry::default(),
+        let r = &mut registry;
+        // Names and help texts are what `/metrics` shows and the README
+        // lists; the registry exports them in this order.
+        #[rustfmt::skip]
+        let mut metrics = Metrics {
+            requests:          registered(r, "requests", "Requests by route and status class", Family::default()),
+            duration:          registered(r, "request_duration_seconds", "Total request latency by route", Family::new_with_constructor(latency_histogram)),
+            upstream_duration: registered(r, "upstream_duration_seconds", "Upstream latency (until the response head) by route", Family::new_with_constructor(latency_histogram)),
+            auth:              registered(r, "auth_outcomes", "Authentication outcomes: ok, missing, invalid, expired, refreshed, refresh_failed, forbidden", Family::default()),
+            logins:            registered(r, "logins", "Logins: success, failure, throttled", Family::default()),
+            reuse_detected:    registered(r, "refresh_reuse_detected", "Retired refresh tokens replayed (families revoked)", Counter::default()),
+            store_errors:      registered(r, "store_errors", "Session or user store errors by store", Family::default()),
+            upstream_errors:   registered(r, "upstream_errors", "Upstream failures by kind: connect, timeout", Family::default()),
+            open_connections:  registered(r, "open_connections", "Open client connections", Gauge::default()),
             auth_counters: Vec::new(),
-        };
-        registry.register(
-            "requests",
-            "Requests by route and status class",
-            m.requests.clone(),
-        );
-        registry.register(
-            "request_duration_seconds",
-            "Total request latency by route",
-            m.duration.clone(),
-        );
-        registry.register(
-            "upstream_duration_seconds",
-            "Upstream latency (until the response head) by route",
-            m.upstream_duration.clone(),
-        );
-        registry.register(
-            "auth_outcomes",
-            "Authentication outcomes: ok, missing, invalid, expired, refreshed, refresh_failed, forbidden",
-            m.auth.clone(),
-        );
-        registry.register(
-            "logins",
-            "Logins: success, failure, throttled",
-            m.logins.clone(),
-        );
-        registry.register(
-            "refresh_reuse_detected",
-            "Retired refresh tokens replayed (families revoked)",
-            m.reuse_detected.clone(),
-        );
-        registry.register(
-            "store_errors",
-            "Session or user store errors by store",
-            m.store_errors.clone(),
-        );
-        registry.register(
-            "upstream_errors",
-            "Upstream failures by kind: connect, timeout",
-            m.upstream_errors.clone(),
-        );
-        registry.register(
-            "open_connections",
-            "Open client connections",
-            m.open_connections.clone(),
-        );
-        let auth_counters = AUTH_OUTCOMES
-            .map(|outcome| (outcome, m.auth.get_or_create_owned(&Outcome { outcome })))
-            .to_vec();
-        Metrics {
             registry,
-            auth_counters,
-            ..m
-        }
+        };
+        metrics.auth_counters = AUTH_OUTCOMES
+            .map(|outcome| {
+                let counter = metrics.auth.get_or_create_owned(&Outcome { outcome });
+                (outcome, counter)
+            })
+            .to_vec();
+        metrics
     }
 
     pub fn route(&self, route: &str) -> RouteMetrics {
@@ -223,5 +189,43 @@ mod tests {
         );
         assert!(text.contains("authgate_auth_outcomes_total{outcome=\"expired\"}"));
         assert!(text.contains("authgate_upstream_duration_seconds_bucket{le="));
+    }
+
+    /// The names, help texts and types dashboards and the README rely on,
+    /// in export order.
+    #[test]
+    fn every_metric_keeps_its_name_help_and_type() {
+        let m = Metrics::new();
+        // A family shows its header only once it has a labelled child.
+        m.route("/r").observe(200, 0.01, Some(0.005));
+        m.login("success");
+        m.store_error("users");
+        m.upstream_error("connect");
+        let text = m.encode();
+        let headers: Vec<&str> = text.lines().filter(|l| l.starts_with("# ")).collect();
+        assert_eq!(
+            headers,
+            [
+                "# HELP authgate_requests Requests by route and status class.",
+                "# TYPE authgate_requests counter",
+                "# HELP authgate_request_duration_seconds Total request latency by route.",
+                "# TYPE authgate_request_duration_seconds histogram",
+                "# HELP authgate_upstream_duration_seconds Upstream latency (until the response head) by route.",
+                "# TYPE authgate_upstream_duration_seconds histogram",
+                "# HELP authgate_auth_outcomes Authentication outcomes: ok, missing, invalid, expired, refreshed, refresh_failed, forbidden.",
+                "# TYPE authgate_auth_outcomes counter",
+                "# HELP authgate_logins Logins: success, failure, throttled.",
+                "# TYPE authgate_logins counter",
+                "# HELP authgate_refresh_reuse_detected Retired refresh tokens replayed (families revoked).",
+                "# TYPE authgate_refresh_reuse_detected counter",
+                "# HELP authgate_store_errors Session or user store errors by store.",
+                "# TYPE authgate_store_errors counter",
+                "# HELP authgate_upstream_errors Upstream failures by kind: connect, timeout.",
+                "# TYPE authgate_upstream_errors counter",
+                "# HELP authgate_open_connections Open client connections.",
+                "# TYPE authgate_open_connections gauge",
+                "# EOF",
+            ]
+        );
     }
 }
