@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    hex, FailureLimits, FamilyId, FamilyInfo, RotateRequest, Rotation, SealedSuccessor,
-    SessionStore, StoreError, TokenHash,
+    hex, millis, oldest_first, FailureLimits, FamilyId, FamilyInfo, RotateRequest, Rotation,
+    SealedSuccessor, SessionStore, StoreError, TokenHash,
 };
 use crate::auth::now_millis;
 
@@ -80,10 +80,6 @@ impl MemorySessionStore {
     }
 }
 
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
-
 #[async_trait]
 impl SessionStore for MemorySessionStore {
     async fn create(
@@ -96,7 +92,7 @@ impl SessionStore for MemorySessionStore {
     ) -> Result<(), StoreError> {
         let mut state = self.lock();
         state.sweep(now_ms);
-        let expires_ms = now_ms + ms(ttl);
+        let expires_ms = now_ms + millis(ttl);
         let mut tokens = HashMap::new();
         tokens.insert(
             *token,
@@ -135,7 +131,7 @@ impl SessionStore for MemorySessionStore {
         match token.retired {
             None => {
                 token.retired = Some((r.now_ms, *r.sealed_successor));
-                let expires_ms = r.now_ms + ms(r.ttl);
+                let expires_ms = r.now_ms + millis(r.ttl);
                 family.tokens.insert(
                     *r.successor,
                     Token {
@@ -150,7 +146,7 @@ impl SessionStore for MemorySessionStore {
                     at_ms: r.now_ms,
                 })
             }
-            Some((at_ms, sealed)) if r.now_ms.saturating_sub(at_ms) <= ms(r.grace) => {
+            Some((at_ms, sealed)) if r.now_ms.saturating_sub(at_ms) <= millis(r.grace) => {
                 Ok(Rotation::Successor {
                     username: family.username.clone(),
                     at_ms,
@@ -194,7 +190,7 @@ impl SessionStore for MemorySessionStore {
     async fn list_user(&self, username: &str) -> Result<Vec<FamilyInfo>, StoreError> {
         let state = self.lock();
         let now = now_millis();
-        let mut list: Vec<FamilyInfo> = state
+        let list = state
             .families
             .iter()
             .filter(|(_, f)| f.username == username && f.expires_ms > now)
@@ -206,8 +202,7 @@ impl SessionStore for MemorySessionStore {
                 revoked: f.revoked,
             })
             .collect();
-        list.sort_by_key(|f| f.created_ms);
-        Ok(list)
+        Ok(oldest_first(list))
     }
 
     async fn family_alive(&self, family: &FamilyId) -> Result<bool, StoreError> {
@@ -231,14 +226,14 @@ impl SessionStore for MemorySessionStore {
         }
         let entry = state.failures.entry(key.to_string()).or_insert((0, 0));
         if entry.1 <= now {
-            *entry = (0, now + ms(limits.window));
+            *entry = (0, now + millis(limits.window));
         }
         entry.0 += 1;
         if entry.0 <= limits.limit {
             return Ok(None);
         }
         state.failures.remove(key);
-        state.bans.insert(key.to_string(), now + ms(limits.ban));
+        state.bans.insert(key.to_string(), now + millis(limits.ban));
         Ok(Some(limits.ban))
     }
 

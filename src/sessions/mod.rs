@@ -92,6 +92,7 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// Revokes every family of `username`; returns how many were live.
     async fn revoke_user(&self, username: &str) -> Result<usize, StoreError>;
 
+    /// Every unexpired family of `username`, revoked ones included, oldest first.
     async fn list_user(&self, username: &str) -> Result<Vec<FamilyInfo>, StoreError>;
 
     /// Whether the family is still valid (not revoked, not expired).
@@ -136,6 +137,19 @@ pub async fn open(config: &SessionsConfig) -> anyhow::Result<Arc<dyn SessionStor
             .await?,
         ),
     })
+}
+
+/// Whole milliseconds: the unit both stores keep instants, TTLs and
+/// windows in (Redis `PEXPIRE` takes no finer).
+pub(crate) fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// The order [`SessionStore::list_user`] answers in, whatever the store
+/// keeps: oldest login first.
+pub(crate) fn oldest_first(mut families: Vec<FamilyInfo>) -> Vec<FamilyInfo> {
+    families.sort_by_key(|f| f.created_ms);
+    families
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -22,8 +22,8 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::Mutex;
 
 use super::{
-    hex, unhex, FailureLimits, FamilyId, FamilyInfo, RotateRequest, Rotation, SessionStore,
-    StoreError, TokenHash,
+    hex, millis, oldest_first, unhex, FailureLimits, FamilyId, FamilyInfo, RotateRequest, Rotation,
+    SessionStore, StoreError, TokenHash,
 };
 
 /// Upper bound on one store operation; past it the request is refused (503).
@@ -316,7 +316,7 @@ impl RedisSessionStore {
         self.run(async |c| {
             redis::pipe()
                 .sadd(&user, hex(family))
-                .pexpire(&user, ms(until) as i64)
+                .pexpire(&user, millis(until) as i64)
                 .query_async::<()>(c)
                 .await
         })
@@ -339,10 +339,6 @@ impl RedisSessionStore {
 /// How far past a family's expiry its user's index lives: the index is
 /// extended at most once per this share of `refresh_ttl` of refreshing.
 const INDEX_SLACK: f64 = 0.25;
-
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
 
 #[async_trait]
 impl SessionStore for RedisSessionStore {
@@ -368,9 +364,9 @@ impl SessionStore for RedisSessionStore {
                         ("indexed_at", now_ms.to_string()),
                     ],
                 )
-                .pexpire(&fam, ms(ttl) as i64)
+                .pexpire(&fam, millis(ttl) as i64)
                 .hset(&tok, "state", "live")
-                .pexpire(&tok, ms(ttl) as i64)
+                .pexpire(&tok, millis(ttl) as i64)
                 .query_async::<()>(c)
                 .await
         })
@@ -392,8 +388,8 @@ impl SessionStore for RedisSessionStore {
                     .key(&keys[1])
                     .key(&keys[2])
                     .arg(r.now_ms)
-                    .arg(ms(r.grace))
-                    .arg(ms(r.ttl))
+                    .arg(millis(r.grace))
+                    .arg(millis(r.ttl))
                     .arg(hex(r.sealed_successor))
                     .arg(INDEX_SLACK)
                     .invoke_async(c)
@@ -500,8 +496,7 @@ impl SessionStore for RedisSessionStore {
                 }
             }
         }
-        list.sort_by_key(|f| f.created_ms);
-        Ok(list)
+        Ok(oldest_first(list))
     }
 
     async fn family_alive(&self, family: &FamilyId) -> Result<bool, StoreError> {
@@ -536,9 +531,9 @@ impl SessionStore for RedisSessionStore {
                 self.count_attempt
                     .key(&count)
                     .key(&ban)
-                    .arg(ms(limits.window))
+                    .arg(millis(limits.window))
                     .arg(limits.limit)
-                    .arg(ms(limits.ban))
+                    .arg(millis(limits.ban))
                     .invoke_async(c)
                     .await
             })
