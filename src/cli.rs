@@ -303,30 +303,8 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let mut problems = crate::auth::jwt::JwtService::from_config(&config.jwt)
-        .err()
-        .unwrap_or_default();
-    if config.users.backend == UsersBackend::Postgres {
-        if let Err(e) = users::postgres::connect_config(&config) {
-            problems.extend(e.problems);
-        }
-    }
-    if let Some(tls) = &config.server.tls {
-        problems.extend(crate::tls::Tls::from_config(tls).err().unwrap_or_default());
-    }
-    problems.extend(
-        crate::proxy::upstream::Upstreams::from_routes(&config.routes)
-            .err()
-            .unwrap_or_default(),
-    );
-    if !problems.is_empty() {
-        eprintln!(
-            "{}",
-            crate::config::ConfigError {
-                file: config.file.clone(),
-                problems
-            }
-        );
+    if let Err(e) = crate::gateway::FilesAndSecrets::read(&config) {
+        eprintln!("{e}");
         return Ok(ExitCode::FAILURE);
     }
     println!("configuration {} is valid", path.display());

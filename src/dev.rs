@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
-use crate::auth::jwt::JwtService;
 use crate::config::{AuthPolicy, Config, Located, RouteConfig, Upstream};
 use crate::gateway::Gateway;
 use crate::response::{self, Body};
@@ -72,16 +71,7 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<ExitCode> {
         roles: vec!["admin".into(), "dev".into()],
         ..User::default()
     }]));
-    let jwt = Arc::new(JwtService::from_config(&config.jwt).map_err(|p| {
-        anyhow::anyhow!(
-            "dev secret: {}",
-            p.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    })?);
-    let gw = crate::gateway::shared(Gateway::with_stores(config, jwt, users).await?);
+    let gw = crate::gateway::shared(Gateway::with_users(config, users).await?);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let address = listener.local_addr()?;
     tracing::warn!("DEVELOPMENT MODE: random secret, in-memory sessions, insecure cookies. Never use this in production.");

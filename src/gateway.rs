@@ -7,7 +7,7 @@ use crate::auth::jwt::JwtService;
 use crate::auth::password::Passwords;
 use crate::auth::refresh::SessionService;
 use crate::auth::throttle::Throttle;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Problem, UsersBackend};
 use crate::cookies::CookieJar;
 use crate::proxy::client_ip::TrustedProxies;
 use crate::proxy::csrf::CsrfGuard;
@@ -74,37 +74,78 @@ pub fn shared(gw: Gateway) -> SharedGateway {
     Arc::new(arc_swap::ArcSwap::from_pointee(gw))
 }
 
+/// What a configuration names outside itself, read and checked: the JWT
+/// secret or keys, the listener's certificate, the upstreams' CA bundles
+/// and the users database URL. Every problem is gathered rather than the
+/// first, so `check-config` and `serve` refuse a file with the same list.
+pub struct FilesAndSecrets {
+    jwt: JwtService,
+    tls: Option<Tls>,
+    upstreams: Upstreams,
+}
+
+impl FilesAndSecrets {
+    pub fn read(config: &Config) -> Result<FilesAndSecrets, ConfigError> {
+        let mut problems = Vec::new();
+        let jwt = keep(JwtService::from_config(&config.jwt), &mut problems);
+        if config.users.backend == UsersBackend::Postgres {
+            if let Err(e) = users::postgres::connect_config(config) {
+                problems.extend(e.problems);
+            }
+        }
+        let tls = match &config.server.tls {
+            Some(tls) => keep(Tls::from_config(tls), &mut problems).map(Some),
+            None => Some(None),
+        };
+        let upstreams = keep(Upstreams::from_routes(&config.routes), &mut problems);
+        match (jwt, tls, upstreams) {
+            (Some(jwt), Some(tls), Some(upstreams)) if problems.is_empty() => Ok(FilesAndSecrets {
+                jwt,
+                tls,
+                upstreams,
+            }),
+            _ => Err(ConfigError {
+                file: config.file.clone(),
+                problems,
+            }),
+        }
+    }
+}
+
+/// The value, or its problems added to `problems`.
+fn keep<T>(result: Result<T, Vec<Problem>>, problems: &mut Vec<Problem>) -> Option<T> {
+    result.map_err(|p| problems.extend(p)).ok()
+}
+
 impl Gateway {
-    /// Reads secrets, opens the stores and compiles the routes.
+    /// Reads secrets and files, opens the stores and compiles the routes.
     pub async fn build(config: Config) -> anyhow::Result<Gateway> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let jwt =
-            Arc::new(
-                JwtService::from_config(&config.jwt).map_err(|problems| ConfigError {
-                    file: config.file.clone(),
-                    problems,
-                })?,
-            );
+        let files = FilesAndSecrets::read(&config)?;
         let users = users::open(&config, true).await?;
-        Self::with_stores(config, jwt, users).await
+        Self::assemble(config, files, users).await
     }
 
-    /// Builds around a given user store and JWT service (dev mode).
-    pub async fn with_stores(
+    /// Builds around a given user store (dev mode).
+    pub async fn with_users(config: Config, users: Arc<dyn UserStore>) -> anyhow::Result<Gateway> {
+        let files = FilesAndSecrets::read(&config)?;
+        Self::assemble(config, files, users).await
+    }
+
+    async fn assemble(
         config: Config,
-        jwt: Arc<JwtService>,
+        files: FilesAndSecrets,
         users: Arc<dyn UserStore>,
     ) -> anyhow::Result<Gateway> {
+        // Clients that build a rustls config without naming a provider
+        // (Redis over rediss://) need the process default.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let invalid = |problems| ConfigError {
-            file: config.file.clone(),
-            problems,
-        };
-        let tls = match &config.server.tls {
-            Some(tls) => Some(Arc::new(Tls::from_config(tls).map_err(invalid)?)),
-            None => None,
-        };
-        let upstreams = Upstreams::from_routes(&config.routes).map_err(invalid)?;
+        let FilesAndSecrets {
+            jwt,
+            tls,
+            upstreams,
+        } = files;
+        let jwt = Arc::new(jwt);
+        let tls = tls.map(Arc::new);
         let sessions = sessions::open(&config.sessions).await?;
         let passwords =
             Passwords::new(config.users.bcrypt_cost, config.users.max_concurrent_hashes).await?;

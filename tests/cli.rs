@@ -59,6 +59,32 @@ fn bad_configs_are_refused_with_key_and_line() {
     }
 }
 
+/// `check-config` and `serve` read the same secrets and files, and both
+/// name every problem rather than stopping at the first.
+#[test]
+fn check_config_and_serve_name_the_same_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "[jwt]\nsecret_env = \"AUTHGATE_TEST_UNSET_VAR\"\n\
+         [[routes]]\nprefix = \"/\"\nupstream = \"https://127.0.0.1:1\"\nupstream_ca = \"missing.pem\"\n",
+    );
+    let problems = |args: &[&str]| {
+        let out = run_authgate(&path, args);
+        assert!(!out.status.success(), "{args:?} accepted");
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.starts_with("  line "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let checked = problems(&["check-config"]);
+    assert_eq!(checked.len(), 2, "{checked:?}");
+    assert!(checked[0].contains("jwt.secret_env"), "{checked:?}");
+    assert!(checked[1].contains("routes[0].upstream_ca"), "{checked:?}");
+    assert_eq!(problems(&["serve", "--listen", "127.0.0.1:0"]), checked);
+}
+
 #[test]
 fn check_config_prints_a_summary() {
     let dir = tempfile::tempdir().unwrap();
