@@ -496,11 +496,11 @@ async fn forward(
     let started = Instant::now();
     let result = tokio::time::timeout(gw.config.server.request_timeout, client.request(req)).await;
     ctx.upstream_latency = Some(started.elapsed());
-    let response = match result {
+    let mut response = match result {
         Err(_) => return Err(GatewayError::UpstreamTimeout),
-        Ok(Err(e)) if upstream::body_too_large(&e) => return Err(GatewayError::BodyTooLarge),
+        Ok(Err(e)) if upstream::body_too_large(&*e) => return Err(GatewayError::BodyTooLarge),
         Ok(Err(e)) => {
-            if let Some(tls) = upstream::tls_failure(&e) {
+            if let Some(tls) = upstream::tls_failure(&*e) {
                 tracing::warn!(
                     event = "upstream_tls_failed",
                     route = %route.name,
@@ -510,16 +510,12 @@ async fn forward(
                     "the upstream's TLS handshake failed (certificate not trusted or invalid?); answering 502",
                 );
             }
-            return Err(GatewayError::UpstreamUnreachable(Box::new(e)));
+            return Err(GatewayError::UpstreamUnreachable(e));
         }
         Ok(Ok(response)) => response,
     };
-    let (mut parts, body) = response.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(
-        parts,
-        body.map_err(Into::into).boxed_unsync(),
-    ))
+    headers::remove_hop_by_hop(response.headers_mut());
+    Ok(response)
 }
 
 /// Phase 8: on every response.

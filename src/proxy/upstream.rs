@@ -1,16 +1,25 @@
 //! The pooled clients that carry requests to upstreams.
 //!
-//! Routes differ in what they trust (`upstream_ca`) and speak
-//! (`upstream_http2`), so there is one client per distinct pair, built at
-//! start and shared by the routes that need it. Every https:// upstream is
-//! verified against the system roots plus the route's CA; there is no
-//! switch to turn verification off.
+//! A plain http:// HTTP/1.1 upstream, the common case, gets a lean pool of
+//! its own ([`http1`]), shared by the routes that name the same host:port.
+//! The others go through hyper-util's legacy client, which also speaks TLS
+//! and HTTP/2: routes differ in what they trust (`upstream_ca`) and speak
+//! (`upstream_http2`), so there is one such client per distinct pair, built
+//! at start and shared by the routes that need it. WebSocket upgrades use
+//! the legacy HTTP/1.1 client of the route's pair, whatever the scheme.
+//! Every https:// upstream is verified against the system roots plus the
+//! route's CA; there is no switch to turn verification off.
+
+pub mod http1;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::uri::{Authority, Scheme};
+use http::{Request, Response};
+use http_body_util::BodyExt;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -18,7 +27,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 
 use crate::config::{Problem, RouteConfig};
-use crate::response::Body;
+use crate::response::{Body, BoxError};
+use http1::Http1Pool;
 
 /// Idle upstream connections kept per host: enough for every in-flight
 /// request of a busy instance to find a warm connection.
@@ -33,7 +43,27 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// twice this, and may be accepted up to it.
 pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub type LegacyClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// How a route reaches its upstream.
+#[derive(Debug, Clone)]
+pub enum UpstreamClient {
+    Http1(Arc<Http1Pool>),
+    Legacy(Box<LegacyClient>),
+}
+
+impl UpstreamClient {
+    /// Sends a request with an absolute URI.
+    pub async fn request(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+        match self {
+            UpstreamClient::Http1(pool) => pool.send(req).await,
+            UpstreamClient::Legacy(client) => {
+                let response = client.request(req).await?;
+                Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+            }
+        }
+    }
+}
 
 /// The clients one route forwards with.
 #[derive(Debug, Clone)]
@@ -51,7 +81,8 @@ type ClientKey = (Option<PathBuf>, bool);
 /// Every client the routes need.
 #[derive(Debug)]
 pub struct Upstreams {
-    clients: HashMap<ClientKey, UpstreamClient>,
+    clients: HashMap<ClientKey, LegacyClient>,
+    http1: HashMap<Authority, Arc<Http1Pool>>,
 }
 
 impl Upstreams {
@@ -67,8 +98,15 @@ impl Upstreams {
             }
         };
         add(None, &system);
+        let mut http1 = HashMap::new();
         let mut seen = Vec::new();
         for (i, route) in routes.iter().enumerate() {
+            if plain_http1(route) {
+                let authority = &route.upstream.authority;
+                http1
+                    .entry(authority.clone())
+                    .or_insert_with(|| Http1Pool::new(authority));
+            }
             let Some(ca) = &route.upstream_ca else {
                 continue;
             };
@@ -94,7 +132,7 @@ impl Upstreams {
             }
         }
         if problems.is_empty() {
-            Ok(Upstreams { clients })
+            Ok(Upstreams { clients, http1 })
         } else {
             Err(problems)
         }
@@ -108,11 +146,26 @@ impl Upstreams {
                 .expect("built for every route by from_routes")
                 .clone()
         };
+        let request = if plain_http1(route) {
+            UpstreamClient::Http1(
+                self.http1
+                    .get(&route.upstream.authority)
+                    .expect("built for every plain HTTP/1.1 route by from_routes")
+                    .clone(),
+            )
+        } else {
+            UpstreamClient::Legacy(Box::new(get(route.upstream_http2)))
+        };
         RouteClients {
-            request: get(route.upstream_http2),
-            upgrade: get(false),
+            request,
+            upgrade: UpstreamClient::Legacy(Box::new(get(false))),
         }
     }
+}
+
+/// Whether the route's requests go through the lean HTTP/1.1 pool.
+fn plain_http1(route: &RouteConfig) -> bool {
+    route.upstream.scheme == Scheme::HTTP && !route.upstream_http2
 }
 
 /// The operating system's trusted roots, else the Mozilla set.
@@ -125,7 +178,7 @@ pub fn system_roots() -> RootCertStore {
     roots
 }
 
-fn client(roots: RootCertStore, http2: bool) -> UpstreamClient {
+fn client(roots: RootCertStore, http2: bool) -> LegacyClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
