@@ -153,13 +153,16 @@ pub(crate) fn oldest_first(mut families: Vec<FamilyInfo>) -> Vec<FamilyInfo> {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    // A table, not `write!("{:02x}")`: every Redis key of a refresh holds
+    // one or two of these, and the formatter cost more than the rest of
+    // building the key.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
 }
 
 pub fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
@@ -171,4 +174,17 @@ pub fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
         out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte_and_unhex_reverses_it() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+        let bytes: [u8; 16] = std::array::from_fn(|i| (i * 17) as u8);
+        assert_eq!(unhex::<16>(&hex(&bytes)), Some(bytes));
+        assert_eq!(unhex::<2>("0g00"), None);
+    }
 }
