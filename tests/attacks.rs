@@ -663,6 +663,32 @@ async fn smuggling_with_obsolete_line_folding_is_400() {
     assert_smuggling_refused(&s, &heads, CHUNKED_HELLO).await;
 }
 
+/// CONNECT asks a proxy for a raw tunnel; authgate is a reverse proxy and
+/// opens none, on any route, authenticated or not.
+#[tokio::test]
+async fn connect_tunnel_request_is_405_and_never_forwarded() {
+    let s = site("").await;
+    let bob = s.gw.access_token("bob", "bob-pw").await;
+    for (target, auth) in [
+        ("internal.example:443", String::new()),
+        ("127.0.0.1:22", format!("Authorization: Bearer {bob}\r\n")),
+        ("/public/x", String::new()),
+    ] {
+        let response = raw(
+            s.gw.addr,
+            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(status_of(&response), 405, "{target}: {response}");
+        assert!(
+            response.contains("\"error\":\"method_not_allowed\""),
+            "{response}"
+        );
+    }
+    assert_eq!(s.public.count(), 0);
+    assert_eq!(s.admin.count(), 0);
+}
+
 // ------------------------------------------------------------ route escape
 
 #[tokio::test]

@@ -167,6 +167,12 @@ async fn process(
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     check_head(gw, &req)?;
+    // A reverse proxy forwards requests to its routes; it opens no tunnels.
+    // Forwarded, a CONNECT that an upstream answered 2xx would turn the
+    // client's connection into a raw pipe past every later check.
+    if req.method() == http::Method::CONNECT {
+        return Err(GatewayError::MethodNotAllowed);
+    }
     let path = path::normalize(req.uri().path())
         .map_err(|e| match e {
             path::PathError::EscapesRoot => GatewayError::BadRequest("Path escapes the root"),
