@@ -9,34 +9,59 @@ use crate::config::{CookieConfig, SameSite};
 
 /// Iterates the `name=value` pairs of every `Cookie` header (RFC 6265
 /// §5.4 allows several after HTTP/2 header splitting). Malformed pairs
-/// are skipped, never an error: cookies are the browser's business.
+/// (no `=`, or not UTF-8) are skipped, never an error: cookies are the
+/// browser's business.
 pub fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
         .filter_map(|pair| {
-            let (name, value) = pair.split_once('=')?;
-            let value = value.trim();
-            let value = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(value);
-            Some((name.trim(), value))
+            let eq = memchr::memchr(b'=', pair)?;
+            let name = std::str::from_utf8(pair[..eq].trim_ascii()).ok()?;
+            Some((name, cookie_value(&pair[eq + 1..])?))
         })
 }
 
-/// The first non-empty value of cookie `name`.
+/// A pair's value: trimmed, one pair of double quotes removed.
+fn cookie_value(raw: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(raw.trim_ascii()).ok()?;
+    Some(
+        value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value),
+    )
+}
+
+/// The first non-empty value of cookie `name`: what [`pairs`] would find,
+/// without splitting every pair of every request's `Cookie` header (the
+/// fuzz target `cookies` holds the two to the same answers).
 pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    pairs(headers).find_map(|(n, v)| (n == name && !v.is_empty()).then_some(v))
+    let name = name.as_bytes();
+    headers.get_all(COOKIE).iter().find_map(|header| {
+        let header = header.as_bytes();
+        memchr::memmem::find_iter(header, name).find_map(|at| {
+            // The name must open its pair: only blanks since the `;`.
+            let opens = header[..at]
+                .iter()
+                .rev()
+                .find(|b| !b.is_ascii_whitespace())
+                .is_none_or(|b| *b == b';');
+            let rest = header[at + name.len()..].trim_ascii_start();
+            let value = rest.strip_prefix(b"=").filter(|_| opens)?;
+            let end = memchr::memchr(b';', value).unwrap_or(value.len());
+            cookie_value(&value[..end]).filter(|v| !v.is_empty())
+        })
+    })
 }
 
 /// Removes cookies `names` from the `Cookie` header(s), keeping the rest in
 /// order; drops the header when nothing is left.
 pub fn remove(headers: &mut HeaderMap, names: &[&str]) {
+    let values = headers.get_all(COOKIE);
     // Most requests carry none of them: find that out without allocating.
-    let mentions = headers.get_all(COOKIE).iter().any(|v| {
+    let mentions = values.iter().any(|v| {
         names
             .iter()
             .any(|n| memchr::memmem::find(v.as_bytes(), n.as_bytes()).is_some())
@@ -44,24 +69,30 @@ pub fn remove(headers: &mut HeaderMap, names: &[&str]) {
     if !mentions {
         return;
     }
-    let mut kept = String::new();
-    let values = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok());
-    for pair in values.flat_map(|v| v.split(';')).map(str::trim) {
-        let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
-        if pair.is_empty() || names.contains(&name) {
-            continue;
+    let mut kept: Vec<u8> = Vec::with_capacity(values.iter().map(|v| v.len()).sum());
+    for header in values {
+        let header = header.as_bytes();
+        let mut start = 0;
+        for end in memchr::memchr_iter(b';', header).chain([header.len()]) {
+            let pair = header[start..end].trim_ascii();
+            start = end + 1;
+            let name = match memchr::memchr(b'=', pair) {
+                Some(eq) => pair[..eq].trim_ascii(),
+                None => pair,
+            };
+            if pair.is_empty() || names.iter().any(|n| n.as_bytes() == name) {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(pair);
         }
-        if !kept.is_empty() {
-            kept.push_str("; ");
-        }
-        kept.push_str(pair);
     }
     headers.remove(COOKIE);
     if !kept.is_empty() {
-        if let Ok(value) = HeaderValue::from_str(&kept) {
+        // Bytes of header values joined by "; ": still a valid value.
+        if let Ok(value) = HeaderValue::from_bytes(&kept) {
             headers.insert(COOKIE, value);
         }
     }
@@ -146,6 +177,38 @@ mod tests {
     }
 
     #[test]
+    fn get_finds_what_pairs_finds() {
+        let cases = [
+            "access_token=a",
+            " x=1 ;  access_token = \"q\" ; y=2",
+            "xaccess_token=no; access_token=yes",
+            "x=access_token=no; access_token=yes",
+            "access_token=; access_token=second",
+            "access_token; access_token=after-a-bare-name",
+            "other=1",
+            "access_tokens=no",
+        ];
+        for case in cases {
+            let h = headers(&[case]);
+            let expected = pairs(&h)
+                .find(|(n, v)| *n == "access_token" && !v.is_empty())
+                .map(|(_, v)| v);
+            assert_eq!(get(&h, "access_token"), expected, "{case:?}");
+        }
+        assert_eq!(get(&headers(&[cases[1]]), "access_token"), Some("q"));
+        assert_eq!(get(&headers(&[cases[2]]), "access_token"), Some("yes"));
+        assert_eq!(get(&headers(&[cases[7]]), "access_token"), None);
+        // Not UTF-8 elsewhere in the header: only that pair is lost.
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"n=\xff\xfe; access_token=t").unwrap(),
+        );
+        assert_eq!(get(&h, "access_token"), Some("t"));
+        assert_eq!(pairs(&h).count(), 1);
+    }
+
+    #[test]
     fn removes_only_named_cookies() {
         let mut h = headers(&["a=1; access_token=xyz; b=2", "refresh_token=r"]);
         remove(&mut h, &["access_token", "refresh_token"]);
@@ -154,6 +217,10 @@ mod tests {
         let mut h = headers(&["access_token=xyz"]);
         remove(&mut h, &["access_token", "refresh_token"]);
         assert!(h.get(COOKIE).is_none());
+        // Blanks and empty pairs go; pairs without `=` are not ours.
+        let mut h = headers(&[" a=1 ;  access_token = x;b; ;c=3;"]);
+        remove(&mut h, &["access_token", "refresh_token"]);
+        assert_eq!(h[COOKIE], "a=1; b; c=3");
     }
 
     #[test]

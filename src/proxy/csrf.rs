@@ -136,6 +136,10 @@ pub fn presents_cookie_credential(gw: &Gateway, headers: &HeaderMap) -> bool {
 
 /// The pipeline's check, before authentication.
 pub fn check_proxied<B>(gw: &Gateway, req: &Request<B>) -> Result<(), GatewayError> {
+    // A safe method passes whatever its credential: no need to read cookies.
+    if is_safe(req.method()) && !is_websocket_handshake(req.headers()) {
+        return Ok(());
+    }
     if !presents_cookie_credential(gw, req.headers()) {
         return Ok(());
     }
