@@ -684,6 +684,15 @@ async fn connect_tunnel_request_is_405_and_never_forwarded() {
             response.contains("\"error\":\"method_not_allowed\""),
             "{response}"
         );
+        let allow = response.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("allow: ")
+                .map(str::to_owned)
+        });
+        assert!(
+            allow.is_some_and(|a| a.contains("get") && !a.contains("connect")),
+            "{response}"
+        );
     }
     assert_eq!(s.public.count(), 0);
     assert_eq!(s.admin.count(), 0);

@@ -171,7 +171,12 @@ async fn process(
     // Forwarded, a CONNECT that an upstream answered 2xx would turn the
     // client's connection into a raw pipe past every later check.
     if req.method() == http::Method::CONNECT {
-        return Err(GatewayError::MethodNotAllowed);
+        let mut response = GatewayError::MethodNotAllowed.into_response();
+        response.headers_mut().insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return Ok(response);
     }
     let path = path::normalize(req.uri().path())
         .map_err(|e| match e {
