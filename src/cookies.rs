@@ -15,12 +15,31 @@ pub fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(COOKIE)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .flat_map(|v| segments(v.as_bytes()))
         .filter_map(|pair| {
-            let eq = memchr::memchr(b'=', pair)?;
-            let name = std::str::from_utf8(pair[..eq].trim_ascii()).ok()?;
-            Some((name, cookie_value(&pair[eq + 1..])?))
+            let (name, value) = split_pair(pair);
+            Some((std::str::from_utf8(name).ok()?, cookie_value(value?)?))
         })
+}
+
+/// The `;`-separated pairs of one `Cookie` header, blanks trimmed.
+fn segments(header: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    memchr::memchr_iter(b';', header)
+        .chain([header.len()])
+        .map(move |end| {
+            let pair = header[start..end].trim_ascii();
+            start = end + 1;
+            pair
+        })
+}
+
+/// A pair's name, and its raw value when it has an `=`.
+fn split_pair(pair: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match memchr::memchr(b'=', pair) {
+        Some(eq) => (pair[..eq].trim_ascii(), Some(&pair[eq + 1..])),
+        None => (pair, None),
+    }
 }
 
 /// A pair's value: trimmed, one pair of double quotes removed.
@@ -70,24 +89,15 @@ pub fn remove(headers: &mut HeaderMap, names: &[&str]) {
         return;
     }
     let mut kept: Vec<u8> = Vec::with_capacity(values.iter().map(|v| v.len()).sum());
-    for header in values {
-        let header = header.as_bytes();
-        let mut start = 0;
-        for end in memchr::memchr_iter(b';', header).chain([header.len()]) {
-            let pair = header[start..end].trim_ascii();
-            start = end + 1;
-            let name = match memchr::memchr(b'=', pair) {
-                Some(eq) => pair[..eq].trim_ascii(),
-                None => pair,
-            };
-            if pair.is_empty() || names.iter().any(|n| n.as_bytes() == name) {
-                continue;
-            }
-            if !kept.is_empty() {
-                kept.extend_from_slice(b"; ");
-            }
-            kept.extend_from_slice(pair);
+    for pair in values.iter().flat_map(|v| segments(v.as_bytes())) {
+        let (name, _) = split_pair(pair);
+        if pair.is_empty() || names.iter().any(|n| n.as_bytes() == name) {
+            continue;
         }
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(pair);
     }
     headers.remove(COOKIE);
     if !kept.is_empty() {

@@ -20,6 +20,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::gateway::{Gateway, SharedGateway};
 use crate::proxy;
+use crate::response::BoxError;
 
 mod framing;
 mod timer;
@@ -236,8 +237,6 @@ where
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// Runs a hyper connection until it ends; once the listener drains, asks it
 /// to finish its in-flight requests and close. Boxed by the caller, so an
 /// idle task of `serve_plain` keeps no room for hyper's state.
@@ -304,7 +303,7 @@ impl AsyncWrite for Lent {
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -560,6 +560,15 @@ async fn spoofed_identity_header_named_in_connection_cannot_drop_the_real_one() 
 
 // ------------------------------------------------------- request smuggling
 
+/// The value of header `name` in the head of a raw response.
+fn raw_header<'a>(raw_response: &'a str, name: &str) -> Option<&'a str> {
+    let head = raw_response.split("\r\n\r\n").next()?;
+    head.lines().find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
 /// How many responses a raw exchange produced.
 fn responses_in(raw_response: &str) -> usize {
     raw_response.matches("HTTP/1.1 ").count()
@@ -684,11 +693,7 @@ async fn connect_tunnel_request_is_405_and_never_forwarded() {
             response.contains("\"error\":\"method_not_allowed\""),
             "{response}"
         );
-        let allow = response.lines().find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("allow: ")
-                .map(str::to_owned)
-        });
+        let allow = raw_header(&response, "allow").map(|a| a.to_ascii_lowercase());
         assert!(
             allow.is_some_and(|a| a.contains("get") && !a.contains("connect")),
             "{response}"
@@ -1411,14 +1416,8 @@ async fn read_response(stream: &mut TcpStream) -> String {
         out.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&out).into_owned();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
+            let length: usize =
+                raw_header(head, "content-length").map_or(0, |v| v.parse().unwrap());
             if body.len() >= length {
                 return text;
             }

@@ -178,17 +178,18 @@ mod tests {
         SocketAddr::new(ip.parse().unwrap(), 4000)
     }
 
+    /// A login attempt that passes the throttle and then fails.
+    async fn fail(t: &Throttle, username: &str, ip: &str) {
+        let attempt = t.begin(username, &HeaderMap::new(), peer(ip)).await;
+        attempt.unwrap().failed().await.unwrap();
+    }
+
     #[tokio::test]
     async fn username_budget_then_ban() {
         let t = throttle(2, 0);
         let h = HeaderMap::new();
         for _ in 0..2 {
-            t.begin("Alice", &h, peer("192.0.2.1"))
-                .await
-                .unwrap()
-                .failed()
-                .await
-                .unwrap();
+            fail(&t, "Alice", "192.0.2.1").await;
         }
         // Another case, another address: the same username.
         let e = t.begin("alice", &h, peer("192.0.2.2")).await.unwrap_err();
@@ -205,28 +206,13 @@ mod tests {
     async fn success_clears_the_username_and_the_address_counts_failures_only() {
         let t = throttle(2, 3);
         let h = HeaderMap::new();
-        t.begin("alice", &h, peer("192.0.2.1"))
-            .await
-            .unwrap()
-            .failed()
-            .await
-            .unwrap();
+        fail(&t, "alice", "192.0.2.1").await;
         let ok = t.begin("alice", &h, peer("192.0.2.1")).await.unwrap();
         ok.succeeded().await.unwrap();
         // alice starts afresh; the address has one failure on record, and
         // its third failure bans it.
-        t.begin("alice", &h, peer("192.0.2.1"))
-            .await
-            .unwrap()
-            .failed()
-            .await
-            .unwrap();
-        t.begin("bob", &h, peer("192.0.2.1"))
-            .await
-            .unwrap()
-            .failed()
-            .await
-            .unwrap();
+        fail(&t, "alice", "192.0.2.1").await;
+        fail(&t, "bob", "192.0.2.1").await;
         t.begin("carol", &h, peer("192.0.2.1")).await.unwrap_err();
     }
 

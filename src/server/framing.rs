@@ -103,13 +103,13 @@ impl Framing {
                 State::Lost => return,
                 State::Head => self.head(input),
                 State::Body(left) => {
-                    let n = left.min(input.len() as u64);
-                    self.state = if n == left {
+                    let (left, rest) = consume(left, input);
+                    self.state = if left == 0 {
                         State::Head
                     } else {
-                        State::Body(left - n)
+                        State::Body(left)
                     };
-                    &input[n as usize..]
+                    rest
                 }
                 State::Chunked(chunk) => self.chunked(chunk, input),
             };
@@ -188,7 +188,6 @@ impl Framing {
         }
         let index = self.heads;
         self.heads += 1;
-        self.partial = Vec::new();
         self.state = match head_framing(&request) {
             HeadFraming::Length(0) => State::Head,
             HeadFraming::Length(n) => State::Body(n),
@@ -204,13 +203,13 @@ impl Framing {
 
     fn chunked<'a>(&mut self, chunk: Chunk, input: &'a [u8]) -> &'a [u8] {
         if let Chunk::Data(left) = chunk {
-            let n = left.min(input.len() as u64);
-            self.state = State::Chunked(if n == left {
+            let (left, rest) = consume(left, input);
+            self.state = State::Chunked(if left == 0 {
                 Chunk::DataCr
             } else {
-                Chunk::Data(left - n)
+                Chunk::Data(left)
             });
-            return &input[n as usize..];
+            return rest;
         }
         let byte = input[0];
         let next = match (chunk, byte) {
@@ -258,6 +257,13 @@ impl Framing {
         }
         &input[1..]
     }
+}
+
+/// Takes up to `left` bytes of body off `input`: how many are still to
+/// come, and what follows them.
+fn consume(left: u64, input: &[u8]) -> (u64, &[u8]) {
+    let n = left.min(input.len() as u64);
+    (left - n, &input[n as usize..])
 }
 
 fn head_framing(request: &httparse::Request<'_, '_>) -> HeadFraming {

@@ -397,7 +397,6 @@ impl SessionStore for RedisSessionStore {
             })
             .await?;
         let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
-        let reindex = reply.first().is_some_and(|s| s == "rotated") && field(3) == "1";
         let rotation = match reply.first().map(String::as_str) {
             Some("rotated") => Rotation::Rotated {
                 username: field(1),
@@ -414,11 +413,12 @@ impl SessionStore for RedisSessionStore {
             Some("reused") => Rotation::Reused { username: field(1) },
             _ => Rotation::Invalid,
         };
-        if let (Rotation::Rotated { username, .. }, true) = (&rotation, reindex) {
+        // The script asks for the index only once its slack is used up.
+        if let (Rotation::Rotated { username, .. }, "1") = (&rotation, field(3).as_str()) {
             // The rotation has happened: failing the request now would make
             // the client's retry look like a replay. A missed index update
-            // only hides this family from `sessions list/revoke` until the
-            // next rotation.
+            // only hides this family from `sessions list/revoke`, once the
+            // index lapses, until a later rotation renews it.
             if let Err(e) = self.index_family(username, r.family, r.ttl).await {
                 tracing::warn!(event = "session_index_failed", user = %username, error = %e);
             }
