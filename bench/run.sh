@@ -100,6 +100,8 @@ authgate_config() { # file port algorithm-lines bcrypt-cost
 [server]
 listen = "127.0.0.1:$2"
 max_connections = 25000
+# As nginx's "keepalive 64" below: the same idle upstream connections.
+upstream_keepalive = 64
 ${BENCH_WORKERS:+worker_threads = $BENCH_WORKERS}
 
 [[routes]]

@@ -97,7 +97,10 @@ impl FilesAndSecrets {
             Some(tls) => keep(Tls::from_config(tls), &mut problems).map(Some),
             None => Some(None),
         };
-        let upstreams = keep(Upstreams::from_routes(&config.routes), &mut problems);
+        let upstreams = keep(
+            Upstreams::from_routes(&config.routes, config.server.upstream_keepalive),
+            &mut problems,
+        );
         match (jwt, tls, upstreams) {
             (Some(jwt), Some(tls), Some(upstreams)) if problems.is_empty() => Ok(FilesAndSecrets {
                 jwt,
@@ -245,7 +248,8 @@ impl Gateway {
             (Some(new), _) => Some(Arc::new(Tls::from_config(new).map_err(invalid)?)),
             (None, _) => None,
         };
-        let upstreams = Upstreams::from_routes(&config.routes).map_err(invalid)?;
+        let upstreams = Upstreams::from_routes(&config.routes, config.server.upstream_keepalive)
+            .map_err(invalid)?;
         let passwords = if config.users.bcrypt_cost == old.users.bcrypt_cost
             && config.users.max_concurrent_hashes == old.users.max_concurrent_hashes
         {

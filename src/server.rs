@@ -113,25 +113,70 @@ pub async fn serve(
 fn serve_connection(
     shared: &SharedGateway,
     builder: &Arc<auto::Builder<TokioExecutor>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    let current = shared.load();
-    let tls = current.tls.clone();
-    let server = &current.config.server;
-    let (header_timeout, idle_timeout) = (server.header_timeout, server.idle_timeout);
-    let framing = framing::Framing::new(max_head(server), server.max_headers);
-    let handshake_timeout = header_timeout;
-    drop(current);
-    let activity = timer::Activity::new();
-    let shared = shared.clone();
-    // Boxed per request: hyper keeps room for the service's future in every
-    // connection, idle ones included, and the pipeline's future is large.
-    let service = {
-        let activity = activity.clone();
+    crate::metrics::get().open_connections.inc();
+    let conn = Conn {
+        peer,
+        permit,
+        stop,
+        shared: shared.clone(),
+        builder: builder.clone(),
+    };
+    let tls = shared.load().tls.clone();
+    match tls {
+        None => spawn_plain(stream, conn),
+        Some(tls) => spawn_tls(stream, conn, tls),
+    }
+}
+
+type Answer = http::Response<timer::Held<crate::response::Body>>;
+
+/// What a connection keeps for its whole life, across sheds.
+struct Conn {
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    stop: watch::Receiver<bool>,
+    shared: SharedGateway,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+}
+
+impl Conn {
+    /// The socket wrapped with the deadlines current in the configuration.
+    fn timed<T>(&self, io: T, activity: Arc<timer::Activity>) -> timer::TimedIo<T> {
+        let current = self.shared.load();
+        let server = &current.config.server;
+        let framing = framing::Framing::new(max_head(server), server.max_headers);
+        timer::TimedIo::new(
+            io,
+            activity,
+            server.header_timeout,
+            server.idle_timeout,
+            framing,
+        )
+    }
+
+    /// The pipeline, as hyper calls it for each request.
+    fn service(
+        &self,
+        activity: Arc<timer::Activity>,
+    ) -> impl hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = Answer,
+        Error = Infallible,
+        Future: Send,
+    > + Clone
+           + Send
+           + 'static {
+        let shared = self.shared.clone();
+        let peer = self.peer;
+        // Boxed per request: hyper keeps room for the service's future in
+        // every connection, idle ones included, and the pipeline's future
+        // is large.
         service_fn(move |req| {
             // Each request sees the configuration current when it arrives.
             let gw = shared.load_full();
@@ -146,95 +191,95 @@ fn serve_connection(
                 Ok::<_, Infallible>(busy.hold(response))
             })
         })
-    };
-    let builder = builder.clone();
-    crate::metrics::get().open_connections.inc();
-    // Two tasks, not one with a branch: a task's allocation is sized for
-    // its largest state, and an idle plain connection should not carry
-    // room for a TLS session.
-    let Some(tls) = tls else {
-        let stream = timer::TimedIo::new(stream, activity, header_timeout, idle_timeout, framing);
-        let task = async move {
-            let served = serve_plain(stream, &builder, service, &mut stop).await;
-            connection_ended(served, peer, permit);
-        };
-        tokio::spawn(task);
-        return;
-    };
+    }
+
+    fn ended(self, served: Result<(), BoxError>) {
+        drop(self.permit);
+        crate::metrics::get().open_connections.dec();
+        if let Err(e) = served {
+            tracing::debug!(event = "connection_error", peer = %self.peer, error = %e);
+        }
+    }
+}
+
+/// Serves a plain-TCP connection with hyper until it ends or is shed (idle
+/// between HTTP/1 requests, see `timer`). A shed connection leaves this
+/// task, with hyper's connection and buffers, and waits in a small one of
+/// its own ([`park`]) for the client's next bytes.
+fn spawn_plain(stream: TcpStream, mut conn: Conn) {
     tokio::spawn(async move {
-        // The handshake shares the head's deadline: a client that opens a
-        // socket and says nothing is let go either way.
-        let served = match tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream))
-            .await
-        {
-            Ok(Ok(stream)) => {
-                let stream =
-                    timer::TimedIo::new(stream, activity, header_timeout, idle_timeout, framing);
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                until_done(Box::pin(conn.into_owned()), &mut stop).await
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(event = "tls_handshake_failed", peer = %peer, error = %e);
-                Ok(())
-            }
-            Err(_) => {
-                tracing::debug!(event = "tls_handshake_timeout", peer = %peer);
-                Ok(())
-            }
+        let activity = timer::Activity::new();
+        let service = conn.service(activity.clone());
+        let home = Arc::new(std::sync::Mutex::new(None));
+        let lent = Lent {
+            io: Some(conn.timed(stream, activity)),
+            home: home.clone(),
         };
-        connection_ended(served, peer, permit);
+        let served = {
+            let http = conn
+                .builder
+                .serve_connection_with_upgrades(TokioIo::new(lent), service);
+            until_done(Box::pin(http.into_owned()), &mut conn.stop).await
+        };
+        let shed = home.lock().expect("never poisoned").take();
+        match shed {
+            Some(io) if served.is_ok() => {
+                let (stream, idle_until) = io.into_shed();
+                tokio::spawn(park(stream, idle_until, conn));
+            }
+            _ => conn.ended(served),
+        }
     });
 }
 
-fn connection_ended(
-    served: Result<(), BoxError>,
-    peer: SocketAddr,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    drop(permit);
-    crate::metrics::get().open_connections.dec();
-    if let Err(e) = served {
-        tracing::debug!(event = "connection_error", peer = %peer, error = %e);
+/// A shed connection: only its socket, until the client sends again (then
+/// a new task serves it), the idle deadline passes, or the listener drains.
+/// Kept small on purpose: this is what each of 10,000 idle keep-alive
+/// clients costs.
+async fn park(stream: TcpStream, idle_until: tokio::time::Instant, mut conn: Conn) {
+    // `poll_read_ready`, not `readable()`: it takes the socket's reader
+    // slot, so the waker of the task that served the connection, left
+    // there by its last read, is let go (and the task's memory with it).
+    let readable = std::future::poll_fn(|cx| stream.poll_read_ready(cx));
+    let more = tokio::select! {
+        ready = readable => ready.is_ok(),
+        () = tokio::time::sleep_until(idle_until) => false,
+        _ = conn.stop.wait_for(|stop| *stop) => false,
+    };
+    if more {
+        spawn_plain(stream, conn);
+    } else {
+        conn.ended(Ok(()));
     }
 }
 
-/// Serves a plain-TCP connection. Whenever it is shed (idle between HTTP/1
-/// requests, see `timer`), hyper's connection and buffers are dropped and
-/// the socket waits alone for the client's next bytes, which a new hyper
-/// connection then serves.
-async fn serve_plain<S>(
-    mut io: timer::TimedIo<TcpStream>,
-    builder: &auto::Builder<TokioExecutor>,
-    service: S,
-    stop: &mut watch::Receiver<bool>,
-) -> Result<(), BoxError>
-where
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<timer::Held<crate::response::Body>>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let home = Arc::new(std::sync::Mutex::new(None));
-    loop {
-        let lent = Lent {
-            io: Some(io),
-            home: home.clone(),
-        };
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(lent), service.clone());
-        until_done(Box::pin(conn.into_owned()), stop).await?;
-        let Some(parked) = home.lock().expect("never poisoned").take() else {
-            return Ok(());
-        };
-        io = parked;
-        tokio::select! {
-            more = io.wait_for_request() => if !more { return Ok(()) },
-            _ = stop.wait_for(|stop| *stop) => return Ok(()),
-        }
-    }
+fn spawn_tls(stream: TcpStream, mut conn: Conn, tls: Arc<crate::tls::Tls>) {
+    tokio::spawn(async move {
+        // The handshake shares the head's deadline: a client that opens a
+        // socket and says nothing is let go either way.
+        let handshake_timeout = conn.shared.load().config.server.header_timeout;
+        let served =
+            match tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let activity = timer::Activity::new();
+                    let service = conn.service(activity.clone());
+                    let stream = conn.timed(stream, activity);
+                    let http = conn
+                        .builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    until_done(Box::pin(http.into_owned()), &mut conn.stop).await
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(event = "tls_handshake_failed", peer = %conn.peer, error = %e);
+                    Ok(())
+                }
+                Err(_) => {
+                    tracing::debug!(event = "tls_handshake_timeout", peer = %conn.peer);
+                    Ok(())
+                }
+            };
+        conn.ended(served);
+    });
 }
 
 /// Runs a hyper connection until it ends; once the listener drains, asks it

@@ -1476,8 +1476,16 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
         .await
         .unwrap();
     assert_eq!(status_of(&read_response(&mut stream).await), 200);
-    // ...then closed once idle (well before the 60 s header timeout).
+    let answered = std::time::Instant::now();
+    // ...then closed once idle (well before the 60 s header timeout). It is
+    // shed first (`SHED_AFTER` is shorter than the idle timeout): the task
+    // that parks its socket keeps the deadline.
     assert!(closed_within(&mut stream, Duration::from_secs(20)).await);
+    let waited = answered.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
     assert_eq!(s.public.count(), 2);
 }
 

@@ -25,6 +25,9 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// `[server] max_connections`: 25,000 concurrent client connections.
 pub const MAX_CONNECTIONS: usize = 25_000;
+/// `[server] upstream_keepalive`: idle connections kept per upstream
+/// host:port, enough for 256 requests in flight to each to find one warm.
+pub const UPSTREAM_KEEPALIVE: usize = 256;
 /// `[server.tls] min_version`: TLS 1.2 and 1.3 are both accepted.
 pub const TLS_MIN_VERSION: TlsVersion = TlsVersion::V1_2;
 /// `[[routes]] websocket`: `Upgrade: websocket` is carried unless a route says no.
@@ -106,6 +109,9 @@ pub fn idle_timeout() -> HumanDuration {
 }
 pub fn max_connections() -> usize {
     MAX_CONNECTIONS
+}
+pub fn upstream_keepalive() -> usize {
+    UPSTREAM_KEEPALIVE
 }
 pub fn auth_policy() -> AuthPolicy {
     AuthPolicy::Required

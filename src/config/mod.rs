@@ -91,6 +91,8 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Idle connections kept per upstream host:port (0: none).
+    pub upstream_keepalive: usize,
     pub log_format: LogFormat,
     pub worker_threads: Option<usize>,
     /// Peers whose `X-Forwarded-For` names the client (login throttling).
@@ -458,6 +460,7 @@ impl Validator<'_> {
             header_timeout: raw.header_timeout.0,
             idle_timeout: raw.idle_timeout.0,
             max_connections: raw.max_connections.max(1),
+            upstream_keepalive: raw.upstream_keepalive,
             log_format: raw.log_format,
             worker_threads: raw.worker_threads,
             trusted_proxies,

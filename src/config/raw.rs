@@ -64,6 +64,8 @@ pub struct RawServer {
     pub idle_timeout: HumanDuration,
     #[serde(default = "d::max_connections")]
     pub max_connections: usize,
+    #[serde(default = "d::upstream_keepalive")]
+    pub upstream_keepalive: usize,
     #[serde(default)]
     pub log_format: LogFormat,
     #[serde(default)]

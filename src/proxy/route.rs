@@ -129,7 +129,7 @@ mod tests {
 
     fn table(toml: &str) -> RouteTable {
         let routes = Config::parse(Path::new("g.toml"), toml).unwrap().routes;
-        RouteTable::new(&routes, &Upstreams::from_routes(&routes).unwrap())
+        RouteTable::new(&routes, &Upstreams::from_routes(&routes, 16).unwrap())
     }
 
     const ROUTES: &str = r#"

@@ -30,9 +30,6 @@ use crate::config::{Problem, RouteConfig};
 use crate::response::{Body, BoxError};
 use http1::Http1Pool;
 
-/// Idle upstream connections kept per host: enough for every in-flight
-/// request of a busy instance to find a warm connection.
-pub const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 /// How long an idle upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a TCP connect to an upstream may take.
@@ -86,15 +83,19 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Reads each route's `upstream_ca` and builds the clients. Errors name
-    /// the route's key and line.
-    pub fn from_routes(routes: &[RouteConfig]) -> Result<Upstreams, Vec<Problem>> {
+    /// Reads each route's `upstream_ca` and builds the clients, each
+    /// keeping up to `keepalive` idle connections per host:port. Errors
+    /// name the route's key and line.
+    pub fn from_routes(
+        routes: &[RouteConfig],
+        keepalive: usize,
+    ) -> Result<Upstreams, Vec<Problem>> {
         let system = system_roots();
         let mut clients = HashMap::new();
         let mut problems = Vec::new();
         let mut add = |ca: Option<PathBuf>, roots: &RootCertStore| {
             for http2 in [false, true] {
-                clients.insert((ca.clone(), http2), client(roots.clone(), http2));
+                clients.insert((ca.clone(), http2), client(roots.clone(), http2, keepalive));
             }
         };
         add(None, &system);
@@ -105,7 +106,7 @@ impl Upstreams {
                 let authority = &route.upstream.authority;
                 http1
                     .entry(authority.clone())
-                    .or_insert_with(|| Http1Pool::new(authority));
+                    .or_insert_with(|| Http1Pool::new(authority, keepalive));
             }
             let Some(ca) = &route.upstream_ca else {
                 continue;
@@ -178,7 +179,7 @@ pub fn system_roots() -> RootCertStore {
     roots
 }
 
-fn client(roots: RootCertStore, http2: bool) -> LegacyClient {
+fn client(roots: RootCertStore, http2: bool, keepalive: usize) -> LegacyClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -202,7 +203,7 @@ fn client(roots: RootCertStore, http2: bool) -> LegacyClient {
     };
     let mut client = Client::builder(TokioExecutor::new());
     client
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .pool_max_idle_per_host(keepalive)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
         .http1_max_buf_size(MAX_RESPONSE_HEAD_BYTES)

@@ -27,7 +27,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
-use super::{CONNECT_TIMEOUT, MAX_RESPONSE_HEAD_BYTES, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_HOST};
+use super::{CONNECT_TIMEOUT, MAX_RESPONSE_HEAD_BYTES, POOL_IDLE_TIMEOUT};
 use crate::response::{Body, BoxError};
 
 /// The connections to one upstream host:port.
@@ -37,6 +37,8 @@ pub struct Http1Pool {
     connector: HttpConnector,
     /// Oldest at the bottom, most recently returned on top.
     idle: Mutex<Vec<Idle>>,
+    /// The most idle connections kept; one more is closed after its response.
+    max_idle: usize,
     reaper_started: AtomicBool,
 }
 
@@ -54,7 +56,7 @@ impl fmt::Debug for Http1Pool {
 }
 
 impl Http1Pool {
-    pub fn new(authority: &Authority) -> Arc<Http1Pool> {
+    pub fn new(authority: &Authority, max_idle: usize) -> Arc<Http1Pool> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -68,6 +70,7 @@ impl Http1Pool {
             target,
             connector,
             idle: Mutex::new(Vec::new()),
+            max_idle,
             reaper_started: AtomicBool::new(false),
         })
     }
@@ -172,7 +175,7 @@ impl Http1Pool {
 
     fn push(&self, sender: SendRequest<Body>) {
         let mut idle = self.idle();
-        if idle.len() < POOL_MAX_IDLE_PER_HOST {
+        if idle.len() < self.max_idle {
             // Read under the lock, so the stack stays in time order.
             let since = Instant::now();
             idle.push(Idle { sender, since });
@@ -319,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_reused_once_its_body_is_read() {
         let (addr, accepted) = upstream(false).await;
-        let pool = Http1Pool::new(&addr.to_string().parse().unwrap());
+        let pool = Http1Pool::new(&addr.to_string().parse().unwrap(), 16);
         for _ in 0..3 {
             let response = pool.send(get(addr)).await.unwrap();
             assert_eq!(pool.idle_count(), 0, "returned before its body was read");
@@ -333,7 +336,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_closed_while_idle_is_replaced_without_failing() {
         let (addr, accepted) = upstream(true).await;
-        let pool = Http1Pool::new(&addr.to_string().parse().unwrap());
+        let pool = Http1Pool::new(&addr.to_string().parse().unwrap(), 16);
         for _ in 0..3 {
             let response = pool.send(get(addr)).await.unwrap();
             assert_eq!(text(response).await, "ok");
@@ -347,12 +350,26 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_unread_takes_its_connection_along() {
         let (addr, accepted) = upstream(false).await;
-        let pool = Http1Pool::new(&addr.to_string().parse().unwrap());
+        let pool = Http1Pool::new(&addr.to_string().parse().unwrap(), 16);
         let response = pool.send(get(addr)).await.unwrap();
         drop(response);
         assert_eq!(pool.idle_count(), 0);
         let response = pool.send(get(addr)).await.unwrap();
         assert_eq!(text(response).await, "ok");
         assert_eq!(*accepted.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn no_more_than_max_idle_connections_are_kept() {
+        let (addr, accepted) = upstream(false).await;
+        let pool = Http1Pool::new(&addr.to_string().parse().unwrap(), 2);
+        // Four in flight at once open four connections; two stay.
+        let responses = futures_util::future::join_all((0..4).map(|_| pool.send(get(addr)))).await;
+        for response in responses {
+            assert_eq!(text(response.unwrap()).await, "ok");
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(*accepted.lock().unwrap(), 4);
+        assert_eq!(pool.idle_count(), 2);
     }
 }
