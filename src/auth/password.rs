@@ -1,7 +1,10 @@
 //! bcrypt, kept off the proxy's threads.
 //!
 //! Hashes run on tokio's blocking pool behind a semaphore, so a login storm
-//! queues for bcrypt instead of occupying the workers that proxy requests.
+//! queues for bcrypt instead of occupying the workers that proxy requests,
+//! and at a lower CPU priority (nice +10), so on a core shared with a
+//! worker, bcrypt yields it to proxied requests instead of holding it for a
+//! whole time slice; logins still progress, only slower under full load.
 //! An unknown user is checked against a dummy hash of the same cost, so the
 //! answer takes as long as for a real user with a wrong password.
 
@@ -51,6 +54,7 @@ impl Passwords {
             None => self.dummy_hash.clone(),
         };
         let matched = tokio::task::spawn_blocking(move || {
+            yield_to_requests();
             bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false)
         })
         .await
@@ -65,7 +69,36 @@ impl Passwords {
             .await
             .expect("semaphore never closes");
         let cost = self.cost;
-        Ok(tokio::task::spawn_blocking(move || bcrypt::hash(password.as_bytes(), cost)).await??)
+        Ok(tokio::task::spawn_blocking(move || {
+            yield_to_requests();
+            bcrypt::hash(password.as_bytes(), cost)
+        })
+        .await??)
+    }
+}
+
+/// How much lower a thread that hashes passwords runs (added to its nice
+/// value).
+const HASHING_NICENESS: libc::c_int = 10;
+
+/// Lowers the calling (blocking-pool) thread's CPU priority, once: the
+/// scheduler then lets a proxy worker that wakes up preempt bcrypt at once.
+/// An unprivileged thread cannot raise its priority back, so the thread
+/// stays lowered for whatever blocking work it takes later (DNS lookups,
+/// file reads: background work too).
+fn yield_to_requests() {
+    thread_local!(static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    if LOWERED.replace(true) {
+        return;
+    }
+    // On Linux the nice value belongs to the thread: `who` 0 is this one.
+    // SAFETY: reads and sets this thread's own nice value; integers only.
+    let lowered = unsafe {
+        let current = libc::getpriority(libc::PRIO_PROCESS, 0);
+        libc::setpriority(libc::PRIO_PROCESS, 0, current + HASHING_NICENESS)
+    };
+    if lowered != 0 {
+        tracing::debug!(event = "hashing_priority_unchanged", error = %std::io::Error::last_os_error());
     }
 }
 
@@ -88,5 +121,20 @@ mod tests {
         // $2y$ (PHP) and $2a$ hashes verify too.
         let y = hash_blocking("pw", 4).unwrap().replacen("$2b$", "$2y$", 1);
         assert!(p.verify("pw".into(), Some(y)).await);
+    }
+
+    #[tokio::test]
+    async fn hashing_threads_run_at_a_lower_priority() {
+        let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let (before, after) = tokio::task::spawn_blocking(move || {
+            let before = nice();
+            yield_to_requests();
+            yield_to_requests();
+            (before, nice())
+        })
+        .await
+        .unwrap();
+        assert_eq!(after, (before + HASHING_NICENESS).min(19), "lowered once");
+        assert_eq!(nice(), before, "the worker thread keeps its priority");
     }
 }
