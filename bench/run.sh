@@ -224,6 +224,11 @@ RUST_LOG=warn start authgate-eddsa "$AUTHGATE" -c "$WORK/eddsa.toml" serve
 for p in $P_REDIS $P_UP $P_NGINX $P_NGINX64 $P_HAPROXY $P_AG $P_AG_LOGS $P_AG_ES $P_AG_ED; do
   wait_port "$p"
 done
+# A process that exited at once most likely found its port taken: whatever
+# answers there instead (say, a Redis left from another run) is not measured.
+for pid in "${PIDS[@]}"; do
+  kill -0 "$pid" 2>/dev/null || { log "pid $pid exited at start (port in use?), see $WORK/*.log"; exit 1; }
+done
 NGINX_WORKER=$(pgrep -P "$PID_nginx" | head -1)
 
 TOKEN=$($HELPER mint --secret "$SECRET")

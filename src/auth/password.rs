@@ -1,10 +1,9 @@
 //! bcrypt, kept off the proxy's threads.
 //!
-//! Hashes run on tokio's blocking pool behind a semaphore, so a login storm
-//! queues for bcrypt instead of occupying the workers that proxy requests,
-//! and at a lower CPU priority (nice +10), so on a core shared with a
-//! worker, bcrypt yields it to proxied requests instead of holding it for a
-//! whole time slice; logins still progress, only slower under full load.
+//! Hashes run behind a semaphore, each on a thread of its own at the
+//! `SCHED_IDLE` policy (see [`on_idle_thread`]): a login storm queues for
+//! bcrypt instead of occupying the workers that proxy requests, and bcrypt
+//! runs on the CPU time they leave.
 //! An unknown user is checked against a dummy hash of the same cost, so the
 //! answer takes as long as for a real user with a wrong password.
 
@@ -27,7 +26,7 @@ impl Passwords {
         } else {
             max_concurrent
         };
-        let dummy_hash = tokio::task::spawn_blocking(move || {
+        let dummy_hash = on_idle_thread(move || {
             let password: [u8; 16] = rand::random();
             bcrypt::hash(password, cost)
         })
@@ -53,12 +52,10 @@ impl Passwords {
             Some(h) => h.into(),
             None => self.dummy_hash.clone(),
         };
-        let matched = tokio::task::spawn_blocking(move || {
-            yield_to_requests();
-            bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
+        let matched =
+            on_idle_thread(move || bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false))
+                .await
+                .unwrap_or(false);
         known && matched
     }
 
@@ -69,37 +66,35 @@ impl Passwords {
             .await
             .expect("semaphore never closes");
         let cost = self.cost;
-        Ok(tokio::task::spawn_blocking(move || {
-            yield_to_requests();
-            bcrypt::hash(password.as_bytes(), cost)
-        })
-        .await??)
+        Ok(on_idle_thread(move || bcrypt::hash(password.as_bytes(), cost)).await??)
     }
 }
 
-/// How much lower a thread that hashes passwords runs (added to its nice
-/// value).
-const HASHING_NICENESS: libc::c_int = 10;
-
-/// Lowers the calling (blocking-pool) thread's CPU priority, once: the
-/// scheduler then lets a proxy worker that wakes up preempt bcrypt at once.
-/// An unprivileged thread cannot raise its priority back, so the thread
-/// stays lowered for whatever blocking work it takes later (DNS lookups,
-/// file reads: background work too).
-fn yield_to_requests() {
-    thread_local!(static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
-    if LOWERED.replace(true) {
-        return;
-    }
-    // On Linux the nice value belongs to the thread: `who` 0 is this one.
-    // SAFETY: reads and sets this thread's own nice value; integers only.
-    let lowered = unsafe {
-        let current = libc::getpriority(libc::PRIO_PROCESS, 0);
-        libc::setpriority(libc::PRIO_PROCESS, 0, current + HASHING_NICENESS)
-    };
-    if lowered != 0 {
-        tracing::debug!(event = "hashing_priority_unchanged", error = %std::io::Error::last_os_error());
-    }
+/// Runs `work` on a new thread at the `SCHED_IDLE` policy: bcrypt then
+/// gets the CPU time the proxy leaves, and a worker that wakes on a core
+/// shared with it preempts it at once. Under a load that keeps every core
+/// busy, hashes slow down (the kernel still gives an idle thread a sliver
+/// of a busy core) rather than proxied requests. A thread per hash costs
+/// tens of microseconds against bcrypt's tens of milliseconds, and keeps
+/// the policy off tokio's blocking pool, whose threads also resolve
+/// upstream names.
+async fn on_idle_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("authgate-bcrypt".into())
+        .spawn(move || {
+            let param = libc::sched_param { sched_priority: 0 };
+            // On Linux the policy belongs to the thread: pid 0 is this one.
+            // SAFETY: `param` is valid for the call; this thread only.
+            if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+                let error = std::io::Error::last_os_error();
+                tracing::debug!(event = "hashing_priority_unchanged", error = %error);
+            }
+            let _ = done.send(work());
+        })?;
+    Ok(result.await?)
 }
 
 /// Hashes on the calling thread, for the CLI.
@@ -124,17 +119,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn hashing_threads_run_at_a_lower_priority() {
-        let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-        let (before, after) = tokio::task::spawn_blocking(move || {
-            let before = nice();
-            yield_to_requests();
-            yield_to_requests();
-            (before, nice())
-        })
-        .await
-        .unwrap();
-        assert_eq!(after, (before + HASHING_NICENESS).min(19), "lowered once");
-        assert_eq!(nice(), before, "the worker thread keeps its priority");
+    async fn hashes_run_on_threads_at_idle_priority() {
+        // SAFETY: reads the calling thread's own policy.
+        let policy = || unsafe { libc::sched_getscheduler(0) };
+        assert_eq!(on_idle_thread(policy).await.unwrap(), libc::SCHED_IDLE);
+        assert_eq!(policy(), libc::SCHED_OTHER, "the worker keeps its policy");
     }
 }
