@@ -274,7 +274,7 @@ def cmd_report(a):
                             and growth["authgate"] <= 64))
     if "stream" in extra:
         w("")
-        w("Case 7, 1 GiB streamed through one core (MB/s = 10^6 bytes/s; peak RSS during the transfer):")
+        w("Case 7, 1 GiB streamed through one core (MB/s = 10^6 bytes/s, median of the rounds; highest peak RSS during a transfer):")
         w("")
         w("| target | down MB/s | up MB/s | RSS before MiB | peak RSS down MiB | peak RSS up MiB |")
         w("|---|---:|---:|---:|---:|---:|")

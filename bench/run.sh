@@ -316,17 +316,36 @@ if has 7; then
     [[ $code == 200 && $bytes == 1073741824 ]] || log "$port $dir: $res"
     echo "$(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.1f", b / s / 1e6 }') $($HELPER rss --peak --pids "$pid")"
   }
+  specs=("nginx (default buffers):$NGINX_WORKER:$P_NGINX" "nginx (64 KiB buffers):$NGINX_WORKER:$P_NGINX64"
+    "haproxy:$PID_haproxy:$P_HAPROXY" "authgate:$PID_authgate:$P_AG")
+  declare -A BASE DOWN UP DPEAK UPEAK
+  for spec in "${specs[@]}"; do
+    IFS=: read -r name pid port <<<"$spec"
+    BASE[$name]=$($HELPER rss --pids "$pid")
+  done
+  # Rounds interleaved across targets, as for the other cases; the median
+  # transfer of each, and the highest peak.
+  for round in $(seq "$ROUNDS"); do
+    log "case 7: round $round/$ROUNDS"
+    for spec in "${specs[@]}"; do
+      IFS=: read -r name pid port <<<"$spec"
+      read -r down dpeak <<<"$(transfer "$pid" "$port" down)"
+      read -r up upeak <<<"$(transfer "$pid" "$port" up)"
+      DOWN[$name]+="$down "
+      UP[$name]+="$up "
+      DPEAK[$name]=$(( dpeak > ${DPEAK[$name]:-0} ? dpeak : ${DPEAK[$name]:-0} ))
+      UPEAK[$name]=$(( upeak > ${UPEAK[$name]:-0} ? upeak : ${UPEAK[$name]:-0} ))
+    done
+  done
+  median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
   {
     printf '{'
     sep=
-    for spec in "nginx (default buffers):$NGINX_WORKER:$P_NGINX" "nginx (64 KiB buffers):$NGINX_WORKER:$P_NGINX64" \
-      "haproxy:$PID_haproxy:$P_HAPROXY" "authgate:$PID_authgate:$P_AG"; do
+    for spec in "${specs[@]}"; do
       IFS=: read -r name pid port <<<"$spec"
-      base=$($HELPER rss --pids "$pid")
-      read -r down dpeak <<<"$(transfer "$pid" "$port" down)"
-      read -r up upeak <<<"$(transfer "$pid" "$port" up)"
       printf '%s"%s": {"down_mbs": %s, "up_mbs": %s, "base_kib": %s, "down_peak_kib": %s, "up_peak_kib": %s}' \
-        "$sep" "$name" "$down" "$up" "$base" "$dpeak" "$upeak"
+        "$sep" "$name" "$(median <<<"${DOWN[$name]}")" "$(median <<<"${UP[$name]}")" "${BASE[$name]}" \
+        "${DPEAK[$name]}" "${UPEAK[$name]}"
       sep=', '
     done
     printf '}\n'
