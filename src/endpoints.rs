@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use http::header::ALLOW;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -64,17 +63,9 @@ pub async fn serve(
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     if !endpoint.methods().contains(req.method()) {
-        let mut response = GatewayError::MethodNotAllowed.into_response();
-        let allow = endpoint
-            .methods()
-            .iter()
-            .map(Method::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
-        if let Ok(v) = HeaderValue::from_str(&allow) {
-            response.headers_mut().insert(ALLOW, v);
-        }
-        return Ok(response);
+        return Err(GatewayError::MethodNotAllowed {
+            allow: endpoint.methods(),
+        });
     }
     match endpoint {
         Endpoint::Login => Ok(login_page(gw, &req)),

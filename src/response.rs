@@ -54,7 +54,10 @@ pub enum GatewayError {
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed {
+        /// What the resource answers, for the `Allow` header.
+        allow: &'static [http::Method],
+    },
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
     #[error("request head too large")]
@@ -94,7 +97,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute | Self::NotFound => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadRequest(_) | Self::InvalidRequest(_) | Self::UnsupportedGrantType => {
                 StatusCode::BAD_REQUEST
             }
@@ -115,7 +118,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::NoRoute | Self::NotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::BadRequest(_) => "bad_request",
             Self::HeadTooLarge => "request_header_fields_too_large",
             Self::BodyTooLarge => "payload_too_large",
@@ -138,7 +141,7 @@ impl GatewayError {
         match self {
             Self::NoRoute => "No route matches this request".into(),
             Self::NotFound => "Not found".into(),
-            Self::MethodNotAllowed => "Method not allowed".into(),
+            Self::MethodNotAllowed { .. } => "Method not allowed".into(),
             Self::BadRequest(why) => (*why).into(),
             Self::HeadTooLarge => "Request header fields too large".into(),
             Self::BodyTooLarge => "Request body too large".into(),
@@ -177,6 +180,12 @@ impl GatewayError {
             }
             Self::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Self::MethodNotAllowed { allow } => {
+                let allow = allow.iter().map(http::Method::as_str).collect::<Vec<_>>();
+                if let Ok(value) = HeaderValue::from_str(&allow.join(", ")) {
+                    headers.insert(http::header::ALLOW, value);
+                }
             }
             _ => {}
         }

@@ -160,6 +160,18 @@ fn record_metrics(gw: &Gateway, ctx: &RequestContext, status: u16) {
     }
 }
 
+/// What a route answers to, as a 405 for CONNECT says (any other method is
+/// forwarded).
+const PROXIED_METHODS: [http::Method; 7] = [
+    http::Method::GET,
+    http::Method::HEAD,
+    http::Method::POST,
+    http::Method::PUT,
+    http::Method::PATCH,
+    http::Method::DELETE,
+    http::Method::OPTIONS,
+];
+
 /// The phases, top to bottom.
 async fn process(
     gw: &Gateway,
@@ -171,12 +183,9 @@ async fn process(
     // Forwarded, a CONNECT that an upstream answered 2xx would turn the
     // client's connection into a raw pipe past every later check.
     if req.method() == http::Method::CONNECT {
-        let mut response = GatewayError::MethodNotAllowed.into_response();
-        response.headers_mut().insert(
-            http::header::ALLOW,
-            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-        );
-        return Ok(response);
+        return Err(GatewayError::MethodNotAllowed {
+            allow: &PROXIED_METHODS,
+        });
     }
     let path = path::normalize(req.uri().path())
         .map_err(|e| match e {
