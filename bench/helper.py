@@ -184,6 +184,7 @@ def median_of(runs, key):
 ROWS = [
     ("1", "nginx", "nginx plain proxy (no auth)"),
     ("1", "haproxy", "HAProxy 2.6 jwt_verify HS256"),
+    ("1", "hyper-floor", "hyper server → hyper client, nothing else (bench/floor.rs)"),
     ("1", "authgate", "authgate HS256 Bearer"),
     ("1", "authgate-logs", "authgate HS256 Bearer, access log on"),
     ("2", "authgate-cookie", "authgate HS256 access cookie"),

@@ -174,22 +174,21 @@ impl Conn {
            + 'static {
         let shared = self.shared.clone();
         let peer = self.peer;
-        // Boxed per request: hyper keeps room for the service's future in
-        // every connection, idle ones included, and the pipeline's future
-        // is large.
         service_fn(move |req| {
             // Each request sees the configuration current when it arrives.
             let gw = shared.load_full();
             let busy = activity.busy();
+            // Boxed per request: hyper keeps room for the service's future
+            // in every connection, idle ones included, and the pipeline's
+            // future is large. Only the pipeline is boxed, not a future
+            // around it: that one would carry a second copy of it.
             let smuggled = activity.received_smuggled();
-            Box::pin(async move {
-                let response = if smuggled {
-                    refuse_smuggled(peer)
-                } else {
-                    proxy::handle(gw, req, peer).await
-                };
-                Ok::<_, Infallible>(busy.hold(response))
-            })
+            let response: Pin<Box<dyn Future<Output = _> + Send>> = if smuggled {
+                Box::pin(std::future::ready(refuse_smuggled(peer)))
+            } else {
+                Box::pin(proxy::handle(gw, req, peer))
+            };
+            async move { Ok::<_, Infallible>(busy.hold(response.await)) }
         })
     }
 

@@ -194,7 +194,7 @@ async fn process(
         })?
         .into_owned();
     if let Some(endpoint) = crate::endpoints::Endpoint::find(gw, &path) {
-        return crate::endpoints::serve(gw, endpoint, req, ctx).await;
+        return Box::pin(crate::endpoints::serve(gw, endpoint, req, ctx)).await;
     }
     let route = route_request(gw, &req, &path)?;
     ctx.route = Some(route.clone());
@@ -221,7 +221,10 @@ async fn process(
         other => other?,
     };
     if let Some(lifetime) = lifetime {
-        return websocket::proxy(gw, &route, req, &path, permit, lifetime, ctx).await;
+        return Box::pin(websocket::proxy(
+            gw, &route, req, &path, permit, lifetime, ctx,
+        ))
+        .await;
     }
     let upstream_request = mutate(gw, &route, req, &path, permit, ctx)?;
     forward(gw, &route, &route.clients.request, upstream_request, ctx).await
@@ -341,7 +344,7 @@ pub async fn authenticate(
     let Some(refresh_token) = cookies::get(headers, &gw.cookies.refresh) else {
         return Ok(Authn::Anonymous(failure));
     };
-    match gw.session_service.refresh(refresh_token).await {
+    match Box::pin(gw.session_service.refresh(refresh_token)).await {
         Ok(pair) => {
             ctx.set_session_cookies(gw, &pair);
             ctx.auth = "refreshed";

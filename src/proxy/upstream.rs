@@ -13,10 +13,12 @@
 pub mod http1;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -50,13 +52,23 @@ pub enum UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// Sends a request with an absolute URI.
-    pub async fn request(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+    /// Sends a request with an absolute URI. Not an `async fn`: the common
+    /// HTTP/1 future is returned as it is, without a layer that would keep
+    /// a second copy of the request (see `proxy::forward`).
+    pub fn request(
+        &self,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send + 'static {
         match self {
-            UpstreamClient::Http1(pool) => pool.send(req).await,
+            UpstreamClient::Http1(pool) => Either::Left(pool.clone().send(req)),
             UpstreamClient::Legacy(client) => {
-                let response = client.request(req).await?;
-                Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+                let client = client.clone();
+                // Boxed: its future is large, and every request's future
+                // would otherwise carry room for it.
+                Either::Right(Box::pin(async move {
+                    let response = client.request(req).await?;
+                    Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+                }))
             }
         }
     }

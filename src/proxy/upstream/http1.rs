@@ -77,10 +77,7 @@ impl Http1Pool {
 
     /// Sends `req` (an absolute URI, sent in origin form) on an idle
     /// connection, or a new one when none is left.
-    pub async fn send(
-        self: &Arc<Self>,
-        mut req: Request<Body>,
-    ) -> Result<Response<Body>, BoxError> {
+    pub async fn send(self: Arc<Self>, mut req: Request<Body>) -> Result<Response<Body>, BoxError> {
         origin_form(req.uri_mut());
         while let Some(mut sender) = self.checkout() {
             match sender.try_send_request(req).await {
@@ -94,7 +91,8 @@ impl Http1Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        // Boxed: dialing is rare, and its future is large.
+        let mut sender = Box::pin(self.connect()).await?;
         let response = sender.send_request(req).await?;
         Ok(self.response(response, sender))
     }
@@ -324,7 +322,7 @@ mod tests {
         let (addr, accepted) = upstream(false).await;
         let pool = Http1Pool::new(&addr.to_string().parse().unwrap(), 16);
         for _ in 0..3 {
-            let response = pool.send(get(addr)).await.unwrap();
+            let response = pool.clone().send(get(addr)).await.unwrap();
             assert_eq!(pool.idle_count(), 0, "returned before its body was read");
             assert_eq!(text(response).await, "ok");
             tokio::task::yield_now().await;
@@ -338,7 +336,7 @@ mod tests {
         let (addr, accepted) = upstream(true).await;
         let pool = Http1Pool::new(&addr.to_string().parse().unwrap(), 16);
         for _ in 0..3 {
-            let response = pool.send(get(addr)).await.unwrap();
+            let response = pool.clone().send(get(addr)).await.unwrap();
             assert_eq!(text(response).await, "ok");
             // Give the upstream's close time to arrive, or not: either way
             // the next request must succeed.
@@ -351,10 +349,10 @@ mod tests {
     async fn a_body_dropped_unread_takes_its_connection_along() {
         let (addr, accepted) = upstream(false).await;
         let pool = Http1Pool::new(&addr.to_string().parse().unwrap(), 16);
-        let response = pool.send(get(addr)).await.unwrap();
+        let response = pool.clone().send(get(addr)).await.unwrap();
         drop(response);
         assert_eq!(pool.idle_count(), 0);
-        let response = pool.send(get(addr)).await.unwrap();
+        let response = pool.clone().send(get(addr)).await.unwrap();
         assert_eq!(text(response).await, "ok");
         assert_eq!(*accepted.lock().unwrap(), 2);
     }
@@ -364,7 +362,8 @@ mod tests {
         let (addr, accepted) = upstream(false).await;
         let pool = Http1Pool::new(&addr.to_string().parse().unwrap(), 2);
         // Four in flight at once open four connections; two stay.
-        let responses = futures_util::future::join_all((0..4).map(|_| pool.send(get(addr)))).await;
+        let responses =
+            futures_util::future::join_all((0..4).map(|_| pool.clone().send(get(addr)))).await;
         for response in responses {
             assert_eq!(text(response.unwrap()).await, "ok");
         }
