@@ -2,6 +2,7 @@
 //! `/healthz`, `/readyz` (all under `[auth] path_prefix`) and
 //! `/.well-known/jwks.json`. They take precedence over routes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -12,6 +13,7 @@ use serde_json::json;
 use crate::auth::login::{self, BodyKind, TokenRequest};
 use crate::auth::redirect::safe_redirect;
 use crate::auth::refresh::{RefreshError, TokenPair};
+use crate::auth::Identity;
 use crate::cookies;
 use crate::gateway::Gateway;
 use crate::proxy::{authenticate, Authn, RequestContext};
@@ -203,7 +205,7 @@ async fn grant(
             };
             attempt.succeeded().await?;
             crate::metrics::get().login("success");
-            ctx.user = Some(user.username.clone());
+            ctx.user = Some(Arc::new(Identity::named(&user.username)));
             ctx.auth = "login";
             gw.session_service
                 .start(user)
@@ -228,7 +230,7 @@ async fn grant(
                 .refresh(&presented)
                 .await
                 .map_err(|e| refresh_error(gw, e, ctx))?;
-            ctx.user = Some(pair.user.username.clone());
+            ctx.user = Some(Arc::new(Identity::named(&pair.user.username)));
             ctx.auth = "refreshed";
             pair
         }
@@ -338,11 +340,11 @@ async fn userinfo(
     match authenticate(gw, req.headers(), ctx).await? {
         Authn::Authenticated { identity, .. } => {
             let mut claims = identity.extra.clone();
-            claims.insert("sub".into(), identity.sub.into());
-            if let Some(email) = identity.email {
-                claims.insert("email".into(), email.into());
+            claims.insert("sub".into(), identity.sub.clone().into());
+            if let Some(email) = &identity.email {
+                claims.insert("email".into(), email.clone().into());
             }
-            claims.insert("roles".into(), identity.roles.into());
+            claims.insert("roles".into(), identity.roles.clone().into());
             claims.insert("exp".into(), identity.exp.into());
             let mut response = response::json(StatusCode::OK, &claims);
             response.headers_mut().insert(

@@ -7,6 +7,7 @@
 //! the previous (rotation) keys; an unknown `kid` is an invalid token.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
@@ -54,6 +55,7 @@ impl Claims {
             extra: self.extra,
             exp: self.exp,
             session: self.sid.as_deref().and_then(unhex),
+            header_values: OnceLock::new(),
         }
     }
 }
@@ -286,18 +288,18 @@ impl JwtService {
 
     /// Verifies a token, or finds it among those verified before (see
     /// [`TokenCache`]); only a success is remembered.
-    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
         if token.len() > defaults::MAX_TOKEN_BYTES {
             return Err(TokenError::Invalid);
         }
         let now = super::now_secs();
         let cache_key = TokenCache::key(token);
-        if let Some(claims) = self.cache.get(&cache_key, now) {
-            return Ok(claims);
+        if let Some(identity) = self.cache.get(&cache_key, now) {
+            return Ok(identity);
         }
-        let claims = self.verify_uncached(token)?;
-        self.cache.insert(cache_key, &claims, now);
-        Ok(claims)
+        let identity = Arc::new(self.verify_uncached(token)?.into_identity());
+        self.cache.insert(cache_key, &identity, now);
+        Ok(identity)
     }
 
     fn verify_uncached(&self, token: &str) -> Result<Claims, TokenError> {
@@ -391,10 +393,9 @@ mod tests {
         let first = jwt.verify(&token).unwrap();
         assert_eq!(jwt.cache.len(), 1);
         let second = jwt.verify(&token).unwrap();
-        assert_eq!(
-            serde_json::to_value(&first).unwrap(),
-            serde_json::to_value(&second).unwrap()
-        );
+        assert_eq!(first.sub, "alice");
+        // A hit shares the identity (and its header values), not a copy.
+        assert!(Arc::ptr_eq(&first, &second));
         // Failures are never remembered.
         let tampered = format!("{}x", &token[..token.len() - 1]);
         assert_eq!(jwt.verify(&tampered).unwrap_err(), TokenError::Invalid);

@@ -4,7 +4,9 @@
 //! for its whole lifetime, so after the first verification the signature
 //! check (an ES256 or EdDSA verification costs tens of microseconds) and the
 //! claims parsing are repeated work. The cache maps SHA-256 of the whole
-//! token string to the claims its verification returned.
+//! token string to the identity its verification returned, shared: a hit
+//! is a reference count, not a copy of the claims, and carries the
+//! identity headers' values made for the token's first request.
 //!
 //! What keeps this as strict as verifying every time:
 //! - only tokens that verified are stored; a forged or altered token is a
@@ -22,11 +24,11 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 
-use super::jwt::Claims;
+use super::Identity;
 
 /// The most tokens remembered at once (about 300 bytes each with typical
 /// claims: ~20 MiB when full).
@@ -38,7 +40,7 @@ pub type TokenKey = [u8; 32];
 
 #[derive(Debug)]
 struct Entry {
-    claims: Claims,
+    identity: Arc<Identity>,
     /// Insertion order within the shard, for evicting the oldest half.
     seq: u64,
 }
@@ -97,19 +99,19 @@ impl TokenCache {
         &self.shards[usize::from(key[31]) % SHARDS]
     }
 
-    /// The claims of a token verified before, while `now < exp`.
-    pub fn get(&self, key: &TokenKey, now: u64) -> Option<Claims> {
+    /// The identity of a token verified before, while `now < exp`.
+    pub fn get(&self, key: &TokenKey, now: u64) -> Option<Arc<Identity>> {
         let shard = self.shard(key).read().unwrap_or_else(|e| e.into_inner());
         shard
             .entries
             .get(key)
-            .filter(|entry| now < entry.claims.exp)
-            .map(|entry| entry.claims.clone())
+            .filter(|entry| now < entry.identity.exp)
+            .map(|entry| entry.identity.clone())
     }
 
-    /// Remembers the claims of a token that just verified.
-    pub fn insert(&self, key: TokenKey, claims: &Claims, now: u64) {
-        if now >= claims.exp {
+    /// Remembers the identity of a token that just verified.
+    pub fn insert(&self, key: TokenKey, identity: &Arc<Identity>, now: u64) {
+        if now >= identity.exp {
             return;
         }
         let mut shard = self.shard(&key).write().unwrap_or_else(|e| e.into_inner());
@@ -117,7 +119,7 @@ impl TokenCache {
             return;
         }
         if shard.entries.len() >= self.per_shard {
-            shard.entries.retain(|_, e| now < e.claims.exp);
+            shard.entries.retain(|_, e| now < e.identity.exp);
         }
         if shard.entries.len() >= self.per_shard {
             // Sequence numbers are dense per shard, so this keeps the newer
@@ -130,7 +132,7 @@ impl TokenCache {
         shard.entries.insert(
             key,
             Entry {
-                claims: claims.clone(),
+                identity: identity.clone(),
                 seq,
             },
         );
@@ -152,20 +154,14 @@ impl TokenCache {
 mod tests {
     use super::*;
 
-    fn claims(sub: &str, exp: u64) -> Claims {
-        Claims {
+    fn claims(sub: &str, exp: u64) -> Arc<Identity> {
+        Arc::new(Identity {
             sub: sub.into(),
             exp,
-            iat: 0,
-            nbf: 0,
-            iss: "authgate".into(),
-            aud: None,
-            jti: format!("jti-{sub}"),
-            sid: None,
             email: Some(format!("{sub}@example.com")),
             roles: vec!["admin".into()],
-            extra: serde_json::Map::new(),
-        }
+            ..Identity::default()
+        })
     }
 
     #[test]
@@ -176,7 +172,6 @@ mod tests {
         cache.insert(key, &claims("alice", 200), 100);
         let hit = cache.get(&key, 150).unwrap();
         assert_eq!(hit.sub, "alice");
-        assert_eq!(hit.jti, "jti-alice");
         assert_eq!(hit.email.as_deref(), Some("alice@example.com"));
         // Another token, even one byte apart, misses.
         assert!(cache.get(&TokenCache::key("a.b.d"), 150).is_none());

@@ -78,7 +78,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str)
         }
         None => peer,
     };
-    if let Ok(value) = HeaderValue::from_str(&xff) {
+    if let Ok(value) = HeaderValue::try_from(xff) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -165,14 +165,15 @@ impl IdentityHeaders {
 
     /// Sets the identity headers of an authenticated user.
     pub fn inject(&self, headers: &mut HeaderMap, identity: &Identity) {
-        if let Ok(v) = HeaderValue::from_str(&identity.sub) {
-            headers.insert(self.user.clone(), v);
+        let values = identity.header_values();
+        if let Some(v) = &values.user {
+            headers.insert(self.user.clone(), v.clone());
         }
-        if let Some(Ok(v)) = identity.email.as_deref().map(HeaderValue::from_str) {
-            headers.insert(self.email.clone(), v);
+        if let Some(v) = &values.email {
+            headers.insert(self.email.clone(), v.clone());
         }
-        if let Ok(v) = HeaderValue::from_str(&identity.roles.join(",")) {
-            headers.insert(self.roles.clone(), v);
+        if let Some(v) = &values.roles {
+            headers.insert(self.roles.clone(), v.clone());
         }
         for (header, claim) in &self.claims {
             let value = match identity.extra.get(claim) {

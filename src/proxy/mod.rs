@@ -49,7 +49,8 @@ pub struct RequestContext {
     pub started: Instant,
     pub peer: SocketAddr,
     pub route: Option<Arc<Route>>,
-    pub user: Option<String>,
+    /// Who the request is from, for the log line.
+    pub user: Option<Arc<Identity>>,
     /// Cookies to set on the response (a silent refresh or a login).
     pub set_cookies: Vec<HeaderValue>,
     pub upstream_latency: Option<Duration>,
@@ -96,15 +97,20 @@ impl RequestContext {
 fn new_request_id() -> HeaderValue {
     let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut text).as_bytes())
+    id.hyphenated().encode_lower(&mut text);
+    // Owned by its `Bytes`: one allocation, and the copies for the upstream
+    // and the response share it.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
         .expect("a uuid is a valid header value")
 }
 
 /// Entry point from the server: never fails, always answers.
 pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let mut ctx = RequestContext::new(req.headers(), peer);
-    let method = req.method().clone();
-    let uri_path = req.uri().path().to_owned();
+    // Kept for the log line only when there is one: the access log is off
+    // by default, and the copy would cost every request.
+    let logged = tracing::enabled!(target: "authgate::access", tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.uri().clone()));
     let mut response = match process(&gw, req, &mut ctx).await {
         Ok(response) => response,
         Err(error) => {
@@ -129,13 +135,16 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) 
     };
     response_filter(&mut response, &mut ctx);
     record_metrics(&gw, &ctx, response.status().as_u16());
+    let Some((method, uri)) = logged else {
+        return response;
+    };
     tracing::info!(
         target: "authgate::access",
         method = %method,
-        path = %uri_path,
+        path = uri.path(),
         route = ctx.route.as_ref().map_or("-", |r| r.name.as_str()),
         status = response.status().as_u16(),
-        user = ctx.user.as_deref().unwrap_or("-"),
+        user = ctx.user.as_ref().map_or("-", |user| user.sub.as_str()),
         auth = ctx.auth,
         upstream_ms = ctx.upstream_latency.map(|d| d.as_secs_f64() * 1000.0),
         total_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
@@ -187,12 +196,13 @@ async fn process(
             allow: &PROXIED_METHODS,
         });
     }
-    let path = path::normalize(req.uri().path())
-        .map_err(|e| match e {
-            path::PathError::EscapesRoot => GatewayError::BadRequest("Path escapes the root"),
-            path::PathError::Malformed => GatewayError::BadRequest("Malformed path"),
-        })?
-        .into_owned();
+    // A clone of the URI shares its bytes: the path borrows from it, not
+    // from the request, which moves on to the upstream.
+    let uri = req.uri().clone();
+    let path = path::normalize(uri.path()).map_err(|e| match e {
+        path::PathError::EscapesRoot => GatewayError::BadRequest("Path escapes the root"),
+        path::PathError::Malformed => GatewayError::BadRequest("Malformed path"),
+    })?;
     if let Some(endpoint) = crate::endpoints::Endpoint::find(gw, &path) {
         return Box::pin(crate::endpoints::serve(gw, endpoint, req, ctx)).await;
     }
@@ -259,17 +269,16 @@ fn check_head<B>(gw: &Gateway, req: &Request<B>) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// The request's host, lowercase and without port.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
+/// The request's host, without port (in the case the client wrote it).
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
     let host = req
         .uri()
         .host()
         .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))?;
-    let host = match host.rsplit_once(':') {
+    Some(match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
-    };
-    Some(host.to_ascii_lowercase())
+    })
 }
 
 /// Phase 3.
@@ -278,9 +287,8 @@ fn route_request<B>(
     req: &Request<B>,
     path: &str,
 ) -> Result<Arc<Route>, GatewayError> {
-    let host = request_host(req);
     gw.routes
-        .find(host.as_deref(), path)
+        .find(request_host(req), path)
         .cloned()
         .ok_or(GatewayError::NoRoute)
 }
@@ -297,9 +305,10 @@ pub enum Via {
 #[derive(Debug)]
 pub enum Authn {
     Authenticated {
-        identity: Identity,
-        /// The access token, for `forward_token`.
-        token: String,
+        /// Shared with the token cache.
+        identity: Arc<Identity>,
+        /// The access token, kept only for `[identity] forward_token`.
+        token: Option<String>,
         via: Via,
     },
     Anonymous(AuthFailure),
@@ -307,10 +316,21 @@ pub enum Authn {
 
 /// The token in `Authorization: Bearer` (scheme case-insensitive), if the
 /// header is a Bearer one.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let token = bearer_credentials(headers.get(AUTHORIZATION)?)?;
+    // `str::from_utf8` checks a word at a time; `HeaderValue::to_str`, a
+    // byte at a time, over a token of hundreds of bytes. A token that is
+    // not visible ASCII fails verification all the same.
+    std::str::from_utf8(token).ok().map(str::trim)
+}
+
+/// What follows `Bearer ` in an `Authorization` value, unchecked.
+fn bearer_credentials(value: &HeaderValue) -> Option<&[u8]> {
+    let value = value.as_bytes();
+    let space = memchr::memchr(b' ', value)?;
+    value[..space]
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| &value[space + 1..])
 }
 
 /// Phase 4. A Bearer header alone decides; otherwise the access cookie,
@@ -348,18 +368,23 @@ pub async fn authenticate(
         Ok(pair) => {
             ctx.set_session_cookies(gw, &pair);
             ctx.auth = "refreshed";
-            ctx.user = Some(pair.user.username.clone());
-            let identity = Identity {
+            let identity = Arc::new(Identity {
                 sub: pair.user.username.clone(),
                 email: pair.user.email.clone(),
                 roles: pair.user.roles.clone(),
                 extra: pair.user.claims.clone(),
                 exp: pair.issued_at + gw.jwt.access_ttl.as_secs(),
                 session: Some(pair.family),
-            };
+                header_values: Default::default(),
+            });
+            ctx.user = Some(identity.clone());
             Ok(Authn::Authenticated {
                 identity,
-                token: pair.access_token,
+                token: gw
+                    .config
+                    .identity
+                    .forward_token
+                    .then_some(pair.access_token),
                 via: Via::Refresh,
             })
         }
@@ -384,12 +409,12 @@ fn log_refresh_failure(error: &RefreshError, ctx: &RequestContext) {
 
 fn verified(gw: &Gateway, token: &str, via: Via, ctx: &mut RequestContext) -> Authn {
     match gw.jwt.verify(token) {
-        Ok(claims) => {
+        Ok(identity) => {
             ctx.auth = "ok";
-            ctx.user = Some(claims.sub.clone());
+            ctx.user = Some(identity.clone());
             Authn::Authenticated {
-                identity: claims.into_identity(),
-                token: token.to_string(),
+                identity,
+                token: gw.config.identity.forward_token.then(|| token.to_owned()),
                 via,
             }
         }
@@ -408,7 +433,7 @@ fn verified(gw: &Gateway, token: &str, via: Via, ctx: &mut RequestContext) -> Au
 /// [`authorize`] makes one, and [`mutate`] requires one.
 #[derive(Debug)]
 pub struct Permit {
-    identity: Option<(Identity, String)>,
+    identity: Option<(Arc<Identity>, Option<String>)>,
 }
 
 /// Phase 5.
@@ -465,12 +490,17 @@ fn mutate(
     headers::remove_hop_by_hop(headers);
     gw.identity.strip(headers);
     cookies::remove(headers, &[&gw.cookies.access, &gw.cookies.refresh]);
-    if route.auth != AuthPolicy::Public && bearer(headers).is_some() {
+    if route.auth != AuthPolicy::Public
+        && headers
+            .get(AUTHORIZATION)
+            .and_then(bearer_credentials)
+            .is_some()
+    {
         headers.remove(AUTHORIZATION);
     }
     if let Some((identity, token)) = &permit.identity {
         gw.identity.inject(headers, identity);
-        if gw.config.identity.forward_token {
+        if let Some(token) = token {
             if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
                 headers.insert(AUTHORIZATION, value);
             }
@@ -563,6 +593,18 @@ mod tests {
         assert_eq!(bearer(&h), Some("abc"));
         h.insert(AUTHORIZATION, HeaderValue::from_static("Basic Og=="));
         assert_eq!(bearer(&h), None);
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer"));
+        assert_eq!(bearer(&h), None);
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearerx abc"));
+        assert_eq!(bearer(&h), None);
+        // Not UTF-8: no token, though the scheme is Bearer (mutate still
+        // drops such a header before forwarding).
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
+        );
+        assert_eq!(bearer(&h), None);
+        assert!(bearer_credentials(&h[AUTHORIZATION]).is_some());
     }
 
     #[test]
@@ -572,6 +614,6 @@ mod tests {
             .header(HOST, "API.example.com:8080")
             .body(())
             .unwrap();
-        assert_eq!(request_host(&req).as_deref(), Some("api.example.com"));
+        assert_eq!(request_host(&req), Some("API.example.com"));
     }
 }

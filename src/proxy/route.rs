@@ -109,10 +109,15 @@ impl RouteTable {
         RouteTable { routes }
     }
 
-    /// `host` is the request's host without port, lowercase.
+    /// `host` is the request's host without port, in any case (route hosts
+    /// are lowercase).
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|route| {
-            route.host.as_deref().is_none_or(|h| Some(h) == host) && route.covers(path)
+            route
+                .host
+                .as_deref()
+                .is_none_or(|h| host.is_some_and(|host| h.eq_ignore_ascii_case(host)))
+                && route.covers(path)
         })
     }
 
@@ -179,6 +184,11 @@ mod tests {
         assert_eq!(
             upstream_of(&t, Some("other"), "/api/x"),
             "http://api/v1/api/x?q=1"
+        );
+        // Host names are compared without regard to case.
+        assert_eq!(
+            upstream_of(&t, Some("Admin.Example.COM"), "/api/x"),
+            "http://admin/api/x?q=1"
         );
     }
 

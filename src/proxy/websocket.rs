@@ -459,8 +459,8 @@ mod tests {
         };
         let of = |via| {
             Lifetime::of(&Authn::Authenticated {
-                identity: identity.clone(),
-                token: String::new(),
+                identity: std::sync::Arc::new(identity.clone()),
+                token: None,
                 via,
             })
         };
