@@ -21,7 +21,8 @@ fn write_config(dir: &tempfile::TempDir, body: &str) -> std::path::PathBuf {
 #[test]
 fn bad_configs_are_refused_with_key_and_line() {
     let cases: &[(&str, &str, &str)] = &[
-        ("[server]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n", "line 3", "listn"),
+        ("[server]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n", "line 3", "server.listn"),
+        ("[server]\nmax_connections = \"many\"\n", "line 2", "server.max_connections"),
         ("[server]\nrequest_timeout = \"forever\"\n", "line 2", "invalid duration"),
         ("[server]\nlisten = \"nowhere\"\n", "line 2", "server.listen"),
         ("[[routes]]\nprefix = \"api\"\nupstream = \"http://a\"\n", "line 2", "routes[0].prefix"),
@@ -36,6 +37,7 @@ fn bad_configs_are_refused_with_key_and_line() {
         ("[cookies]\nsame_site = \"none\"\nsecure = false\n", "line 2", "cookies.same_site"),
         ("[sessions]\nbackend = \"redis\"\n", "line 2", "sessions.redis_url"),
         ("[[routes]]\nprefix = \"/a\"\nupstream = \"http://a\"\nauth = \"maybe\"\n", "line 4", "maybe"),
+        ("[[routes]]\nprefix = \"/a\"\nupstream = \"http://a\"\nauth = 5\n", "line 4", "routes[0].auth"),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (body, line, key) in cases {

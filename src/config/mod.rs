@@ -321,12 +321,76 @@ impl Config {
     }
 }
 
+/// A file serde refused: a TOML syntax error, or a value of the wrong type,
+/// an unknown key, a missing one. Past syntax, the problem is named by the
+/// key its span falls in, as the validator names keys (`server.listen`,
+/// `routes[1].auth`).
 fn toml_problem(source: &str, error: &toml::de::Error) -> Problem {
+    let span = error.span();
+    let key = span
+        .as_ref()
+        .and_then(|span| key_at(source, span.start))
+        .unwrap_or_else(|| "(syntax)".into());
     Problem {
-        line: error.span().map(|s| line_of(source, &s)),
-        key: "(syntax)".into(),
+        line: span.map(|s| line_of(source, &s)),
+        key,
         message: error.message().to_string(),
     }
+}
+
+/// The dotted key whose name or value holds byte offset `at`; `None` when
+/// the file is not TOML at all (a syntax error) or nothing holds `at`.
+fn key_at(source: &str, at: usize) -> Option<String> {
+    let document = toml_edit::Document::parse(source).ok()?;
+    key_in_table(document.as_table(), at, "")
+}
+
+fn key_in_table(table: &toml_edit::Table, at: usize, prefix: &str) -> Option<String> {
+    table.iter().find_map(|(name, item)| {
+        let path = if prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        let key_span = table.get_key_value(name).and_then(|(key, _)| key.span());
+        key_in_item(item, at, &path).or_else(|| holds(key_span, at).then_some(path))
+    })
+}
+
+fn key_in_item(item: &toml_edit::Item, at: usize, path: &str) -> Option<String> {
+    match item {
+        toml_edit::Item::None => None,
+        toml_edit::Item::Value(value) => key_in_value(value, at, path),
+        // A table's span is its header: its keys lie elsewhere in the file.
+        toml_edit::Item::Table(table) => key_in_table(table, at, path)
+            .or_else(|| holds(table.span(), at).then(|| path.to_owned())),
+        toml_edit::Item::ArrayOfTables(tables) => {
+            tables.iter().enumerate().find_map(|(i, table)| {
+                let path = format!("{path}[{i}]");
+                key_in_table(table, at, &path).or_else(|| holds(table.span(), at).then_some(path))
+            })
+        }
+    }
+}
+
+fn key_in_value(value: &toml_edit::Value, at: usize, path: &str) -> Option<String> {
+    let inner = match value {
+        toml_edit::Value::InlineTable(table) => table.iter().find_map(|(name, inner)| {
+            let path = format!("{path}.{name}");
+            let key_span = table.get_key_value(name).and_then(|(key, _)| key.span());
+            key_in_value(inner, at, &path).or_else(|| holds(key_span, at).then_some(path))
+        }),
+        toml_edit::Value::Array(array) => array
+            .iter()
+            .enumerate()
+            .find_map(|(i, inner)| key_in_value(inner, at, &format!("{path}[{i}]"))),
+        _ => None,
+    };
+    inner.or_else(|| holds(value.span(), at).then(|| path.to_owned()))
+}
+
+fn holds(span: Option<Range<usize>>, at: usize) -> bool {
+    span.is_some_and(|span| span.contains(&at))
 }
 
 fn line_of(source: &str, span: &Range<usize>) -> usize {
@@ -1008,7 +1072,37 @@ mod tests {
     fn unknown_key_names_key_and_line() {
         let p = problems("[server]\nlisten = \"127.0.0.1:1\"\nlistn = \"x\"\n");
         assert_eq!(p[0].line, Some(3));
+        assert_eq!(p[0].key, "server.listn");
         assert!(p[0].message.contains("listn"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_line() {
+        let p = problems("[server]\nlisten = \"127.0.0.1:1\"\nmax_connections = \"abc\"\n");
+        assert_eq!(
+            (p[0].key.as_str(), p[0].line),
+            ("server.max_connections", Some(3))
+        );
+        assert!(p[0].message.contains("invalid type"), "{}", p[0].message);
+        let p = problems(
+            "[[routes]]\nprefix = \"/\"\nupstream = \"http://a\"\n\
+             [[routes]]\nprefix = \"/b\"\nupstream = \"http://b\"\nauth = 5\n",
+        );
+        assert_eq!((p[0].key.as_str(), p[0].line), ("routes[1].auth", Some(7)));
+        let p = problems("[identity]\nclaims = { \"X-Tenant\" = 7 }\n");
+        assert_eq!(p[0].key, "identity.claims.X-Tenant");
+        let p =
+            problems("[[routes]]\nprefix = \"/\"\nupstream = \"http://a\"\nroles = [\"a\", 5]\n");
+        assert_eq!(
+            (p[0].key.as_str(), p[0].line),
+            ("routes[0].roles[1]", Some(4))
+        );
+    }
+
+    #[test]
+    fn syntax_errors_stay_syntax_errors() {
+        let p = problems("[server]\nlisten = \n");
+        assert_eq!((p[0].key.as_str(), p[0].line), ("(syntax)", Some(2)));
     }
 
     #[test]
