@@ -313,6 +313,46 @@ async fn bearer_and_cookie_tokens_reach_the_upstream_as_identity() {
     assert_eq!(seen.headers["cookie"], "theme=dark");
 }
 
+/// The plain listener also speaks HTTP/2 by prior knowledge (h2c), as a
+/// load balancer talking h2c to its backends does: the same pipeline, the
+/// same identity, the same refusals.
+#[tokio::test]
+async fn h2c_clients_on_the_plain_listener_are_authenticated_and_proxied() {
+    let (up, gw) = setup().await;
+    let access = gw.access_token("alice", "alice-pw").await;
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2c
+        .get(gw.url("/api/h2c"))
+        .bearer_auth(&access)
+        .header("x-auth-user", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+    let seen = up.last();
+    assert_eq!(seen.uri, "/api/h2c");
+    assert_eq!(seen.headers["x-auth-user"], "alice");
+    assert_eq!(seen.headers.get_all("x-auth-user").iter().count(), 1);
+    // The client's :authority reaches the HTTP/1.1 upstream as Host.
+    assert_eq!(
+        seen.headers["host"],
+        gw.url("")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+    );
+    assert!(seen.headers.get("authorization").is_none());
+
+    let response = h2c.get(gw.url("/api/h2c")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+}
+
 #[tokio::test]
 async fn bearer_header_alone_decides() {
     let (_, gw) = setup().await;
