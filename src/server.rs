@@ -174,6 +174,7 @@ impl Conn {
            + 'static {
         let shared = self.shared.clone();
         let peer = self.peer;
+        let head_timer = Arc::new(proxy::upstream::HeadTimer::default());
         service_fn(move |req| {
             // Each request sees the configuration current when it arrives.
             let gw = shared.load_full();
@@ -186,7 +187,7 @@ impl Conn {
             let response: Pin<Box<dyn Future<Output = _> + Send>> = if smuggled {
                 Box::pin(std::future::ready(refuse_smuggled(peer)))
             } else {
-                Box::pin(proxy::handle(gw, req, peer))
+                Box::pin(proxy::handle(gw, req, peer, head_timer.clone()))
             };
             async move { Ok::<_, Infallible>(busy.hold(response.await)) }
         })

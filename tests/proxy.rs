@@ -262,6 +262,42 @@ async fn slow_upstream_is_504() {
     assert_eq!(gw.get("/slow/10").await.status(), 200);
 }
 
+/// The upstream timeout is one timer per client connection, re-armed for
+/// each request: on one keep-alive connection, each request gets its own
+/// full deadline, after a fast answer as after a timeout.
+#[tokio::test]
+async fn each_request_on_a_connection_gets_its_own_timeout() {
+    let up = Upstream::start("a").await;
+    let toml = format!(
+        "[server]\nrequest_timeout = \"300ms\"\n{}",
+        public_route("/", &up, "")
+    );
+    let gw = TestGateway::start(&toml, &[]).await;
+    let get = |path: &str, last: bool| {
+        let close = if last { "Connection: close\r\n" } else { "" };
+        format!("GET {path} HTTP/1.1\r\nHost: gw.test\r\n{close}\r\n")
+    };
+    // Pipelined on one connection: fast, slow (timed out), fast again (the
+    // timer that fired is re-armed, not left elapsed), nearly as slow as the
+    // timeout (a deadline from its own start, not the first request's).
+    let requests = [
+        get("/slow/10", false),
+        get("/slow/3000", false),
+        get("/slow/10", false),
+        get("/slow/200", true),
+    ]
+    .concat();
+    let started = std::time::Instant::now();
+    let answers = raw(gw.addr, requests.as_bytes()).await;
+    let statuses: Vec<&str> = answers
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &answers[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "504", "200", "200"], "{answers}");
+    // 10 + 300 + 10 + 200 ms and round trips: the timeout fired on time.
+    assert!(started.elapsed() < Duration::from_millis(1500));
+}
+
 #[tokio::test]
 async fn oversized_head_is_431() {
     let up = Upstream::start("a").await;

@@ -56,10 +56,16 @@ pub struct RequestContext {
     pub upstream_latency: Option<Duration>,
     /// Authentication outcome, for the log line.
     pub auth: &'static str,
+    /// The client connection's timer for upstream response heads.
+    pub head_timer: Arc<upstream::HeadTimer>,
 }
 
 impl RequestContext {
-    pub fn new(headers: &HeaderMap, peer: SocketAddr) -> RequestContext {
+    pub fn new(
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        head_timer: Arc<upstream::HeadTimer>,
+    ) -> RequestContext {
         let request_id = headers
             .get(&headers::X_REQUEST_ID)
             .filter(|v| headers::valid_request_id(v))
@@ -74,6 +80,7 @@ impl RequestContext {
             set_cookies: Vec::new(),
             upstream_latency: None,
             auth: "-",
+            head_timer,
         }
     }
 
@@ -105,8 +112,13 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// Entry point from the server: never fails, always answers.
-pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let mut ctx = RequestContext::new(req.headers(), peer);
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    head_timer: Arc<upstream::HeadTimer>,
+) -> Response<Body> {
+    let mut ctx = RequestContext::new(req.headers(), peer, head_timer);
     // Kept for the log line only when there is one: the access log is off
     // by default, and the copy would cost every request.
     let logged = tracing::enabled!(target: "authgate::access", tracing::Level::INFO)
@@ -546,13 +558,22 @@ async fn forward(
     req: Request<Body>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let started = Instant::now();
-    let result = tokio::time::timeout(gw.config.server.request_timeout, client.request(req)).await;
+    let started = tokio::time::Instant::now();
+    let result = {
+        let timer = ctx
+            .head_timer
+            .arm(started + gw.config.server.request_timeout);
+        tokio::select! {
+            biased;
+            result = client.request(req) => Some(result),
+            () = timer => None,
+        }
+    };
     ctx.upstream_latency = Some(started.elapsed());
     let mut response = match result {
-        Err(_) => return Err(GatewayError::UpstreamTimeout),
-        Ok(Err(e)) if upstream::body_too_large(&*e) => return Err(GatewayError::BodyTooLarge),
-        Ok(Err(e)) => {
+        None => return Err(GatewayError::UpstreamTimeout),
+        Some(Err(e)) if upstream::body_too_large(&*e) => return Err(GatewayError::BodyTooLarge),
+        Some(Err(e)) => {
             if let Some(tls) = upstream::tls_failure(&*e) {
                 tracing::warn!(
                     event = "upstream_tls_failed",
@@ -565,7 +586,7 @@ async fn forward(
             }
             return Err(GatewayError::UpstreamUnreachable(e));
         }
-        Ok(Ok(response)) => response,
+        Some(Ok(response)) => response,
     };
     headers::remove_hop_by_hop(response.headers_mut());
     Ok(response)
