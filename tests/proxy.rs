@@ -246,14 +246,19 @@ async fn unreachable_upstream_is_502() {
     );
 }
 
-#[tokio::test]
-async fn slow_upstream_is_504() {
+/// A gateway whose upstream timeout is 300 ms, in front of one public route.
+async fn with_300ms_timeout() -> (Upstream, TestGateway) {
     let up = Upstream::start("a").await;
     let toml = format!(
         "[server]\nrequest_timeout = \"300ms\"\n{}",
         public_route("/", &up, "")
     );
-    let gw = TestGateway::start(&toml, &[]).await;
+    (up, TestGateway::start(&toml, &[]).await)
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let (_up, gw) = with_300ms_timeout().await;
     let response = gw.get("/slow/2000").await;
     assert_eq!(response.status(), 504);
     let body: serde_json::Value = response.json().await.unwrap();
@@ -267,12 +272,7 @@ async fn slow_upstream_is_504() {
 /// full deadline, after a fast answer as after a timeout.
 #[tokio::test]
 async fn each_request_on_a_connection_gets_its_own_timeout() {
-    let up = Upstream::start("a").await;
-    let toml = format!(
-        "[server]\nrequest_timeout = \"300ms\"\n{}",
-        public_route("/", &up, "")
-    );
-    let gw = TestGateway::start(&toml, &[]).await;
+    let (_up, gw) = with_300ms_timeout().await;
     let get = |path: &str, last: bool| {
         let close = if last { "Connection: close\r\n" } else { "" };
         format!("GET {path} HTTP/1.1\r\nHost: gw.test\r\n{close}\r\n")
