@@ -30,8 +30,9 @@ use sha2::{Digest, Sha256};
 
 use super::Identity;
 
-/// The most tokens remembered at once (about 300 bytes each with typical
-/// claims: ~20 MiB when full).
+/// The most tokens remembered at once (about half a KiB each with typical
+/// claims: the identity, its header values and the key; ~32 MiB when
+/// full).
 pub const MAX_ENTRIES: usize = 64 * 1024;
 /// Independent locks, so threads verifying different tokens rarely meet.
 const SHARDS: usize = 16;
