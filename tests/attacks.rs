@@ -1320,19 +1320,36 @@ async fn bloated_upstream(bytes: usize) -> std::net::SocketAddr {
 }
 
 #[tokio::test]
-async fn upstream_response_head_past_the_read_buffer_is_502() {
-    let big = bloated_upstream(200 * 1024).await;
+async fn upstream_response_heads_past_64_kib_are_502() {
+    // Past the read buffer (hyper refuses it), past 64 KiB (authgate does),
+    // just under 64 KiB, and small.
+    let huge = bloated_upstream(300 * 1024).await;
+    let big = bloated_upstream(65 * 1024).await;
+    let fits = bloated_upstream(63 * 1024).await;
     let small = bloated_upstream(1024).await;
-    let toml = format!(
-        "[[routes]]\nprefix = \"/big\"\nupstream = \"http://{big}\"\nauth = \"public\"\n\
-         [[routes]]\nprefix = \"/small\"\nupstream = \"http://{small}\"\nauth = \"public\"\n"
-    );
+    let route = |prefix: &str, addr: std::net::SocketAddr| {
+        format!(
+            "[[routes]]\nprefix = \"{prefix}\"\nupstream = \"http://{addr}\"\nauth = \"public\"\n"
+        )
+    };
+    let toml = [
+        route("/huge", huge),
+        route("/big", big),
+        route("/fits", fits),
+        route("/small", small),
+    ]
+    .concat();
     let gw = TestGateway::start(&toml, &[]).await;
-    let response = gw.get("/big/x").await;
-    assert_eq!(response.status(), 502);
-    assert_eq!(json_of(response).await["error"], "bad_gateway");
-    let response = gw.get("/small/x").await;
-    assert_eq!(response.status(), 200);
+    for refused in ["/huge/x", "/big/x"] {
+        let response = gw.get(refused).await;
+        assert_eq!(response.status(), 502, "{refused}");
+        assert_eq!(json_of(response).await["error"], "bad_gateway");
+    }
+    for passed in ["/fits/x", "/small/x"] {
+        let response = gw.get(passed).await;
+        assert_eq!(response.status(), 200, "{passed}");
+        assert_eq!(response.text().await.unwrap(), "ok");
+    }
 }
 
 fn body_limit_site(up: &Upstream) -> String {

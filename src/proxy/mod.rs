@@ -588,6 +588,12 @@ async fn forward(
         }
         Some(Ok(response)) => response,
     };
+    if upstream::response_head_bytes(&response) > upstream::MAX_RESPONSE_HEAD_BYTES {
+        // Dropped unread: its connection is not reused.
+        return Err(GatewayError::UpstreamUnreachable(
+            "the upstream's response head is larger than 64 KiB".into(),
+        ));
+    }
     headers::remove_hop_by_hop(response.headers_mut());
     Ok(response)
 }

@@ -102,11 +102,28 @@ impl Drop for ArmedTimer<'_> {
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a TCP connect to an upstream may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The upstream read buffer: 64 KiB (hyper's default is about 400 KiB). A
-/// response head still incomplete when the buffer is full fails with 502;
-/// hyper checks before each read, so a head is refused for certain past
-/// twice this, and may be accepted up to it.
+/// The most an upstream connection's read buffer grows to (hyper's
+/// default is about 400 KiB). It starts at 8 KiB and grows only while
+/// reads fill it, as they do when a large body streams: with 64 KiB, a
+/// 1 GiB download moved a third slower than with this (bench/run.sh
+/// case 7). It also bounds a response head hyper will parse.
+pub const UPSTREAM_READ_BUFFER: usize = 256 * 1024;
+/// The largest upstream response head forwarded (status line and
+/// headers); a larger one is answered 502.
 pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+
+/// The size of a response head as it came on the wire, give or take the
+/// status line's reason phrase.
+pub fn response_head_bytes<B>(response: &Response<B>) -> usize {
+    const STATUS_LINE: usize = "HTTP/1.1 200 \r\n".len();
+    STATUS_LINE
+        + response
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>()
+        + 2
+}
 
 pub type LegacyClient = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -284,7 +301,7 @@ fn client(roots: RootCertStore, http2: bool, keepalive: usize) -> LegacyClient {
         .pool_max_idle_per_host(keepalive)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
-        .http1_max_buf_size(MAX_RESPONSE_HEAD_BYTES)
+        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
         .timer(TokioTimer::new())
         .http2_only(http2);
     client.build(connector)

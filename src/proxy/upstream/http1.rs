@@ -27,7 +27,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
-use super::{CONNECT_TIMEOUT, MAX_RESPONSE_HEAD_BYTES, POOL_IDLE_TIMEOUT};
+use super::{CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, UPSTREAM_READ_BUFFER};
 use crate::response::{Body, BoxError};
 
 /// The connections to one upstream host:port.
@@ -124,7 +124,7 @@ impl Http1Pool {
         poll_fn(|cx| connector.poll_ready(cx)).await?;
         let io = connector.call(self.target.clone()).await?;
         let (sender, connection) = http1::Builder::new()
-            .max_buf_size(MAX_RESPONSE_HEAD_BYTES)
+            .max_buf_size(UPSTREAM_READ_BUFFER)
             .handshake(io)
             .await?;
         tokio::spawn(async move {
