@@ -185,6 +185,7 @@ ROWS = [
     ("1", "nginx", "nginx plain proxy (no auth)"),
     ("1", "haproxy", "HAProxy 2.6 jwt_verify HS256"),
     ("1", "hyper-floor", "hyper server → hyper client, nothing else (bench/floor.rs)"),
+    ("1", "raw-floor", "tokio + httparse, no hyper, nothing else (bench/floor_raw.rs)"),
     ("1", "authgate", "authgate HS256 Bearer"),
     ("1", "authgate-logs", "authgate HS256 Bearer, access log on"),
     ("2", "authgate-cookie", "authgate HS256 access cookie"),

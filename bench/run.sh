@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # authgate benchmark: authgate beside nginx (plain proxy), HAProxy 2.6
 # (jwt_verify) and, in case 1, hyper's server in front of hyper's client
-# with nothing else (bench/floor.rs), on loopback, proxy + upstream pinned to one core and the
+# with nothing else (bench/floor.rs) and a bare tokio + httparse forwarder
+# (bench/floor_raw.rs), on loopback, proxy + upstream pinned to one core and the
 # load generator to another. See README "Performance".
 #
 #   bench/run.sh                       # everything: 3 rounds of 10 s, ~12 min
@@ -26,7 +27,7 @@ OUT=${BENCH_OUT:-$ROOT/bench/results/latest.md}
 HELPER="python3 $ROOT/bench/helper.py"
 
 P_UP=18001 P_NGINX=18010 P_NGINX64=18011 P_HAPROXY=18020
-P_AG=18030 P_AG_LOGS=18031 P_AG_ES=18032 P_AG_ED=18033 P_FLOOR=18040 P_REDIS=16379
+P_AG=18030 P_AG_LOGS=18031 P_AG_ES=18032 P_AG_ED=18033 P_FLOOR=18040 P_RAW=18041 P_REDIS=16379
 
 has() { [[ "$CASES" == *" $1 "* ]]; }
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -49,10 +50,11 @@ ulimit -n "$(ulimit -Hn)"
 
 log "building authgate and the upstream (release)"
 (cd "$ROOT" && cargo build --release --quiet &&
-  cargo build --release --quiet --example bench-upstream --example bench-floor)
+  cargo build --release --quiet --example bench-upstream --example bench-floor --example bench-floor-raw)
 AUTHGATE=$ROOT/target/release/authgate
 UPSTREAM=$ROOT/target/release/examples/bench-upstream
 FLOOR=$ROOT/target/release/examples/bench-floor
+FLOOR_RAW=$ROOT/target/release/examples/bench-floor-raw
 
 WORK=$(mktemp -d /tmp/authgate-bench.XXXXXX)
 mkdir -p "$WORK/raw" "$WORK/nginx/logs"
@@ -221,11 +223,12 @@ start upstream "$UPSTREAM" "127.0.0.1:$P_UP"
 start nginx nginx -p "$WORK/nginx" -e "$WORK/nginx/logs/error.log" -c "$WORK/nginx/nginx.conf" -g 'daemon off;'
 start haproxy haproxy -db -f "$WORK/haproxy.cfg"
 start floor "$FLOOR" "127.0.0.1:$P_FLOOR" "127.0.0.1:$P_UP"
+start floor-raw "$FLOOR_RAW" "127.0.0.1:$P_RAW" "127.0.0.1:$P_UP"
 RUST_LOG=warn start authgate "$AUTHGATE" -c "$WORK/hs256.toml" serve
 RUST_LOG=info start authgate-logs "$AUTHGATE" -c "$WORK/logs.toml" serve
 RUST_LOG=warn start authgate-es256 "$AUTHGATE" -c "$WORK/es256.toml" serve
 RUST_LOG=warn start authgate-eddsa "$AUTHGATE" -c "$WORK/eddsa.toml" serve
-for p in $P_REDIS $P_UP $P_NGINX $P_NGINX64 $P_HAPROXY $P_FLOOR $P_AG $P_AG_LOGS $P_AG_ES $P_AG_ED; do
+for p in $P_REDIS $P_UP $P_NGINX $P_NGINX64 $P_HAPROXY $P_FLOOR $P_RAW $P_AG $P_AG_LOGS $P_AG_ES $P_AG_ED; do
   wait_port "$p"
 done
 # A process that exited at once most likely found its port taken: whatever
@@ -258,6 +261,7 @@ run_target() { # target round duration
   nginx) "${WRK[@]}" -d"$d" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_NGINX/" ;;
   haproxy) "${WRK[@]}" -d"$d" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_HAPROXY/" ;;
   hyper-floor) "${WRK[@]}" -d"$d" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_FLOOR/" ;;
+  raw-floor) "${WRK[@]}" -d"$d" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_RAW/" ;;
   authgate) "${WRK[@]}" -d"$d" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG/" ;;
   authgate-logs) "${WRK[@]}" -d"$d" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG_LOGS/" ;;
   authgate-cookie) "${WRK[@]}" -d"$d" -H "Cookie: theme=dark; access_token=$TOKEN" "http://127.0.0.1:$P_AG/" ;;
@@ -271,7 +275,7 @@ run_target() { # target round duration
 }
 
 TARGETS=()
-has 1 && TARGETS+=(nginx haproxy hyper-floor authgate authgate-logs)
+has 1 && TARGETS+=(nginx haproxy hyper-floor raw-floor authgate authgate-logs)
 has 2 && TARGETS+=(authgate-cookie)
 has 3 && TARGETS+=(authgate-es256 authgate-eddsa)
 has 4 && TARGETS+=(authgate-refresh)
