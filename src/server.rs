@@ -185,7 +185,8 @@ impl Conn {
             // around it: that one would carry a second copy of it.
             let smuggled = activity.received_smuggled();
             let response: Pin<Box<dyn Future<Output = _> + Send>> = if smuggled {
-                Box::pin(std::future::ready(refuse_smuggled(peer)))
+                let refused = proxy::refuse_smuggled(&gw, &req, peer, head_timer.clone());
+                Box::pin(std::future::ready(refused))
             } else {
                 Box::pin(proxy::handle(gw, req, peer, head_timer.clone()))
             };
@@ -358,22 +359,6 @@ impl AsyncWrite for Lent {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.io().poll_shutdown(cx)
     }
-}
-
-/// A request that carried both Content-Length and Transfer-Encoding: a
-/// server behind could frame it by the length and read a second request
-/// from its body (request smuggling), so it is refused, not re-framed, and
-/// the connection closed, since where the next request starts is in doubt.
-fn refuse_smuggled(peer: SocketAddr) -> http::Response<crate::response::Body> {
-    tracing::warn!(event = "request_smuggling", peer = %peer, "Content-Length with Transfer-Encoding");
-    let mut response =
-        crate::response::GatewayError::BadRequest("Content-Length and Transfer-Encoding together")
-            .into_response();
-    response.headers_mut().insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
-    response
 }
 
 /// Resolves on SIGTERM or SIGINT.

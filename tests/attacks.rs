@@ -588,7 +588,14 @@ async fn smuggling_with_both_content_length_and_transfer_encoding_is_400() {
         "Content-Length: 60\r\nTransfer-Encoding: chunked\r\n",
         "content-length: 0\r\ntransfer-encoding: chunked\r\n",
     ];
-    assert_smuggling_refused(&s, &heads, CHUNKED_HELLO).await;
+    for response in assert_smuggling_refused(&s, &heads, CHUNKED_HELLO).await {
+        // The gateway's own answer, not hyper's: a JSON body and, as on
+        // every answer of the pipeline's, a request id to find it by in
+        // the log.
+        assert!(response.contains("\"error\":\"bad_request\""), "{response}");
+        let id = raw_header(&response, "x-request-id").unwrap_or_default();
+        assert_eq!(id.len(), 36, "{response}");
+    }
 }
 
 /// The same behind a good request on one keep-alive connection: the first
@@ -598,7 +605,8 @@ async fn smuggling_pipelined_after_a_good_request_is_400() {
     let s = site("").await;
     let request = format!(
         "GET /public/first HTTP/1.1\r\nHost: gw\r\n\r\n\
-         POST /public/x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n\
+         POST /public/x HTTP/1.1\r\nHost: gw\r\nX-Request-Id: smuggle-2\r\n\
+         Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n\
          {CHUNKED_HELLO}{SMUGGLED}"
     );
     let response = raw(s.gw.addr, request.as_bytes()).await;
@@ -607,6 +615,9 @@ async fn smuggling_pipelined_after_a_good_request_is_400() {
     let second = &response[response.rfind("HTTP/1.1 ").unwrap()..];
     assert!(second.starts_with("HTTP/1.1 400"), "{response}");
     assert!(second.contains("\"error\":\"bad_request\""), "{response}");
+    // The client's own request id, as the pipeline would keep it.
+    assert_eq!(raw_header(second, "x-request-id"), Some("smuggle-2"));
+    assert_eq!(raw_header(second, "connection"), Some("close"));
     assert_eq!(s.public.count(), 1);
     assert_eq!(s.public.last().uri, "/public/first");
     assert_eq!(s.admin.count(), 0);
@@ -617,15 +628,18 @@ const CHUNKED_HELLO: &str = "5\r\nhello\r\n0\r\n\r\n";
 
 /// Sends a POST with each of `heads`, then `body` and a smuggled request;
 /// each must be answered exactly once, 400, and reach no upstream.
-async fn assert_smuggling_refused(s: &Site, heads: &[&str], body: &str) {
+async fn assert_smuggling_refused(s: &Site, heads: &[&str], body: &str) -> Vec<String> {
+    let mut responses = Vec::new();
     for head in heads {
         let request = format!("POST /public/x HTTP/1.1\r\nHost: gw\r\n{head}\r\n{body}{SMUGGLED}");
         let response = raw(s.gw.addr, request.as_bytes()).await;
         assert_eq!(status_of(&response), 400, "{head:?}: {response}");
         assert_eq!(responses_in(&response), 1, "{head:?}: {response}");
+        responses.push(response);
     }
     assert_eq!(s.public.count(), 0);
     assert_eq!(s.admin.count(), 0);
+    responses
 }
 
 #[tokio::test]

@@ -119,34 +119,76 @@ pub async fn handle(
     head_timer: Arc<upstream::HeadTimer>,
 ) -> Response<Body> {
     let mut ctx = RequestContext::new(req.headers(), peer, head_timer);
-    // Kept for the log line only when there is one: the access log is off
-    // by default, and the copy would cost every request.
-    let logged = tracing::enabled!(target: "authgate::access", tracing::Level::INFO)
-        .then(|| (req.method().clone(), req.uri().clone()));
-    let mut response = match process(&gw, req, &mut ctx).await {
+    let logged = access_logged(&req);
+    let response = match process(&gw, req, &mut ctx).await {
         Ok(response) => response,
-        Err(error) => {
-            match &error {
-                GatewayError::Unavailable(_) => crate::metrics::get().store_error("store"),
-                GatewayError::UpstreamUnreachable(_) => {
-                    crate::metrics::get().upstream_error("connect")
-                }
-                GatewayError::UpstreamTimeout => crate::metrics::get().upstream_error("timeout"),
-                _ => {}
-            }
-            if error.status().is_server_error() {
-                tracing::warn!(
-                    event = "request_failed",
-                    request_id = ?ctx.request_id,
-                    error = %error,
-                    source = ?std::error::Error::source(&error),
-                );
-            }
-            error.into_response()
-        }
+        Err(error) => error_response(error, &ctx),
     };
-    response_filter(&mut response, &mut ctx);
-    record_metrics(&gw, &ctx, response.status().as_u16());
+    finish(&gw, response, &mut ctx, logged)
+}
+
+/// A request the listener refuses before the pipeline: one with both
+/// Content-Length and Transfer-Encoding, which a server behind could frame
+/// by the length and read a second request from its body (request
+/// smuggling). It is refused, not re-framed, and the connection closed,
+/// since where the next request starts is in doubt; like every other
+/// answer it carries its request id and gets its metrics and log line.
+pub fn refuse_smuggled(
+    gw: &Gateway,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    head_timer: Arc<upstream::HeadTimer>,
+) -> Response<Body> {
+    let mut ctx = RequestContext::new(req.headers(), peer, head_timer);
+    tracing::warn!(
+        event = "request_smuggling",
+        peer = %peer,
+        request_id = ctx.request_id.to_str().unwrap_or("-"),
+        "Content-Length with Transfer-Encoding"
+    );
+    let mut response =
+        GatewayError::BadRequest("Content-Length and Transfer-Encoding together").into_response();
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    finish(gw, response, &mut ctx, access_logged(req))
+}
+
+/// Method and URI, kept for the log line only when there is one: the
+/// access log is off by default, and the copy would cost every request.
+fn access_logged<B>(req: &Request<B>) -> Option<(http::Method, http::Uri)> {
+    tracing::enabled!(target: "authgate::access", tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.uri().clone()))
+}
+
+fn error_response(error: GatewayError, ctx: &RequestContext) -> Response<Body> {
+    match &error {
+        GatewayError::Unavailable(_) => crate::metrics::get().store_error("store"),
+        GatewayError::UpstreamUnreachable(_) => crate::metrics::get().upstream_error("connect"),
+        GatewayError::UpstreamTimeout => crate::metrics::get().upstream_error("timeout"),
+        _ => {}
+    }
+    if error.status().is_server_error() {
+        tracing::warn!(
+            event = "request_failed",
+            request_id = ?ctx.request_id,
+            error = %error,
+            source = ?std::error::Error::source(&error),
+        );
+    }
+    error.into_response()
+}
+
+/// Phase 8 and what follows it, on every response: the response filter,
+/// the metrics and the access log line.
+fn finish(
+    gw: &Gateway,
+    mut response: Response<Body>,
+    ctx: &mut RequestContext,
+    logged: Option<(http::Method, http::Uri)>,
+) -> Response<Body> {
+    response_filter(&mut response, ctx);
+    record_metrics(gw, ctx, response.status().as_u16());
     let Some((method, uri)) = logged else {
         return response;
     };
