@@ -690,26 +690,56 @@ async fn smuggling_with_obsolete_line_folding_is_400() {
 /// opens none, on any route, authenticated or not.
 #[tokio::test]
 async fn connect_tunnel_request_is_405_and_never_forwarded() {
+    let bob_auth = |bob: &str| format!("Authorization: Bearer {bob}\r\n");
+    refused_on_every_route("CONNECT", |bob| {
+        vec![
+            ("internal.example:443", String::new()),
+            ("127.0.0.1:22", bob_auth(bob)),
+            ("/public/x", String::new()),
+        ]
+    })
+    .await;
+}
+
+/// A TRACE echoed by an upstream would carry the identity headers injected
+/// here back to the page that sent it (cross-site tracing).
+#[tokio::test]
+async fn trace_is_405_and_never_echoed_by_an_upstream() {
+    refused_on_every_route("TRACE", |bob| {
+        vec![
+            ("/public/x", String::new()),
+            ("/admin/x", format!("Authorization: Bearer {bob}\r\n")),
+        ]
+    })
+    .await;
+}
+
+/// `method` to each target (with its extra headers, given bob's token) is a
+/// JSON 405 whose `Allow` leaves `method` out, and reaches no upstream.
+async fn refused_on_every_route(
+    method: &str,
+    targets: impl FnOnce(&str) -> Vec<(&'static str, String)>,
+) {
     let s = site("").await;
     let bob = s.gw.access_token("bob", "bob-pw").await;
-    for (target, auth) in [
-        ("internal.example:443", String::new()),
-        ("127.0.0.1:22", format!("Authorization: Bearer {bob}\r\n")),
-        ("/public/x", String::new()),
-    ] {
+    for (target, auth) in targets(&bob) {
         let response = raw(
             s.gw.addr,
-            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n").as_bytes(),
+            format!("{method} {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n").as_bytes(),
         )
         .await;
-        assert_eq!(status_of(&response), 405, "{target}: {response}");
+        assert_eq!(status_of(&response), 405, "{method} {target}: {response}");
         assert!(
             response.contains("\"error\":\"method_not_allowed\""),
             "{response}"
         );
         let allow = raw_header(&response, "allow").map(|a| a.to_ascii_lowercase());
         assert!(
-            allow.is_some_and(|a| a.contains("get") && !a.contains("connect")),
+            allow.is_some_and(|a| a.contains("get") && !a.contains(&method.to_ascii_lowercase())),
+            "{response}"
+        );
+        assert!(
+            !response.to_ascii_lowercase().contains("x-auth-user"),
             "{response}"
         );
     }

@@ -223,8 +223,8 @@ fn record_metrics(gw: &Gateway, ctx: &RequestContext, status: u16) {
     }
 }
 
-/// What a route answers to, as a 405 for CONNECT says (any other method is
-/// forwarded).
+/// What a route answers to, as a 405 for CONNECT or TRACE says (any other
+/// method is forwarded).
 const PROXIED_METHODS: [http::Method; 7] = [
     http::Method::GET,
     http::Method::HEAD,
@@ -244,8 +244,11 @@ async fn process(
     check_head(gw, &req)?;
     // A reverse proxy forwards requests to its routes; it opens no tunnels.
     // Forwarded, a CONNECT that an upstream answered 2xx would turn the
-    // client's connection into a raw pipe past every later check.
-    if req.method() == http::Method::CONNECT {
+    // client's connection into a raw pipe past every later check. A TRACE
+    // would have the upstream echo the request as it arrived there: the
+    // identity headers injected here, sent back to a page that asked
+    // (cross-site tracing); nginx refuses it too.
+    if matches!(*req.method(), http::Method::CONNECT | http::Method::TRACE) {
         return Err(GatewayError::MethodNotAllowed {
             allow: &PROXIED_METHODS,
         });
