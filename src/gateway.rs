@@ -64,6 +64,8 @@ pub struct Gateway {
     pub tls: Option<Arc<Tls>>,
     /// Metrics of requests that matched no route (own endpoints, 404s).
     pub own_metrics: crate::metrics::RouteMetrics,
+    /// Wall-clock time for every expiry decision (see [`crate::clock`]).
+    pub clock: crate::clock::Clock,
 }
 
 /// The gateway as the server sees it: swapped whole on a reload, so every
@@ -176,6 +178,7 @@ impl Gateway {
             scheme: if tls.is_some() { "https" } else { "http" },
             tls,
             own_metrics: crate::metrics::get().route("(gateway)"),
+            clock: crate::clock::Clock::system(),
             jwt,
             users,
             sessions,
@@ -280,6 +283,7 @@ impl Gateway {
             scheme: self.scheme,
             tls: if self.tls.is_some() { tls } else { None },
             own_metrics: self.own_metrics.clone(),
+            clock: self.clock.clone(),
             jwt,
             users: self.users.clone(),
             sessions: self.sessions.clone(),

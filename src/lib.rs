@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod cookies;
 pub mod dev;
