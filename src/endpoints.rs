@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::auth::login::{self, BodyKind, TokenRequest};
@@ -17,7 +16,7 @@ use crate::auth::Identity;
 use crate::cookies;
 use crate::gateway::Gateway;
 use crate::proxy::{authenticate, Authn, RequestContext};
-use crate::response::{self, Body, GatewayError};
+use crate::response::{self, Body, GatewayError, RequestBody};
 use crate::users::UserStoreError;
 
 /// How long `/readyz` waits for each store.
@@ -58,10 +57,10 @@ impl Endpoint {
     }
 }
 
-pub async fn serve(
+pub async fn serve<B: RequestBody>(
     gw: &Gateway,
     endpoint: Endpoint,
-    req: Request<Incoming>,
+    req: Request<B>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     if !endpoint.methods().contains(req.method()) {
@@ -91,8 +90,8 @@ pub async fn serve(
 }
 
 /// Reads a small form or JSON body into fields.
-async fn read_fields(
-    req: Request<Incoming>,
+async fn read_fields<B: RequestBody>(
+    req: Request<B>,
 ) -> Result<
     (
         http::request::Parts,
@@ -130,9 +129,9 @@ fn users_unavailable(e: UserStoreError) -> GatewayError {
     }
 }
 
-async fn token(
+async fn token<B: RequestBody>(
     gw: &Gateway,
-    req: Request<Incoming>,
+    req: Request<B>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     let browser_html = crate::pages::wants_html(req.headers());
@@ -238,7 +237,7 @@ async fn grant(
     Ok(pair)
 }
 
-fn login_page(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
+fn login_page<B>(gw: &Gateway, req: &Request<B>) -> Response<Body> {
     let rd = req
         .uri()
         .query()
@@ -289,9 +288,9 @@ fn token_response(gw: &Gateway, pair: &TokenPair, ctx: &mut RequestContext) -> R
     response
 }
 
-async fn logout(
+async fn logout<B: RequestBody>(
     gw: &Gateway,
-    req: Request<Incoming>,
+    req: Request<B>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     let method = req.method().clone();
@@ -332,9 +331,9 @@ async fn logout(
     Ok(response)
 }
 
-async fn userinfo(
+async fn userinfo<B: RequestBody>(
     gw: &Gateway,
-    req: Request<Incoming>,
+    req: Request<B>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     match authenticate(gw, req.headers(), ctx).await? {

@@ -15,6 +15,18 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body authgate sends: streamed from an upstream or made here.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
+/// A request body the pipeline accepts: hyper's, as the server hands it
+/// over, or one built in memory by a test.
+pub trait RequestBody:
+    http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})

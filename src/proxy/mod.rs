@@ -27,10 +27,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, SET_COOKIE, TRANSFER_ENCODING};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Request, Response, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::auth::jwt::TokenError;
 use crate::auth::refresh::{RefreshError, TokenPair};
@@ -38,7 +37,7 @@ use crate::auth::Identity;
 use crate::config::AuthPolicy;
 use crate::cookies;
 use crate::gateway::Gateway;
-use crate::response::{AuthFailure, Body, GatewayError};
+use crate::response::{AuthFailure, Body, GatewayError, RequestBody};
 use route::Route;
 use upstream::UpstreamClient;
 
@@ -56,16 +55,10 @@ pub struct RequestContext {
     pub upstream_latency: Option<Duration>,
     /// Authentication outcome, for the log line.
     pub auth: &'static str,
-    /// The client connection's timer for upstream response heads.
-    pub head_timer: Arc<upstream::HeadTimer>,
 }
 
 impl RequestContext {
-    pub fn new(
-        headers: &HeaderMap,
-        peer: SocketAddr,
-        head_timer: Arc<upstream::HeadTimer>,
-    ) -> RequestContext {
+    pub fn new(headers: &HeaderMap, peer: SocketAddr) -> RequestContext {
         let request_id = headers
             .get(&headers::X_REQUEST_ID)
             .filter(|v| headers::valid_request_id(v))
@@ -80,7 +73,6 @@ impl RequestContext {
             set_cookies: Vec::new(),
             upstream_latency: None,
             auth: "-",
-            head_timer,
         }
     }
 
@@ -112,46 +104,18 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// Entry point from the server: never fails, always answers.
-pub async fn handle(
+pub async fn handle<B: RequestBody>(
     gw: Arc<Gateway>,
-    req: Request<Incoming>,
+    req: Request<B>,
     peer: SocketAddr,
-    head_timer: Arc<upstream::HeadTimer>,
 ) -> Response<Body> {
-    let mut ctx = RequestContext::new(req.headers(), peer, head_timer);
+    let mut ctx = RequestContext::new(req.headers(), peer);
     let logged = access_logged(&req);
     let response = match process(&gw, req, &mut ctx).await {
         Ok(response) => response,
         Err(error) => error_response(error, &ctx),
     };
     finish(&gw, response, &mut ctx, logged)
-}
-
-/// A request the listener refuses before the pipeline: one with both
-/// Content-Length and Transfer-Encoding, which a server behind could frame
-/// by the length and read a second request from its body (request
-/// smuggling). It is refused, not re-framed, and the connection closed,
-/// since where the next request starts is in doubt; like every other
-/// answer it carries its request id and gets its metrics and log line.
-pub fn refuse_smuggled(
-    gw: &Gateway,
-    req: &Request<Incoming>,
-    peer: SocketAddr,
-    head_timer: Arc<upstream::HeadTimer>,
-) -> Response<Body> {
-    let mut ctx = RequestContext::new(req.headers(), peer, head_timer);
-    tracing::warn!(
-        event = "request_smuggling",
-        peer = %peer,
-        request_id = ctx.request_id.to_str().unwrap_or("-"),
-        "Content-Length with Transfer-Encoding"
-    );
-    let mut response =
-        GatewayError::BadRequest("Content-Length and Transfer-Encoding together").into_response();
-    response
-        .headers_mut()
-        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    finish(gw, response, &mut ctx, access_logged(req))
 }
 
 /// Method and URI, kept for the log line only when there is one: the
@@ -236,9 +200,9 @@ const PROXIED_METHODS: [http::Method; 7] = [
 ];
 
 /// The phases, top to bottom.
-async fn process(
+async fn process<B: RequestBody>(
     gw: &Gateway,
-    req: Request<Incoming>,
+    req: Request<B>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     check_head(gw, &req)?;
@@ -305,7 +269,11 @@ fn sends_to_sign_in(gw: &Gateway, headers: &HeaderMap) -> bool {
         && crate::pages::wants_html(headers)
 }
 
-/// Phase 1: limits and framing that hyper leaves to us.
+/// Phase 1: the head's size limit, which hyper's buffer only bounds
+/// loosely. Framing is hyper's alone: a request with both Content-Length
+/// and Transfer-Encoding reaches here framed by Transfer-Encoding, its
+/// Content-Length removed, and hyper closes the connection after it
+/// (RFC 9112 §6.3).
 fn check_head<B>(gw: &Gateway, req: &Request<B>) -> Result<(), GatewayError> {
     let headers = req.headers();
     let head_bytes = req.method().as_str().len()
@@ -317,11 +285,6 @@ fn check_head<B>(gw: &Gateway, req: &Request<B>) -> Result<(), GatewayError> {
             .sum::<usize>();
     if head_bytes > gw.config.server.max_header_bytes {
         return Err(GatewayError::HeadTooLarge);
-    }
-    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
-        return Err(GatewayError::BadRequest(
-            "Both Content-Length and Transfer-Encoding",
-        ));
     }
     Ok(())
 }
@@ -522,10 +485,10 @@ pub fn authorize(
 }
 
 /// Phase 6: the upstream request.
-fn mutate(
+fn mutate<B: RequestBody>(
     gw: &Gateway,
     route: &Route,
-    req: Request<Incoming>,
+    req: Request<B>,
     path: &str,
     permit: Permit,
     ctx: &RequestContext,
@@ -604,21 +567,12 @@ async fn forward(
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     let started = tokio::time::Instant::now();
-    let result = {
-        let timer = ctx
-            .head_timer
-            .arm(started + gw.config.server.request_timeout);
-        tokio::select! {
-            biased;
-            result = client.request(req) => Some(result),
-            () = timer => None,
-        }
-    };
+    let result = tokio::time::timeout(gw.config.server.request_timeout, client.request(req)).await;
     ctx.upstream_latency = Some(started.elapsed());
     let mut response = match result {
-        None => return Err(GatewayError::UpstreamTimeout),
-        Some(Err(e)) if upstream::body_too_large(&*e) => return Err(GatewayError::BodyTooLarge),
-        Some(Err(e)) => {
+        Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
+        Ok(Err(e)) if upstream::body_too_large(&*e) => return Err(GatewayError::BodyTooLarge),
+        Ok(Err(e)) => {
             if let Some(tls) = upstream::tls_failure(&*e) {
                 tracing::warn!(
                     event = "upstream_tls_failed",
@@ -631,7 +585,7 @@ async fn forward(
             }
             return Err(GatewayError::UpstreamUnreachable(e));
         }
-        Some(Ok(response)) => response,
+        Ok(Ok(response)) => response,
     };
     if upstream::response_head_bytes(&response) > upstream::MAX_RESPONSE_HEAD_BYTES {
         // Dropped unread: its connection is not reused.

@@ -15,9 +15,7 @@ pub mod http1;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::Either;
@@ -29,74 +27,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
-use tokio::time::Sleep;
 
 use crate::config::{Problem, RouteConfig};
 use crate::response::{Body, BoxError};
 use http1::Http1Pool;
-
-/// The timer that bounds the wait for an upstream's response head, one per
-/// client connection, lent to its requests in turn. A timer per request
-/// costs a registration and a removal in tokio's timer wheel on every
-/// request; a registered timer re-armed for a later deadline only has its
-/// deadline moved (tokio re-files it when the old one comes). Concurrent
-/// requests of an HTTP/2 connection find it lent and make their own.
-#[derive(Debug, Default)]
-pub struct HeadTimer {
-    idle: std::sync::Mutex<Option<Pin<Box<Sleep>>>>,
-}
-
-impl HeadTimer {
-    /// A timer armed for `deadline`, back in the slot when dropped.
-    pub fn arm(&self, deadline: tokio::time::Instant) -> ArmedTimer<'_> {
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let sleep = match idle {
-            Some(mut sleep) => {
-                sleep.as_mut().reset(deadline);
-                sleep
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        };
-        ArmedTimer {
-            slot: self,
-            sleep: Some(sleep),
-        }
-    }
-}
-
-/// See [`HeadTimer::arm`].
-pub struct ArmedTimer<'a> {
-    slot: &'a HeadTimer,
-    sleep: Option<Pin<Box<Sleep>>>,
-}
-
-impl Future for ArmedTimer<'_> {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match &mut self.sleep {
-            Some(sleep) => sleep.as_mut().poll(cx),
-            None => Poll::Ready(()),
-        }
-    }
-}
-
-impl Drop for ArmedTimer<'_> {
-    fn drop(&mut self) {
-        let mut idle = self
-            .slot
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if idle.is_none() {
-            *idle = self.sleep.take();
-        }
-    }
-}
 
 /// How long an idle upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);

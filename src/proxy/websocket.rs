@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -92,10 +91,10 @@ impl Lifetime {
 /// Forwards an upgrade request; on 101, splices the connections in a task
 /// of their own (not bounded by the request timeout, which covers only the
 /// upstream's response head).
-pub(super) async fn proxy(
+pub(super) async fn proxy<B: crate::response::RequestBody>(
     gw: &Gateway,
     route: &Route,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     path: &str,
     permit: Permit,
     lifetime: Lifetime,

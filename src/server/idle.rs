@@ -16,13 +16,16 @@
 //! - **idle**: no byte since the previous response: after `idle_timeout`
 //!   the read reports end-of-stream and hyper closes the connection cleanly.
 //!
-//! An HTTP/1 connection that has sat idle for [`SHED_AFTER`], between
-//! requests (every byte received belongs to a request already answered),
-//! is *shed*: the read reports end-of-stream to hyper, which ends its side
-//! of the connection and frees its buffers, while the socket stays open
-//! (shutdown is not passed on). The listener then waits for the client's
-//! next bytes holding only the socket, and serves them with a fresh hyper
-//! connection. That is what keeps 10,000 idle keep-alive clients cheap.
+//! A plain HTTP/1 connection idle for [`SHED_AFTER`] is *shed*: the socket
+//! asks its driver ([`Activity::shed_wanted`]) to end hyper's connection
+//! gracefully. hyper closes an idle connection at once and hands back the
+//! socket and whatever it had buffered (`into_parts`), its own buffers
+//! freed; the shutdown it sends on the way is not passed on. The listener
+//! then waits for the client's next bytes holding only the socket, and
+//! serves them with a fresh hyper connection. No byte is lost: what hyper
+//! had read of a next request comes back in its read buffer, and hyper,
+//! not this module, says where a message ends. That is what keeps 10,000
+//! idle keep-alive clients cheap.
 //!
 //! HTTP/2 connections (recognized by their preface) carry pings and other
 //! control frames between requests, so for them only the idle deadline
@@ -43,9 +46,8 @@ use futures_util::task::AtomicWaker;
 use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
-
-use super::framing::Framing;
 
 /// What the service and the socket of one connection share.
 #[derive(Debug)]
@@ -58,11 +60,13 @@ pub struct Activity {
     /// one from a stale one, even within the same millisecond.
     finished: AtomicU64,
     upgraded: AtomicBool,
-    /// Requests the service has received.
-    received: AtomicU64,
-    /// The first request (by arrival) with both Content-Length and
-    /// Transfer-Encoding, as the framing scanner found; `u64::MAX`: none.
-    smuggled: AtomicU64,
+    /// The socket asks the connection's driver to shed it.
+    shed: Notify,
+    /// Request bodies not (yet) read to their end. One dropped before its
+    /// end keeps this above zero for good: hyper then closes the
+    /// connection, and the rest of that body must never be read as a
+    /// request, so such a connection is never shed.
+    open_bodies: AtomicUsize,
     /// The socket's reader, to re-arm its deadline when a request ends.
     reader: AtomicWaker,
 }
@@ -75,8 +79,8 @@ impl Activity {
             idle_since_ms: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
-            received: AtomicU64::new(0),
-            smuggled: AtomicU64::new(u64::MAX),
+            shed: Notify::new(),
+            open_bodies: AtomicUsize::new(0),
             reader: AtomicWaker::new(),
         })
     }
@@ -87,12 +91,25 @@ impl Activity {
         Busy(self.clone())
     }
 
-    /// Counts a request the service received: true when its head carried
-    /// both Content-Length and Transfer-Encoding (hyper has dropped the
-    /// former by now, so only the socket's scanner can tell).
-    pub fn received_smuggled(&self) -> bool {
-        let index = self.received.fetch_add(1, Ordering::AcqRel);
-        index >= self.smuggled.load(Ordering::Acquire)
+    /// The request's body, counted open until hyper delivers its end.
+    pub fn track<B: Body>(self: &Arc<Self>, body: B) -> Tracked<B> {
+        let activity = (!body.is_end_stream()).then(|| {
+            self.open_bodies.fetch_add(1, Ordering::AcqRel);
+            self.clone()
+        });
+        Tracked { body, activity }
+    }
+
+    /// Resolves when the connection has sat idle long enough to be shed:
+    /// its driver then ends hyper's side of it gracefully.
+    pub async fn shed_wanted(&self) {
+        self.shed.notified().await
+    }
+
+    /// When the connection's idle deadline passes, counted from the last
+    /// response.
+    pub fn idle_until(&self, idle_timeout: Duration) -> Instant {
+        self.idle_since() + idle_timeout
     }
 
     fn idle_since(&self) -> Instant {
@@ -123,6 +140,46 @@ impl Drop for Busy {
         if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             activity.reader.wake();
         }
+    }
+}
+
+/// A request body that tells its connection when hyper has delivered its
+/// end (see [`Activity::track`]).
+#[derive(Debug)]
+pub struct Tracked<B> {
+    body: B,
+    /// Until the end is seen.
+    activity: Option<Arc<Activity>>,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.body.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            if let Some(activity) = self.activity.take() {
+                activity.open_bodies.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -178,10 +235,13 @@ pub struct TimedIo<T> {
     /// requests had finished then.
     head_started: Option<(Instant, u64)>,
     http2: Option<bool>,
-    framing: Framing,
+    /// Whether the driver can take the socket back from hyper (a plain
+    /// HTTP/1 connection), and so shed it.
+    sheddable: bool,
     /// The last write could not complete: hyper holds unsent bytes.
     write_blocked: bool,
-    /// hyper was told end-of-stream to shed the connection: keep the socket.
+    /// The driver was asked to shed the connection: keep the socket open
+    /// when hyper ends its side.
     shedding: bool,
     timer: Pin<Box<Sleep>>,
 }
@@ -189,12 +249,15 @@ pub struct TimedIo<T> {
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
 impl<T> TimedIo<T> {
+    /// `http1`: the connection is known to be plain HTTP/1, served by a
+    /// driver that sheds it when idle; otherwise the protocol is told by
+    /// the first bytes read, and the connection is never shed.
     pub fn new(
         io: T,
         activity: Arc<Activity>,
         header_timeout: Duration,
         idle_timeout: Duration,
-        framing: Framing,
+        http1: bool,
     ) -> TimedIo<T> {
         let started = activity.started;
         TimedIo {
@@ -203,8 +266,8 @@ impl<T> TimedIo<T> {
             header_timeout,
             idle_timeout,
             head_started: Some((started, 0)),
-            http2: None,
-            framing,
+            http2: http1.then_some(false),
+            sheddable: http1,
             write_blocked: false,
             shedding: false,
             timer: Box::pin(tokio::time::sleep_until(started + header_timeout)),
@@ -233,18 +296,17 @@ impl<T> TimedIo<T> {
         }
     }
 
-    /// Between requests, with nothing of hyper's to lose: every head
-    /// received was handed to the service, every body read, every response
-    /// written out.
+    /// Idle with every request body read to its end and every response
+    /// written out. Bytes hyper read of a next request are not lost by a
+    /// shed (they come back with the socket).
     fn sheddable(&self) -> bool {
-        self.http2 == Some(false)
-            && self.framing.between_requests()
-            && self.framing.heads() == self.activity.received.load(Ordering::Acquire)
+        self.sheddable
             && !self.write_blocked
+            && self.activity.open_bodies.load(Ordering::Acquire) == 0
     }
 
-    /// hyper was told end-of-stream to shed this connection; the socket is
-    /// still open.
+    /// The connection is being shed: hyper ends its side, the socket stays
+    /// open.
     pub fn is_shed(&self) -> bool {
         self.shedding
     }
@@ -258,12 +320,6 @@ impl<T> TimedIo<T> {
             // Clients write the preface at once; a shorter first read is
             // taken for HTTP/1 (the stricter deadlines).
             self.http2 = Some(bytes.starts_with(H2_PREFACE_START));
-        }
-        if self.http2 == Some(false) && !self.activity.upgraded.load(Ordering::Acquire) {
-            self.framing.feed(bytes);
-            if let Some(index) = self.framing.smuggled() {
-                self.activity.smuggled.store(index, Ordering::Release);
-            }
         }
         if self.activity.in_flight.load(Ordering::Acquire) == 0
             && self.head_started.is_none_or(|(_, f)| !self.is_current(f))
@@ -282,7 +338,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.shedding {
-            return Poll::Ready(Ok(()));
+            // hyper is ending its side and may still read: whatever it
+            // reads comes back with the socket.
+            return Pin::new(&mut this.io).poll_read(cx, buf);
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
@@ -310,7 +368,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
             Expiry::Idle => Poll::Ready(Ok(())),
             Expiry::Shed => {
                 this.shedding = true;
-                Poll::Ready(Ok(()))
+                this.activity.shed.notify_one();
+                Poll::Pending
             }
             Expiry::Head => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -325,7 +384,7 @@ impl<T> TimedIo<T> {
     /// passes. Everything else here belonged to the hyper connection that
     /// was shed.
     pub fn into_shed(self) -> (T, Instant) {
-        let idle_until = self.activity.idle_since() + self.idle_timeout;
+        let idle_until = self.activity.idle_until(self.idle_timeout);
         (self.io, idle_until)
     }
 }
@@ -373,9 +432,12 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn pair(
+    /// A socket with the deadlines; `shed`: served by a driver that sheds
+    /// it when idle.
+    async fn timed_pair(
         header: u64,
         idle: u64,
+        shed: bool,
     ) -> (
         TimedIo<tokio::io::DuplexStream>,
         tokio::io::DuplexStream,
@@ -388,9 +450,20 @@ mod tests {
             activity.clone(),
             Duration::from_secs(header),
             Duration::from_secs(idle),
-            Framing::new(16 * 1024, 100),
+            shed,
         );
         (io, b, activity)
+    }
+
+    async fn pair(
+        header: u64,
+        idle: u64,
+    ) -> (
+        TimedIo<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Arc<Activity>,
+    ) {
+        timed_pair(header, idle, false).await
     }
 
     #[tokio::test(start_paused = true)]
@@ -433,20 +506,25 @@ mod tests {
         assert_eq!(finished.elapsed(), Duration::from_secs(60));
     }
 
+    /// Waits for the socket to ask for a shed; a read must not return
+    /// meanwhile (hyper would take an end of stream for a closed client).
+    async fn shed_asked(io: &mut TimedIo<tokio::io::DuplexStream>, activity: &Activity) {
+        let mut buf = [0u8; 64];
+        tokio::select! {
+            read = io.read(&mut buf) => panic!("read returned {read:?} instead of a shed"),
+            () = activity.shed_wanted() => {}
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_idle_http1_connection_is_shed_but_its_socket_stays_open() {
-        let (mut io, mut client, activity) = pair(10, 60).await;
+        let (mut io, mut client, activity) = timed_pair(10, 60, true).await;
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];
         assert!(io.read(&mut buf).await.unwrap() > 0);
-        assert!(!activity.received_smuggled());
         drop(activity.busy());
         let finished = Instant::now();
-        assert_eq!(
-            io.read(&mut buf).await.unwrap(),
-            0,
-            "end of stream for hyper"
-        );
+        shed_asked(&mut io, &activity).await;
         assert_eq!(finished.elapsed(), SHED_AFTER);
         assert!(io.is_shed());
         io.shutdown().await.unwrap();
@@ -455,26 +533,41 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_connection_is_not_shed_with_a_request_unfinished() {
-        // A body not yet all received; a head received but not yet handed
-        // to the service: the idle deadline applies, not the shed.
-        for (bytes, served) in [
-            (&b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhe"[..], true),
-            (b"GET / HTTP/1.1\r\n\r\n", false),
-        ] {
-            let (mut io, mut client, activity) = pair(10, 60).await;
-            client.write_all(bytes).await.unwrap();
-            let mut buf = [0u8; 64];
-            assert!(io.read(&mut buf).await.unwrap() > 0);
-            if served {
-                assert!(!activity.received_smuggled());
-            }
-            drop(activity.busy());
-            let finished = Instant::now();
-            assert_eq!(io.read(&mut buf).await.unwrap(), 0);
-            assert_eq!(finished.elapsed(), Duration::from_secs(60));
-            assert!(!io.is_shed());
-        }
+    async fn a_connection_is_not_shed_while_a_request_body_is_unread() {
+        // A body dropped before its end: hyper closes such a connection,
+        // and the rest of the body must never be read as a request.
+        let (mut io, mut client, activity) = timed_pair(10, 60, true).await;
+        client
+            .write_all(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhe")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        let busy = activity.busy();
+        drop(activity.track(http_body_util::Full::new(Bytes::from_static(b"he"))));
+        drop(busy);
+        let finished = Instant::now();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0, "idle end of stream");
+        assert_eq!(finished.elapsed(), Duration::from_secs(60));
+        assert!(!io.is_shed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_whose_bodies_were_read_to_the_end_is_shed() {
+        use http_body_util::BodyExt;
+        let (mut io, mut client, activity) = timed_pair(10, 60, true).await;
+        client
+            .write_all(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        let busy = activity.busy();
+        let body = activity.track(http_body_util::Full::new(Bytes::from_static(b"hello")));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+        drop(busy);
+        shed_asked(&mut io, &activity).await;
+        assert!(io.is_shed());
     }
 
     #[tokio::test(start_paused = true)]
