@@ -3,7 +3,7 @@
 # (jwt_verify) and, in case 1, hyper's server in front of hyper's client
 # with nothing else (bench/floor.rs) and a bare tokio + httparse forwarder
 # (bench/floor_raw.rs), on loopback, proxy + upstream pinned to one core and the
-# load generator to another. See README "Performance".
+# load generator to another. See docs/performance.md.
 #
 #   bench/run.sh                       # everything: 3 rounds of 10 s, ~12 min
 #   BENCH_DURATION=2s BENCH_ROUNDS=1 BENCH_CASES="1 2" bench/run.sh   # smoke
@@ -145,7 +145,7 @@ printf '%s' "$PASSWORD" | "$AUTHGATE" -c "$WORK/hs256.toml" users add bench \
   --email bench@example.com --role bench --role reader --password-stdin >/dev/null
 # 64 storm users sharing one cost-12 hash: one username per client, as 64
 # people logging in would be (more than `max_failures` parallel logins of one
-# username are refused by design, see README "Login throttling").
+# username are refused by design, see docs/security.md, "Login throttling").
 STORM_HASH=$(printf '%s' "$PASSWORD" | "$AUTHGATE" -c "$WORK/hs256.toml" hash-password --cost 12)
 for i in $(seq 0 63); do
   printf '\n[[users]]\nusername = "storm%d"\npassword_hash = "%s"\nroles = ["bench"]\n' "$i" "$STORM_HASH"

@@ -115,7 +115,7 @@ pub fn main() -> ExitCode {
 
 /// One worker (`worker_threads = 1`, or one CPU to run on) gets tokio's
 /// current-thread scheduler: the same work without the multi-thread
-/// scheduler's queues and cross-thread wakeups (README "Performance").
+/// scheduler's queues and cross-thread wakeups (bench/results/history.md, second round).
 fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let workers = worker_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))

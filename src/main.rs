@@ -1,13 +1,13 @@
 // mimalloc over glibc's malloc: fewer instructions per request on the proxy
 // path, and memory freed by closed connections goes back to the system
-// (glibc keeps it in its arenas). See README "Performance".
+// (glibc keeps it in its arenas). See bench/results/history.md (second round).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     // No transparent huge pages: a 2 MiB page per sparsely used region
     // costs more resident memory than the TLB misses it saves (measured:
-    // no throughput change, README "Performance").
+    // no throughput change, bench/results/history.md, third round).
     // SAFETY: a prctl on this process, with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     let _ = authgate::cli::RELEASE_MEMORY.set(|| {

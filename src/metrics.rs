@@ -102,7 +102,7 @@ impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("authgate");
         let r = &mut registry;
-        // Names and help texts are what `/metrics` shows and the README
+        // Names and help texts are what `/metrics` shows and docs/operations.md
         // lists; the registry exports them in this order.
         #[rustfmt::skip]
         let mut metrics = Metrics {
@@ -191,7 +191,7 @@ mod tests {
         assert!(text.contains("authgate_upstream_duration_seconds_bucket{le="));
     }
 
-    /// The names, help texts and types dashboards and the README rely on,
+    /// The names, help texts and types dashboards and docs/operations.md rely on,
     /// in export order.
     #[test]
     fn every_metric_keeps_its_name_help_and_type() {

@@ -1567,7 +1567,7 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
 }
 
 /// An idle keep-alive connection gives back hyper's buffers after 100 ms
-/// (README "Idle connections") while its socket stays open: the requests
+/// (docs/security.md, "Idle connections are cheap") while its socket stays open: the requests
 /// that follow on it, pipelined or with bodies, are served as before, and a
 /// shutdown closes it at once.
 #[tokio::test]

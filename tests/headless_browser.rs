@@ -4,7 +4,7 @@
 //! password, sign in, silent refresh past the access TTL, sign out.
 //!
 //! Needs `/usr/bin/chromium` (or `CHROMIUM`) and `node`; `.ci/run` installs
-//! both. `AUTHGATE_UPDATE_SCREENSHOTS=1` writes the README's screenshots to
+//! both. `AUTHGATE_UPDATE_SCREENSHOTS=1` writes the screenshots docs/signin.md shows to
 //! `docs/` instead of a temporary directory.
 
 mod support;
