@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::gateway::{Gateway, SharedGateway};
+use crate::gateway::SharedGateway;
 use crate::proxy;
 use crate::response::BoxError;
 
@@ -36,8 +36,12 @@ fn max_head(server: &crate::config::ServerConfig) -> usize {
     (server.max_header_bytes * 2).max(MIN_HYPER_BUF)
 }
 
-fn builder(gw: &Gateway) -> auto::Builder<TokioExecutor> {
-    let server = &gw.config.server;
+/// How hyper serves client connections.
+pub type ConnectionBuilder = auto::Builder<TokioExecutor>;
+
+/// Made with each gateway, so a reload reaches the connections accepted
+/// after it; the head limits it reads are restart-only settings.
+pub fn connection_builder(server: &crate::config::ServerConfig) -> ConnectionBuilder {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -65,15 +69,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    // Connection-level settings are fixed for the process (a reload reports
-    // them as needing a restart); everything per request follows reloads.
-    let gw = shared.load_full();
-    let builder = Arc::new(builder(&gw));
     // Each connection holds a receiver: `true` asks it to finish, and the
     // drain is over when every receiver is gone.
     let (drain, _) = watch::channel(false);
-    let permits = Arc::new(Semaphore::new(gw.config.server.max_connections));
-    let grace = gw.config.server.shutdown_grace;
+    // A restart-only setting: the semaphore is made once.
+    let permits = Arc::new(Semaphore::new(shared.load().config.server.max_connections));
     tokio::pin!(shutdown);
     loop {
         // Waiting for a permit before accepting leaves excess connections
@@ -94,9 +94,10 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        serve_connection(&shared, &builder, drain.subscribe(), stream, peer, permit);
+        serve_connection(&shared, drain.subscribe(), stream, peer, permit);
     }
     drop(listener);
+    let grace = shared.load().config.server.shutdown_grace;
     tracing::info!(
         event = "shutdown",
         grace_secs = grace.as_secs(),
@@ -112,7 +113,6 @@ pub async fn serve(
 
 fn serve_connection(
     shared: &SharedGateway,
-    builder: &Arc<auto::Builder<TokioExecutor>>,
     stop: watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -120,14 +120,16 @@ fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     crate::metrics::get().open_connections.inc();
+    let current = shared.load();
     let conn = Conn {
         peer,
         permit,
         stop,
         shared: shared.clone(),
-        builder: builder.clone(),
+        builder: current.connections.clone(),
     };
-    let tls = shared.load().tls.clone();
+    let tls = current.tls.clone();
+    drop(current);
     match tls {
         None => spawn_plain(stream, conn),
         Some(tls) => spawn_tls(stream, conn, tls),
@@ -142,7 +144,7 @@ struct Conn {
     permit: tokio::sync::OwnedSemaphorePermit,
     stop: watch::Receiver<bool>,
     shared: SharedGateway,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<ConnectionBuilder>,
 }
 
 impl Conn {
