@@ -296,22 +296,12 @@ fn spawn_reload_on_hangup(shared: crate::gateway::SharedGateway) {
         };
         while hup.recv().await.is_some() {
             tracing::info!(event = "sighup", "reloading the configuration");
-            match crate::gateway::reload(&shared).await {
-                Ok(restart) => {
-                    tracing::info!(event = "config_reloaded", "configuration reloaded");
-                    if !restart.is_empty() {
-                        tracing::warn!(
-                            event = "config_restart_needed",
-                            settings = %restart.join("; "),
-                            "these changes take effect only after a restart"
-                        );
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(event = "config_reload_failed", error = %format!("{e:#}"), "configuration not reloaded; keeping the running one");
-                    if let Some(tls) = &shared.load().tls {
-                        tls.reload_logged();
-                    }
+            // A success is logged by `reload`, with the settings that
+            // wait for a restart.
+            if let Err(e) = crate::gateway::reload(&shared).await {
+                tracing::error!(event = "config_reload_failed", error = %format!("{e:#}"), "configuration not reloaded; keeping the running one");
+                if let Some(tls) = &shared.load().tls {
+                    tls.reload_logged();
                 }
             }
             shared.load().users.reload();

@@ -7,7 +7,8 @@ use crate::auth::jwt::JwtService;
 use crate::auth::password::Passwords;
 use crate::auth::refresh::SessionService;
 use crate::auth::throttle::Throttle;
-use crate::config::{Config, ConfigError, Problem, UsersBackend};
+use crate::clock::Clock;
+use crate::config::{Config, ConfigError, Problem, RestartSettings, UsersBackend};
 use crate::cookies::CookieJar;
 use crate::proxy::client_ip::TrustedProxies;
 use crate::proxy::csrf::CsrfGuard;
@@ -62,10 +63,12 @@ pub struct Gateway {
     pub scheme: &'static str,
     /// `Some` when the listener terminates TLS (`[server.tls]`).
     pub tls: Option<Arc<Tls>>,
+    /// The pools `routes` forward through, kept for the next reload.
+    pub upstreams: Upstreams,
     /// Metrics of requests that matched no route (own endpoints, 404s).
     pub own_metrics: crate::metrics::RouteMetrics,
     /// Wall-clock time for every expiry decision (see [`crate::clock`]).
-    pub clock: crate::clock::Clock,
+    pub clock: Clock,
 }
 
 /// The gateway as the server sees it: swapped whole on a reload, so every
@@ -82,12 +85,22 @@ pub fn shared(gw: Gateway) -> SharedGateway {
 /// first, so `check-config` and `serve` refuse a file with the same list.
 pub struct FilesAndSecrets {
     jwt: JwtService,
-    tls: Option<Tls>,
+    tls: Option<Arc<Tls>>,
     upstreams: Upstreams,
 }
 
 impl FilesAndSecrets {
     pub fn read(config: &Config) -> Result<FilesAndSecrets, ConfigError> {
+        Self::read_for(config, None)
+    }
+
+    /// [`Self::read`] for a gateway that replaces `running`: its
+    /// certificate (re-read in place) and upstream pools are kept where
+    /// their settings did not change.
+    fn read_for(
+        config: &Config,
+        running: Option<&Gateway>,
+    ) -> Result<FilesAndSecrets, ConfigError> {
         let mut problems = Vec::new();
         let jwt = keep(JwtService::from_config(&config.jwt), &mut problems);
         if config.users.backend == UsersBackend::Postgres {
@@ -95,20 +108,39 @@ impl FilesAndSecrets {
                 problems.extend(e.problems);
             }
         }
-        let tls = match &config.server.tls {
-            Some(tls) => keep(Tls::from_config(tls), &mut problems).map(Some),
-            None => Some(None),
+        // Same settings: the running certificate is kept and its files are
+        // re-read in place once the reload is sure to happen; a bad file
+        // keeps the current certificate (and is logged) without refusing
+        // the whole reload.
+        let kept_tls = running
+            .and_then(|gw| gw.tls.clone())
+            .filter(|current| config.server.tls.as_ref() == Some(current.config()));
+        let tls = match (&config.server.tls, &kept_tls) {
+            (_, Some(kept)) => Some(Some(kept.clone())),
+            (Some(new), None) => {
+                keep(Tls::from_config(new), &mut problems).map(|tls| Some(Arc::new(tls)))
+            }
+            (None, None) => Some(None),
         };
         let upstreams = keep(
-            Upstreams::from_routes(&config.routes, config.server.upstream_keepalive),
+            Upstreams::reusing(
+                running.map(|gw| &gw.upstreams),
+                &config.routes,
+                config.server.upstream_keepalive,
+            ),
             &mut problems,
         );
         match (jwt, tls, upstreams) {
-            (Some(jwt), Some(tls), Some(upstreams)) if problems.is_empty() => Ok(FilesAndSecrets {
-                jwt,
-                tls,
-                upstreams,
-            }),
+            (Some(jwt), Some(tls), Some(upstreams)) if problems.is_empty() => {
+                if let Some(kept) = kept_tls {
+                    kept.reload_logged();
+                }
+                Ok(FilesAndSecrets {
+                    jwt,
+                    tls,
+                    upstreams,
+                })
+            }
             _ => Err(ConfigError {
                 file: config.file.clone(),
                 problems,
@@ -122,185 +154,142 @@ fn keep<T>(result: Result<T, Vec<Problem>>, problems: &mut Vec<Problem>) -> Opti
     result.map_err(|p| problems.extend(p)).ok()
 }
 
+/// What a gateway is built on besides its configuration.
+pub enum Basis<'a> {
+    /// A start: stores opened and pools made anew, time read from `clock`.
+    /// `users` is the store to use instead of opening the configured one
+    /// (dev mode).
+    Fresh {
+        clock: Clock,
+        users: Option<Arc<dyn UserStore>>,
+    },
+    /// A reload: the running gateway's user and session stores, clock and
+    /// metrics are kept, and so are its bcrypt pool, certificate and
+    /// upstream pools where their settings did not change. The
+    /// configuration must already hold the running restart-only settings
+    /// ([`Config::keep_restart_settings`]).
+    Running(&'a Gateway),
+}
+
 impl Gateway {
     /// Reads secrets and files, opens the stores and compiles the routes.
     pub async fn build(config: Config) -> anyhow::Result<Gateway> {
-        let files = FilesAndSecrets::read(&config)?;
-        let users = users::open(&config, true).await?;
-        Self::assemble(config, files, users).await
+        Self::build_with_clock(config, Clock::system()).await
+    }
+
+    /// [`Self::build`] on a given clock (a test's [`Clock::manual`]).
+    pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Gateway> {
+        build(config, Basis::Fresh { clock, users: None }).await
     }
 
     /// Builds around a given user store (dev mode).
     pub async fn with_users(config: Config, users: Arc<dyn UserStore>) -> anyhow::Result<Gateway> {
-        let files = FilesAndSecrets::read(&config)?;
-        Self::assemble(config, files, users).await
-    }
-
-    async fn assemble(
-        config: Config,
-        files: FilesAndSecrets,
-        users: Arc<dyn UserStore>,
-    ) -> anyhow::Result<Gateway> {
-        // Clients that build a rustls config without naming a provider
-        // (Redis over rediss://) need the process default.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let FilesAndSecrets {
-            jwt,
-            tls,
-            upstreams,
-        } = files;
-        let jwt = Arc::new(jwt);
-        let tls = tls.map(Arc::new);
-        let sessions = sessions::open(&config.sessions).await?;
-        let passwords =
-            Passwords::new(config.users.bcrypt_cost, config.users.max_concurrent_hashes).await?;
-        let session_service = SessionService {
-            store: sessions.clone(),
-            users: users.clone(),
-            jwt: jwt.clone(),
-            refresh_ttl: config.jwt.refresh_ttl,
-            reuse_grace: config.sessions.reuse_grace,
-        };
-        // Behind TLS every cookie is Secure, whatever `[cookies] secure` says.
-        let mut cookie_config = config.cookies.clone();
-        cookie_config.secure |= tls.is_some();
-        Ok(Gateway {
-            routes: RouteTable::new(&config.routes, &upstreams),
-            paths: OwnPaths::new(&config.auth.path_prefix),
-            cookies: CookieJar::new(&cookie_config),
-            identity: IdentityHeaders::new(&config.identity),
-            throttle: Throttle::new(
-                sessions.clone(),
-                &config.auth.throttle,
-                TrustedProxies::new(&config.server.trusted_proxies),
-            ),
-            csrf: CsrfGuard::new(&config.cookies.trusted_origins),
-            scheme: if tls.is_some() { "https" } else { "http" },
-            tls,
-            own_metrics: crate::metrics::get().route("(gateway)"),
-            clock: crate::clock::Clock::system(),
-            jwt,
-            users,
-            sessions,
-            session_service,
-            passwords,
+        let clock = Clock::system();
+        build(
             config,
-        })
+            Basis::Fresh {
+                clock,
+                users: Some(users),
+            },
+        )
+        .await
     }
+}
 
-    /// A gateway for `config` that keeps this one's stores (sessions, users,
-    /// bcrypt pool). Returns it with the changed settings that only a
-    /// restart applies (they keep their current values meanwhile).
-    pub async fn reconfigure(
-        &self,
-        mut config: Config,
-    ) -> anyhow::Result<(Gateway, Vec<&'static str>)> {
-        let old = &self.config;
-        let mut restart = Vec::new();
-        if config.server.listen != old.server.listen {
-            restart.push("server.listen");
-            config.server.listen = old.server.listen;
-        }
-        if config.admin.listen != old.admin.listen {
-            restart.push("admin.listen");
-            config.admin.listen = old.admin.listen;
-        }
-        if config.server.tls.is_some() != old.server.tls.is_some()
-            || config.server.tls.as_ref().map(|t| t.redirect_http)
-                != old.server.tls.as_ref().map(|t| t.redirect_http)
-        {
-            restart.push("server.tls (on/off, redirect_http)");
-        }
-        if format!("{:?}", config.sessions) != format!("{:?}", old.sessions) {
-            restart.push("sessions");
-            config.sessions = old.sessions.clone();
-        }
-        if config.users.backend != old.users.backend
-            || config.users.path != old.users.path
-            || format!("{:?}", config.users.postgres) != format!("{:?}", old.users.postgres)
-        {
-            restart.push("users (backend, path, database)");
-            config.users = old.users.clone();
-        }
-        let server_settings = |c: &Config| {
-            (
-                c.server.max_header_bytes,
-                c.server.max_headers,
-                c.server.max_connections,
-                c.server.worker_threads,
-                c.server.log_format,
-            )
-        };
-        if server_settings(&config) != server_settings(old) {
-            restart.push("server (head limits, max_connections, workers, log format)");
-        }
-        let invalid = |problems| ConfigError {
-            file: config.file.clone(),
-            problems,
-        };
-        let jwt = Arc::new(JwtService::from_config(&config.jwt).map_err(invalid)?);
-        let tls = match (&config.server.tls, &self.tls) {
-            // Same files: re-read them in place; a bad certificate keeps the
-            // current one (and is logged) without refusing the whole reload.
-            (Some(new), Some(current))
-                if format!("{new:?}") == format!("{:?}", current.config()) =>
-            {
-                current.reload_logged();
-                Some(current.clone())
-            }
-            (Some(new), _) => Some(Arc::new(Tls::from_config(new).map_err(invalid)?)),
-            (None, _) => None,
-        };
-        let upstreams = Upstreams::from_routes(&config.routes, config.server.upstream_keepalive)
-            .map_err(invalid)?;
-        let passwords = if config.users.bcrypt_cost == old.users.bcrypt_cost
-            && config.users.max_concurrent_hashes == old.users.max_concurrent_hashes
-        {
-            self.passwords.clone()
-        } else {
-            Passwords::new(config.users.bcrypt_cost, config.users.max_concurrent_hashes).await?
-        };
-        let session_service = SessionService {
-            store: self.sessions.clone(),
-            users: self.users.clone(),
-            jwt: jwt.clone(),
-            refresh_ttl: config.jwt.refresh_ttl,
-            reuse_grace: config.sessions.reuse_grace,
-        };
-        let mut cookie_config = config.cookies.clone();
-        cookie_config.secure |= tls.is_some() || self.tls.is_some();
-        let gateway = Gateway {
-            routes: RouteTable::new(&config.routes, &upstreams),
-            paths: OwnPaths::new(&config.auth.path_prefix),
-            cookies: CookieJar::new(&cookie_config),
-            identity: IdentityHeaders::new(&config.identity),
-            throttle: Throttle::new(
-                self.sessions.clone(),
-                &config.auth.throttle,
-                TrustedProxies::new(&config.server.trusted_proxies),
-            ),
-            csrf: CsrfGuard::new(&config.cookies.trusted_origins),
-            scheme: self.scheme,
-            tls: if self.tls.is_some() { tls } else { None },
-            own_metrics: self.own_metrics.clone(),
-            clock: self.clock.clone(),
-            jwt,
-            users: self.users.clone(),
-            sessions: self.sessions.clone(),
-            session_service,
-            passwords,
-            config,
-        };
-        Ok((gateway, restart))
+/// The one place a gateway and its parts are made, at start and at reload.
+pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> {
+    // Clients that build a rustls config without naming a provider
+    // (Redis over rediss://) need the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (running, clock) = match &basis {
+        Basis::Running(gw) => (Some(*gw), gw.clock.clone()),
+        Basis::Fresh { clock, .. } => (None, clock.clone()),
+    };
+    if let Some(running) = running {
+        debug_assert_eq!(
+            RestartSettings::of(&config),
+            RestartSettings::of(&running.config),
+            "a reload keeps the running restart-only settings"
+        );
     }
+    let FilesAndSecrets {
+        jwt,
+        tls,
+        upstreams,
+    } = FilesAndSecrets::read_for(&config, running)?;
+    let jwt = Arc::new(jwt);
+    let (users, sessions, own_metrics) = match basis {
+        Basis::Running(gw) => (
+            gw.users.clone(),
+            gw.sessions.clone(),
+            gw.own_metrics.clone(),
+        ),
+        Basis::Fresh { users, .. } => {
+            let users = match users {
+                Some(users) => users,
+                None => users::open(&config, true).await?,
+            };
+            let sessions = sessions::open(&config.sessions).await?;
+            (users, sessions, crate::metrics::get().route("(gateway)"))
+        }
+    };
+    let hashing = |c: &Config| (c.users.bcrypt_cost, c.users.max_concurrent_hashes);
+    let passwords = match running {
+        Some(gw) if hashing(&gw.config) == hashing(&config) => gw.passwords.clone(),
+        _ => Passwords::new(config.users.bcrypt_cost, config.users.max_concurrent_hashes).await?,
+    };
+    let session_service = SessionService {
+        store: sessions.clone(),
+        users: users.clone(),
+        jwt: jwt.clone(),
+        refresh_ttl: config.jwt.refresh_ttl,
+        reuse_grace: config.sessions.reuse_grace,
+    };
+    // Behind TLS every cookie is Secure, whatever `[cookies] secure` says.
+    let mut cookie_config = config.cookies.clone();
+    cookie_config.secure |= tls.is_some();
+    Ok(Gateway {
+        routes: RouteTable::new(&config.routes, &upstreams),
+        upstreams,
+        paths: OwnPaths::new(&config.auth.path_prefix),
+        cookies: CookieJar::new(&cookie_config),
+        identity: IdentityHeaders::new(&config.identity),
+        throttle: Throttle::new(
+            sessions.clone(),
+            &config.auth.throttle,
+            TrustedProxies::new(&config.server.trusted_proxies),
+        ),
+        csrf: CsrfGuard::new(&config.cookies.trusted_origins),
+        scheme: if tls.is_some() { "https" } else { "http" },
+        tls,
+        own_metrics,
+        clock,
+        jwt,
+        users,
+        sessions,
+        session_service,
+        passwords,
+        config,
+    })
 }
 
 /// Re-reads the configuration file and swaps the gateway; a file that
 /// fails validation is refused and the running configuration stays.
+/// Restart-only settings keep their running values; their changed keys are
+/// logged in one line and returned.
 pub async fn reload(shared: &SharedGateway) -> anyhow::Result<Vec<&'static str>> {
-    let current = shared.load_full();
-    let config = Config::load(&current.config.file)?;
-    let (gateway, restart) = current.reconfigure(config).await?;
+    let running = shared.load_full();
+    let mut config = Config::load(&running.config.file)?;
+    let needs_restart = config.keep_restart_settings(&running.config);
+    let gateway = build(config, Basis::Running(&running)).await?;
     shared.store(Arc::new(gateway));
-    Ok(restart)
+    tracing::info!(event = "config_reloaded", "configuration reloaded");
+    if !needs_restart.is_empty() {
+        tracing::warn!(
+            event = "config_restart_needed",
+            settings = %needs_restart.join(", "),
+            "these settings keep their running values until a restart"
+        );
+    }
+    Ok(needs_restart)
 }

@@ -7,6 +7,7 @@
 
 pub mod defaults;
 pub mod raw;
+mod restart;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use toml::Spanned;
 pub use raw::{
     AuthPolicy, JwtAlgorithm, LogFormat, SameSite, SessionsBackend, TlsVersion, UsersBackend,
 };
+pub use restart::RestartSettings;
 
 /// A configuration that failed to load: every problem, each with its place.
 #[derive(Debug)]
@@ -60,7 +62,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub file: PathBuf,
     pub base_dir: PathBuf,
@@ -75,13 +77,13 @@ pub struct Config {
     pub admin: AdminConfig,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AdminConfig {
     /// The metrics listener; never the public one.
     pub listen: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub request_timeout: Duration,
@@ -102,7 +104,7 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     /// PEM certificate chain, leaf first.
     pub cert: Located<PathBuf>,
@@ -113,7 +115,7 @@ pub struct TlsConfig {
     pub redirect_http: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     /// Normalized: leading slash, no trailing slash except for `/` itself.
     pub prefix: String,
@@ -132,7 +134,7 @@ pub struct RouteConfig {
     pub websocket: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     pub scheme: Scheme,
     pub authority: Authority,
@@ -146,7 +148,7 @@ impl fmt::Display for Upstream {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwtConfig {
     pub algorithm: JwtAlgorithm,
     pub secret_env: Located<String>,
@@ -160,7 +162,7 @@ pub struct JwtConfig {
     pub leeway: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PreviousKey {
     pub key_id: String,
     pub secret_env: Option<Located<String>>,
@@ -176,6 +178,15 @@ pub struct Located<T> {
     pub line: Option<usize>,
 }
 
+/// Equal values are the same setting wherever they were written: a line
+/// added above `[server.tls]` must not make a reload rebuild the listener's
+/// certificate or an upstream's pool.
+impl<T: PartialEq> PartialEq for Located<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
 impl<T> Located<T> {
     pub fn problem(&self, message: impl Into<String>) -> Problem {
         Problem {
@@ -186,7 +197,7 @@ impl<T> Located<T> {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UsersConfig {
     pub backend: UsersBackend,
     pub path: PathBuf,
@@ -195,7 +206,7 @@ pub struct UsersConfig {
     pub postgres: PostgresConfig,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PostgresConfig {
     pub url_env: Located<String>,
     pub schema: String,
@@ -205,7 +216,7 @@ pub struct PostgresConfig {
     pub columns: Columns,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Columns {
     pub username: String,
     pub password_hash: String,
@@ -214,7 +225,7 @@ pub struct Columns {
     pub disabled: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CookieConfig {
     pub access: String,
     pub refresh: String,
@@ -226,7 +237,7 @@ pub struct CookieConfig {
     pub trusted_origins: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IdentityConfig {
     pub user: HeaderName,
     pub email: HeaderName,
@@ -236,7 +247,7 @@ pub struct IdentityConfig {
     pub forward_token: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SessionsConfig {
     pub backend: SessionsBackend,
     pub redis_url: Option<String>,
@@ -245,7 +256,7 @@ pub struct SessionsConfig {
     pub reuse_grace: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuthConfig {
     /// Empty, or `/auth`-like: where `/token`, `/logout`, ... live.
     pub path_prefix: String,
@@ -255,7 +266,7 @@ pub struct AuthConfig {
 }
 
 /// `[auth.throttle]`: failed-login limits. A limit of 0 is off.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ThrottleConfig {
     pub max_failures: u64,
     pub window: Duration,
@@ -1195,6 +1206,22 @@ mod tests {
                 ("cookies.trusted_origins[1]", Some(4)),
             ]
         );
+    }
+
+    #[test]
+    fn where_a_value_is_written_does_not_make_configs_differ() {
+        let tls = "[server.tls]\ncert = \"c\"\nkey = \"k\"\n\
+                   [[routes]]\nprefix = \"/\"\nupstream = \"https://a\"\nupstream_ca = \"ca.pem\"\n";
+        let first = Config::parse(Path::new("g.toml"), tls).unwrap();
+        let moved = Config::parse(Path::new("g.toml"), &format!("# a comment\n\n{tls}")).unwrap();
+        assert_ne!(
+            first.server.tls.as_ref().unwrap().cert.line,
+            moved.server.tls.as_ref().unwrap().cert.line
+        );
+        assert_eq!(first, moved);
+        let other =
+            Config::parse(Path::new("g.toml"), &tls.replace("ca.pem", "other.pem")).unwrap();
+        assert_ne!(first, other);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
 use crate::config::{Problem, RouteConfig};
@@ -104,11 +105,16 @@ pub struct RouteClients {
 /// whether the upstream speaks HTTP/2.
 type ClientKey = (Option<PathBuf>, bool);
 
-/// Every client the routes need.
-#[derive(Debug)]
+/// Every client the routes need. Cloning shares the pools: a reload hands
+/// the running gateway's warm connections to the new one.
+#[derive(Debug, Clone)]
 pub struct Upstreams {
     clients: HashMap<ClientKey, LegacyClient>,
     http1: HashMap<Authority, Arc<Http1Pool>>,
+    keepalive: usize,
+    /// The certificates read from each `upstream_ca`, to tell whether a
+    /// reload found the same ones.
+    ca_certificates: HashMap<PathBuf, Vec<CertificateDer<'static>>>,
 }
 
 impl Upstreams {
@@ -119,50 +125,80 @@ impl Upstreams {
         routes: &[RouteConfig],
         keepalive: usize,
     ) -> Result<Upstreams, Vec<Problem>> {
+        Self::reusing(None, routes, keepalive)
+    }
+
+    /// [`Self::from_routes`], taking from `running` every pool that would
+    /// be built the same (same host:port, same CA certificates, same
+    /// `keepalive`), so a reload keeps their warm connections.
+    pub fn reusing(
+        running: Option<&Upstreams>,
+        routes: &[RouteConfig],
+        keepalive: usize,
+    ) -> Result<Upstreams, Vec<Problem>> {
+        let running = running.filter(|running| running.keepalive == keepalive);
         let system = system_roots();
         let mut clients = HashMap::new();
         let mut problems = Vec::new();
-        let mut add = |ca: Option<PathBuf>, roots: &RootCertStore| {
+        let mut add = |ca: Option<PathBuf>, roots: &RootCertStore, reuse: bool| {
             for http2 in [false, true] {
-                clients.insert((ca.clone(), http2), client(roots.clone(), http2, keepalive));
+                let key = (ca.clone(), http2);
+                let client = running
+                    .filter(|_| reuse)
+                    .and_then(|running| running.clients.get(&key).cloned())
+                    .unwrap_or_else(|| client(roots.clone(), http2, keepalive));
+                clients.insert(key, client);
             }
         };
-        add(None, &system);
+        add(None, &system, true);
         let mut http1 = HashMap::new();
-        let mut seen = Vec::new();
+        let mut ca_certificates = HashMap::new();
         for (i, route) in routes.iter().enumerate() {
             if plain_http1(route) {
                 let authority = &route.upstream.authority;
-                http1
-                    .entry(authority.clone())
-                    .or_insert_with(|| Http1Pool::new(authority, keepalive));
+                http1.entry(authority.clone()).or_insert_with(|| {
+                    running
+                        .and_then(|running| running.http1.get(authority).cloned())
+                        .unwrap_or_else(|| Http1Pool::new(authority, keepalive))
+                });
             }
             let Some(ca) = &route.upstream_ca else {
                 continue;
             };
-            if seen.contains(&ca.value) {
+            if ca_certificates.contains_key(&ca.value) {
                 continue;
             }
-            seen.push(ca.value.clone());
             let mut roots = system.clone();
             let added = crate::tls::read_certificates(ca).and_then(|certs| {
-                match roots.add_parsable_certificates(certs) {
+                match roots.add_parsable_certificates(certs.iter().cloned()) {
                     (0, _) => {
                         Err(ca.problem(format!("{}: no usable CA certificate", ca.value.display())))
                     }
-                    _ => Ok(()),
+                    _ => Ok(certs),
                 }
             });
             match added {
-                Ok(()) => add(Some(ca.value.clone()), &roots),
+                Ok(certs) => {
+                    let unchanged = running.is_some_and(|running| {
+                        running.ca_certificates.get(&ca.value) == Some(&certs)
+                    });
+                    add(Some(ca.value.clone()), &roots, unchanged);
+                    ca_certificates.insert(ca.value.clone(), certs);
+                }
                 Err(mut problem) => {
                     problem.key = format!("routes[{i}].upstream_ca");
                     problems.push(problem);
+                    ca_certificates.insert(ca.value.clone(), Vec::new());
                 }
             }
         }
         if problems.is_empty() {
-            Ok(Upstreams { clients, http1 })
+            Ok(Upstreams {
+                clients,
+                http1,
+                keepalive,
+                ca_certificates,
+            })
         } else {
             Err(problems)
         }

@@ -68,15 +68,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    // Connection-level settings are fixed for the process (a reload reports
-    // them as needing a restart); everything per request follows reloads.
-    let gw = shared.load_full();
-    let builders = Arc::new(builders(&gw));
     // Each connection holds a receiver: `true` asks it to finish, and the
     // drain is over when every receiver is gone.
     let (drain, _) = watch::channel(false);
-    let permits = Arc::new(Semaphore::new(gw.config.server.max_connections));
-    let grace = gw.config.server.shutdown_grace;
+    // A restart-only setting: the semaphore is made once.
+    let permits = Arc::new(Semaphore::new(shared.load().config.server.max_connections));
+    // hyper's builders follow reloads: made again for the first connection
+    // accepted after one, from the configuration then current.
+    let mut current = shared.load_full();
+    let mut builders = Arc::new(builders(&current));
     tokio::pin!(shutdown);
     loop {
         // Waiting for a permit before accepting leaves excess connections
@@ -97,9 +97,15 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let gw = shared.load_full();
+        if !Arc::ptr_eq(&gw, &current) {
+            builders = Arc::new(self::builders(&gw));
+            current = gw;
+        }
         conn::serve(&shared, &builders, drain.subscribe(), stream, peer, permit);
     }
     drop(listener);
+    let grace = shared.load().config.server.shutdown_grace;
     tracing::info!(
         event = "shutdown",
         grace_secs = grace.as_secs(),
