@@ -74,7 +74,10 @@ mod tests {
         let before = seen_by_gateway.unix_secs();
         clock.advance(Duration::from_secs(3600));
         let after = seen_by_gateway.unix_secs();
-        assert!((3600..3700).contains(&(after - before)), "{before} -> {after}");
+        assert!(
+            (3600..3700).contains(&(after - before)),
+            "{before} -> {after}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::auth::jwt::JwtService;
 use crate::auth::password::Passwords;
 use crate::auth::refresh::SessionService;
 use crate::auth::throttle::Throttle;
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError, Problem, UsersBackend};
 use crate::cookies::CookieJar;
 use crate::proxy::client_ip::TrustedProxies;
@@ -65,7 +66,7 @@ pub struct Gateway {
     /// Metrics of requests that matched no route (own endpoints, 404s).
     pub own_metrics: crate::metrics::RouteMetrics,
     /// Wall-clock time for every expiry decision (see [`crate::clock`]).
-    pub clock: crate::clock::Clock,
+    pub clock: Clock,
 }
 
 /// The gateway as the server sees it: swapped whole on a reload, so every
@@ -125,21 +126,28 @@ fn keep<T>(result: Result<T, Vec<Problem>>, problems: &mut Vec<Problem>) -> Opti
 impl Gateway {
     /// Reads secrets and files, opens the stores and compiles the routes.
     pub async fn build(config: Config) -> anyhow::Result<Gateway> {
+        Self::build_with_clock(config, Clock::system()).await
+    }
+
+    /// [`Self::build`] with every expiry judged by `clock`: tests pass a
+    /// [`Clock::manual`] and move it instead of sleeping.
+    pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Gateway> {
         let files = FilesAndSecrets::read(&config)?;
         let users = users::open(&config, true).await?;
-        Self::assemble(config, files, users).await
+        Self::assemble(config, files, users, clock).await
     }
 
     /// Builds around a given user store (dev mode).
     pub async fn with_users(config: Config, users: Arc<dyn UserStore>) -> anyhow::Result<Gateway> {
         let files = FilesAndSecrets::read(&config)?;
-        Self::assemble(config, files, users).await
+        Self::assemble(config, files, users, Clock::system()).await
     }
 
     async fn assemble(
         config: Config,
         files: FilesAndSecrets,
         users: Arc<dyn UserStore>,
+        clock: Clock,
     ) -> anyhow::Result<Gateway> {
         // Clients that build a rustls config without naming a provider
         // (Redis over rediss://) need the process default.
@@ -151,7 +159,7 @@ impl Gateway {
         } = files;
         let jwt = Arc::new(jwt);
         let tls = tls.map(Arc::new);
-        let sessions = sessions::open(&config.sessions).await?;
+        let sessions = sessions::open(&config.sessions, clock.clone()).await?;
         let passwords =
             Passwords::new(config.users.bcrypt_cost, config.users.max_concurrent_hashes).await?;
         let session_service = SessionService {
@@ -160,6 +168,7 @@ impl Gateway {
             jwt: jwt.clone(),
             refresh_ttl: config.jwt.refresh_ttl,
             reuse_grace: config.sessions.reuse_grace,
+            clock: clock.clone(),
         };
         // Behind TLS every cookie is Secure, whatever `[cookies] secure` says.
         let mut cookie_config = config.cookies.clone();
@@ -178,7 +187,7 @@ impl Gateway {
             scheme: if tls.is_some() { "https" } else { "http" },
             tls,
             own_metrics: crate::metrics::get().route("(gateway)"),
-            clock: crate::clock::Clock::system(),
+            clock,
             jwt,
             users,
             sessions,
@@ -266,6 +275,7 @@ impl Gateway {
             jwt: jwt.clone(),
             refresh_ttl: config.jwt.refresh_ttl,
             reuse_grace: config.sessions.reuse_grace,
+            clock: self.clock.clone(),
         };
         let mut cookie_config = config.cookies.clone();
         cookie_config.secure |= tls.is_some() || self.tls.is_some();

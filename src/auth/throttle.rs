@@ -159,11 +159,12 @@ impl Attempt<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
     use crate::sessions::memory::MemorySessionStore;
 
     fn throttle(max: u64, ip_max: u64) -> Throttle {
         Throttle::new(
-            Arc::new(MemorySessionStore::new()),
+            Arc::new(MemorySessionStore::new(Clock::manual())),
             &ThrottleConfig {
                 max_failures: max,
                 window: Duration::from_secs(60),
