@@ -492,7 +492,7 @@ async fn sessions_command(config: &Config, command: SessionsCommand) -> anyhow::
         );
         return Ok(ExitCode::FAILURE);
     }
-    let store = crate::sessions::open(&config.sessions).await?;
+    let store = crate::sessions::open(&config.sessions, crate::clock::Clock::system()).await?;
     match command {
         SessionsCommand::List { username } => {
             let families = store.list_user(&username).await?;

@@ -229,7 +229,7 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
                 Some(users) => users,
                 None => users::open(&config, true).await?,
             };
-            let sessions = sessions::open(&config.sessions).await?;
+            let sessions = sessions::open(&config.sessions, clock.clone()).await?;
             (users, sessions, crate::metrics::get().route("(gateway)"))
         }
     };
@@ -244,6 +244,7 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
         jwt: jwt.clone(),
         refresh_ttl: config.jwt.refresh_ttl,
         reuse_grace: config.sessions.reuse_grace,
+        clock: clock.clone(),
     };
     // Behind TLS every cookie is Secure, whatever `[cookies] secure` says.
     let mut cookie_config = config.cookies.clone();

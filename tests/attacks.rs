@@ -1566,6 +1566,10 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     assert_eq!(s.public.count(), 2);
 }
 
+/// Past the 100 ms after which an idle connection is shed (the server's
+/// `SHED_AFTER`), with room for a loaded machine.
+const SHED_WAIT: Duration = Duration::from_millis(300);
+
 /// An idle keep-alive connection gives back hyper's buffers after 100 ms
 /// (docs/security.md, "Idle connections are cheap") while its socket stays open: the requests
 /// that follow on it, pipelined or with bodies, are served as before, and a
@@ -1579,14 +1583,14 @@ async fn idle_keep_alive_connection_is_shed_and_still_serves_its_next_requests()
         .await
         .unwrap();
     assert_eq!(status_of(&read_response(&mut stream).await), 200);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(SHED_WAIT).await;
     stream
         .write_all(b"POST /public/second HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\nhello")
         .await
         .unwrap();
     assert_eq!(status_of(&read_response(&mut stream).await), 200);
     assert_eq!(s.public.last().body.as_ref(), b"hello");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(SHED_WAIT).await;
     stream
         .write_all(
             b"GET /public/third HTTP/1.1\r\nHost: gw\r\n\r\nGET /public/fourth HTTP/1.1\r\nHost: gw\r\n\r\n",
@@ -1608,7 +1612,7 @@ async fn idle_keep_alive_connection_is_shed_and_still_serves_its_next_requests()
             "/public/fourth"
         ]
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(SHED_WAIT).await;
     let server = s.gw.begin_shutdown();
     tokio::time::timeout(Duration::from_secs(5), server)
         .await
@@ -1630,7 +1634,7 @@ async fn a_request_begun_before_a_shed_is_served_after_it() {
         .await
         .unwrap();
     assert_eq!(status_of(&read_response(&mut stream).await), 200);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(SHED_WAIT).await;
     stream
         .write_all(b"ond HTTP/1.1\r\nHost: gw\r\n\r\n")
         .await

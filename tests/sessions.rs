@@ -8,6 +8,7 @@ mod support;
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -17,6 +18,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
+use authgate::clock::Clock;
 use authgate::sessions::{FamilyInfo, SessionStore};
 use support::process::AuthgateProcess;
 use support::{
@@ -72,6 +74,8 @@ for_both_backends!(
     sessions_kept_alive_by_refreshing_stay_listed_and_revocable,
     sessions_commands,
     rotation_is_atomic_under_parallelism,
+    sessions_expire_by_the_clock,
+    throttle_windows_and_bans_end_by_the_clock,
 );
 
 // ---------------------------------------------------------------- set-up
@@ -192,6 +196,15 @@ impl Setup {
         Setup { up, gw, prefix }
     }
 
+    /// Moves the gateway's clock past the access token's `exp` (leeway is 0).
+    fn expire(&self, access_token: &str) {
+        let exp_ms = claims_of(access_token)["exp"].as_u64().unwrap() * 1000;
+        let now_ms = self.gw.clock.unix_millis();
+        self.gw.clock.advance(Duration::from_millis(
+            (exp_ms + 1000).saturating_sub(now_ms),
+        ));
+    }
+
     fn store(&self) -> std::sync::Arc<dyn SessionStore> {
         self.gw.gateway.load().sessions.clone()
     }
@@ -293,12 +306,17 @@ fn claims_of(token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
-/// Sleeps until the access token's `exp` has passed (leeway is 0).
-async fn wait_expired(access_token: &str) {
-    let exp = claims_of(access_token)["exp"].as_u64().unwrap();
-    while now() <= exp {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// `token` once expired, for a gateway in another process (whose clock a
+/// test cannot move): the same claims with every instant moved back by the
+/// token's lifetime and a second, signed again with the suite's secret.
+fn expired_copy(token: &str) -> String {
+    let mut claims = claims_of(token);
+    let instant = |claims: &Value, name: &str| claims[name].as_u64().unwrap();
+    let back = instant(&claims, "exp") - instant(&claims, "iat") + 1;
+    for name in ["iat", "nbf", "exp"] {
+        claims[name] = json!(instant(&claims, name) - back);
     }
+    sign_hs256(&claims, SECRET)
 }
 
 /// A well-formed refresh token that was never issued.
@@ -354,6 +372,36 @@ async fn redis_keys(url: &str, prefix: &str) -> Vec<String> {
     keys
 }
 
+/// Moves every retirement under `prefix` back by `by`, as if that long had
+/// passed since: for gateways in other processes, whose clock a test
+/// cannot move (the grace is judged from the retirement's `used_at`).
+async fn backdate_retirements(url: &str, prefix: &str, by: Duration) {
+    let mut conn = redis_connection(url).await;
+    let mut moved = 0;
+    for key in redis_keys(url, prefix).await {
+        if !key.contains(":t:") {
+            continue;
+        }
+        let used_at: Option<i64> = ::redis::cmd("HGET")
+            .arg(&key)
+            .arg("used_at")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if used_at.is_some() {
+            let () = ::redis::cmd("HINCRBY")
+                .arg(&key)
+                .arg("used_at")
+                .arg(-(by.as_millis() as i64))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            moved += 1;
+        }
+    }
+    assert!(moved > 0, "no retired token under {prefix}");
+}
+
 /// The `state` of every refresh-token key under `prefix` ("live"/"used").
 async fn token_states(url: &str, prefix: &str) -> Vec<String> {
     let mut conn = redis_connection(url).await;
@@ -381,7 +429,7 @@ async fn token_states(url: &str, prefix: &str) -> Vec<String> {
 async fn silent_refresh_renews_an_expired_cookie_session(backend: Backend) {
     let s = Setup::start(backend, "silent", Options::default()).await;
     let old = s.login("alice").await;
-    wait_expired(&old.access).await;
+    s.expire(&old.access);
 
     let response = s.get("/set-cookie", &old.cookies()).await;
     assert_eq!(response.status(), 200);
@@ -422,7 +470,7 @@ async fn silent_refresh_renews_an_expired_cookie_session(backend: Backend) {
 async fn parallel_refreshes_share_one_successor(backend: Backend) {
     let s = Setup::start(backend, "parallel", Options::default()).await;
     let old = s.login("alice").await;
-    wait_expired(&old.access).await;
+    s.expire(&old.access);
 
     let urls = (0..20).map(|i| s.gw.url(&format!("/page/{i}"))).collect();
     let Session {
@@ -465,7 +513,7 @@ async fn replay_after_the_grace_revokes_the_family(backend: Backend) {
     let s = Setup::start(backend, "replay", options).await;
     let stolen = s.login("alice").await;
     let current = s.refreshed(&stolen.refresh).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.gw.clock.advance(Duration::from_secs(2));
 
     // Replayed as a cookie: 401 and the cookies go.
     let response = s
@@ -627,7 +675,7 @@ async fn logout_ends_the_session(backend: Backend) {
 async fn expired_bearer_is_never_silently_refreshed(backend: Backend) {
     let s = Setup::start(backend, "bearer", Options::default()).await;
     let a = s.login("alice").await;
-    wait_expired(&a.access).await;
+    s.expire(&a.access);
 
     for cookie in [a.cookies(), format!("refresh_token={}", a.refresh)] {
         let response = client()
@@ -705,7 +753,7 @@ async fn forged_access_cookie_is_never_refreshed_around(backend: Backend) {
 async fn failed_silent_refresh_is_401_and_clears_both_cookies(backend: Backend) {
     let s = Setup::start(backend, "failed", Options::default()).await;
     let a = s.login("alice").await;
-    wait_expired(&a.access).await;
+    s.expire(&a.access);
     for refresh in [unknown_refresh_token(), "garbage".to_string()] {
         let response = s
             .get(
@@ -760,7 +808,7 @@ async fn deleted_or_disabled_user_cannot_refresh(backend: Backend) {
     );
 
     s.assert_refresh_refused(&b.refresh).await;
-    wait_expired(&c.access).await;
+    s.expire(&c.access);
     let response = s.get("/x", &c.cookies()).await;
     assert_eq!(response.status(), 401);
     assert_cookies_cleared(&set_cookies(response.headers()));
@@ -787,7 +835,7 @@ async fn changed_roles_and_email_apply_at_refresh(backend: Backend) {
         "alice",
     )
     .await;
-    wait_expired(&a.access).await;
+    s.expire(&a.access);
     let response = s.get("/admin/panel", &a.cookies()).await;
     assert_eq!(response.status(), 200);
     let new = Session::from_set_cookies(&set_cookies(response.headers()));
@@ -809,10 +857,10 @@ async fn sessions_kept_alive_by_refreshing_stay_listed_and_revocable(backend: Ba
     };
     let s = Setup::start(backend, "keepalive", options).await;
     let a = s.login("alice").await;
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    s.gw.clock.advance(Duration::from_secs(2));
     let a1 = s.refreshed(&a.refresh).await;
     // Past the login's refresh_ttl, within the rotated one.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.gw.clock.advance(Duration::from_millis(1500));
     assert_eq!(s.families("alice").await.len(), 1);
     assert_eq!(s.store().revoke_user("alice").await.unwrap(), 1);
     s.assert_refresh_refused(&a1.refresh).await;
@@ -898,16 +946,17 @@ async fn rotation_is_atomic_under_parallelism(backend: Backend) {
     use std::sync::Arc;
 
     let prefix = redis_prefix("atomic");
+    let clock = Clock::manual();
     let stores: Vec<Arc<dyn SessionStore>> = match backend {
-        Backend::Memory => vec![Arc::new(MemorySessionStore::new())],
+        Backend::Memory => vec![Arc::new(MemorySessionStore::new(clock.clone()))],
         Backend::Redis => vec![
             Arc::new(
-                RedisSessionStore::new(REDIS_URL, &prefix, None)
+                RedisSessionStore::new(REDIS_URL, &prefix, None, clock.clone())
                     .await
                     .unwrap(),
             ),
             Arc::new(
-                RedisSessionStore::new(REDIS_URL, &prefix, None)
+                RedisSessionStore::new(REDIS_URL, &prefix, None, clock.clone())
                     .await
                     .unwrap(),
             ),
@@ -917,7 +966,7 @@ async fn rotation_is_atomic_under_parallelism(backend: Backend) {
     let grace = Duration::from_millis(1000);
     let family: [u8; 16] = rand::random();
     let first: [u8; 32] = rand::random();
-    let t0 = authgate::auth::now_millis();
+    let t0 = clock.unix_millis();
     stores[0]
         .create(&family, "alice", &first, t0, ttl)
         .await
@@ -1017,6 +1066,108 @@ async fn rotation_is_atomic_under_parallelism(backend: Backend) {
     assert_eq!(stores[0].revoke_user("alice").await.unwrap(), 0);
 }
 
+/// A store of `backend` whose expiries `clock` judges (Redis: under a
+/// prefix of its own).
+async fn store_on(backend: Backend, test: &str, clock: &Clock) -> Arc<dyn SessionStore> {
+    use authgate::sessions::{memory::MemorySessionStore, redis::RedisSessionStore};
+    match backend {
+        Backend::Memory => Arc::new(MemorySessionStore::new(clock.clone())),
+        Backend::Redis => Arc::new(
+            RedisSessionStore::new(REDIS_URL, &redis_prefix(test), None, clock.clone())
+                .await
+                .unwrap(),
+        ),
+    }
+}
+
+/// Families and tokens end when the clock passes their expiry, which each
+/// rotation extends for the family and the successor only. Redis's TTLs
+/// run on real time and are nowhere near lapsing: the store must judge by
+/// the clock itself.
+async fn sessions_expire_by_the_clock(backend: Backend) {
+    use authgate::sessions::{RotateRequest, Rotation};
+
+    let clock = Clock::manual();
+    let store = store_on(backend, "expiry", &clock).await;
+    let minutes = |n: u64| Duration::from_secs(60 * n);
+    let ttl = minutes(60);
+    let family: [u8; 16] = rand::random();
+    let tokens: [[u8; 32]; 4] = rand::random();
+    let rotate = |presented: usize| {
+        let (store, now_ms) = (store.clone(), clock.unix_millis());
+        async move {
+            store
+                .rotate(RotateRequest {
+                    family: &family,
+                    presented: &tokens[presented],
+                    successor: &tokens[presented + 1],
+                    sealed_successor: &rand::random(),
+                    now_ms,
+                    grace: Duration::from_secs(10),
+                    ttl,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    store
+        .create(&family, "dora", &tokens[0], clock.unix_millis(), ttl)
+        .await
+        .unwrap();
+
+    clock.advance(minutes(30));
+    assert!(matches!(rotate(0).await, Rotation::Rotated { .. }));
+    // 75 minutes in: past the login's ttl, within the rotation's.
+    clock.advance(minutes(45));
+    assert!(store.family_alive(&family).await.unwrap());
+    assert_eq!(store.list_user("dora").await.unwrap().len(), 1);
+    // The first token expired with the login's ttl: unknown, not a replay.
+    assert_eq!(rotate(0).await, Rotation::Invalid);
+    assert!(matches!(rotate(1).await, Rotation::Rotated { .. }));
+
+    clock.advance(minutes(61));
+    assert!(!store.family_alive(&family).await.unwrap());
+    assert!(store.list_user("dora").await.unwrap().is_empty());
+    assert_eq!(rotate(2).await, Rotation::Invalid);
+    assert!(!store.revoke(&family, &tokens[2]).await.unwrap());
+    assert_eq!(store.revoke_user("dora").await.unwrap(), 0);
+}
+
+/// A throttle key's window and ban end by the clock, not by Redis's TTLs.
+async fn throttle_windows_and_bans_end_by_the_clock(backend: Backend) {
+    use authgate::sessions::FailureLimits;
+
+    let clock = Clock::manual();
+    let store = store_on(backend, "throttle", &clock).await;
+    let limits = FailureLimits {
+        window: Duration::from_secs(60),
+        limit: 2,
+        ban: Duration::from_secs(120),
+    };
+    let attempt = async || store.count_attempt("user:dora", limits).await.unwrap();
+    let ban_left = async || {
+        let left = store.ban_remaining("user:dora").await.unwrap();
+        left.map(|d| d.as_secs_f64().round() as u64)
+    };
+
+    assert_eq!(attempt().await, None);
+    clock.advance(Duration::from_secs(61));
+    // The window of the first attempt has lapsed: two more fit.
+    assert_eq!(attempt().await, None);
+    assert_eq!(attempt().await, None);
+    assert_eq!(attempt().await, Some(limits.ban));
+    assert_eq!(ban_left().await, Some(120));
+
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(ban_left().await, Some(60));
+    let refused = attempt().await.map(|d| d.as_secs_f64().round() as u64);
+    assert_eq!(refused, Some(60));
+
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(ban_left().await, None);
+    assert_eq!(attempt().await, None);
+}
+
 // ------------------------------------------------------------ redis only
 
 /// The user's index (what `sessions list` reads) lives a quarter of the
@@ -1029,14 +1180,16 @@ async fn a_session_kept_alive_by_refreshing_stays_listed() {
     use authgate::sessions::{RotateRequest, Rotation};
 
     let prefix = redis_prefix("index");
-    let store = RedisSessionStore::new(REDIS_URL, &prefix, None)
+    // Real time: what is under test is Redis's own TTL on the index.
+    let clock = Clock::system();
+    let store = RedisSessionStore::new(REDIS_URL, &prefix, None, clock.clone())
         .await
         .unwrap();
     let ttl = Duration::from_millis(1200);
     let family: [u8; 16] = rand::random();
     let mut token: [u8; 32] = rand::random();
     store
-        .create(&family, "carol", &token, authgate::auth::now_millis(), ttl)
+        .create(&family, "carol", &token, clock.unix_millis(), ttl)
         .await
         .unwrap();
     let mut redis = redis_connection(REDIS_URL).await;
@@ -1058,7 +1211,7 @@ async fn a_session_kept_alive_by_refreshing_stays_listed() {
                 presented: &token,
                 successor: &next,
                 sealed_successor: &rand::random(),
-                now_ms: authgate::auth::now_millis(),
+                now_ms: clock.unix_millis(),
                 grace: Duration::from_millis(100),
                 ttl,
             })
@@ -1082,7 +1235,7 @@ async fn no_raw_refresh_token_is_stored_in_redis() {
     tokens.push(a.refresh.clone());
     let a1 = s.refreshed(&a.refresh).await;
     tokens.push(a1.refresh.clone());
-    wait_expired(&a1.access).await;
+    s.expire(&a1.access);
     let response = s.get("/x", &a1.cookies()).await;
     assert_eq!(response.status(), 200);
     let a2 = Session::from_set_cookies(&set_cookies(response.headers()));
@@ -1234,7 +1387,7 @@ async fn two_processes_catch_replay_and_share_logout() {
         reuse_grace: "1s",
         ..Options::default()
     };
-    let TwoProcesses { a, b, .. } = two_processes("two-replay", &options).await;
+    let TwoProcesses { a, b, prefix, .. } = two_processes("two-replay", &options).await;
     let stolen = a.login("alice").await;
     let response = a.refresh_grant(&stolen.refresh).await;
     assert_eq!(response.status(), 200);
@@ -1246,7 +1399,7 @@ async fn two_processes_catch_replay_and_share_logout() {
         Session::from_set_cookies(&set_cookies(response.headers())).refresh,
         current.refresh
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    backdate_retirements(REDIS_URL, &prefix, Duration::from_secs(2)).await;
     let response = b.refresh_grant(&stolen.refresh).await;
     assert_eq!(response.status(), 400);
     let response = a.refresh_grant(&current.refresh).await;
@@ -1277,8 +1430,8 @@ async fn two_processes_parallel_refresh_does_not_fork() {
     let TwoProcesses {
         up, prefix, a, b, ..
     } = two_processes("two-parallel", &Options::default()).await;
-    let old = a.login("alice").await;
-    wait_expired(&old.access).await;
+    let mut old = a.login("alice").await;
+    old.access = expired_copy(&old.access);
     let urls = (0..20)
         .map(|i| if i % 2 == 0 { a.url("/p") } else { b.url("/p") })
         .collect();

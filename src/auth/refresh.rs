@@ -23,7 +23,7 @@ use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 
 use super::jwt::JwtService;
-use super::now_millis;
+use crate::clock::Clock;
 use crate::sessions::{
     hex, FamilyId, RotateRequest, Rotation, SealedSuccessor, SessionStore, StoreError, TokenHash,
 };
@@ -175,13 +175,15 @@ pub struct SessionService {
     pub jwt: Arc<JwtService>,
     pub refresh_ttl: Duration,
     pub reuse_grace: Duration,
+    /// Stamps rotations and the `iat` of the tokens minted with them.
+    pub clock: Clock,
 }
 
 impl SessionService {
     /// Starts a new family for a user who just proved their password.
     pub async fn start(&self, user: User) -> Result<TokenPair, RefreshError> {
         let token = RefreshToken::generate(os_random()?)?;
-        let now_ms = now_millis();
+        let now_ms = self.clock.unix_millis();
         self.store
             .create(
                 token.family(),
@@ -220,7 +222,7 @@ impl SessionService {
                 presented: &presented.hash(),
                 successor: &proposed.hash(),
                 sealed_successor: &presented.seal(&proposed),
-                now_ms: now_millis(),
+                now_ms: self.clock.unix_millis(),
                 grace: self.reuse_grace,
                 ttl: self.refresh_ttl,
             })

@@ -159,11 +159,16 @@ impl Attempt<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Clock;
     use crate::sessions::memory::MemorySessionStore;
 
     fn throttle(max: u64, ip_max: u64) -> Throttle {
+        throttle_on(Clock::manual(), max, ip_max)
+    }
+
+    fn throttle_on(clock: Clock, max: u64, ip_max: u64) -> Throttle {
         Throttle::new(
-            Arc::new(MemorySessionStore::new()),
+            Arc::new(MemorySessionStore::new(clock)),
             &ThrottleConfig {
                 max_failures: max,
                 window: Duration::from_secs(60),
@@ -199,6 +204,25 @@ mod tests {
                 retry_after_secs: 120
             }
         ));
+        assert!(t.begin("bob", &h, peer("192.0.2.1")).await.is_ok());
+    }
+
+    /// Retry-After counts down with the clock, and the ban ends with it.
+    #[tokio::test]
+    async fn a_ban_ends_by_the_clock() {
+        let clock = Clock::manual();
+        let t = throttle_on(clock.clone(), 0, 1);
+        let h = HeaderMap::new();
+        fail(&t, "alice", "192.0.2.1").await;
+        clock.advance(Duration::from_secs(90));
+        let e = t.begin("bob", &h, peer("192.0.2.1")).await.unwrap_err();
+        assert!(matches!(
+            e,
+            GatewayError::TooManyRequests {
+                retry_after_secs: 30
+            }
+        ));
+        clock.advance(Duration::from_secs(30));
         assert!(t.begin("bob", &h, peer("192.0.2.1")).await.is_ok());
     }
 

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use super::route::Route;
 use super::{Authn, Permit, RequestContext, Via};
-use crate::auth::now_secs;
+use crate::clock::Clock;
 use crate::gateway::Gateway;
 use crate::response::{Body, GatewayError};
 use crate::sessions::{FamilyId, SessionStore};
@@ -117,7 +117,7 @@ pub(super) async fn proxy<B: crate::response::RequestBody>(
     set_upgrade_headers(response.headers_mut());
     let upstream_side = hyper::upgrade::on(&mut response);
     let request_id = ctx.request_id.to_str().unwrap_or("-").to_string();
-    let ended = session_ended(lifetime, gw.sessions.clone());
+    let ended = session_ended(lifetime, gw.sessions.clone(), gw.clock.clone());
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client_side, upstream_side) {
             Ok(both) => both,
@@ -136,7 +136,11 @@ pub(super) async fn proxy<B: crate::response::RequestBody>(
 /// unbounded one. A store that cannot answer keeps the socket open (and
 /// says so once): new requests are refused meanwhile, existing sockets are
 /// not cut by an outage.
-async fn session_ended(lifetime: Lifetime, sessions: Arc<dyn SessionStore>) -> &'static str {
+async fn session_ended(
+    lifetime: Lifetime,
+    sessions: Arc<dyn SessionStore>,
+    clock: Clock,
+) -> &'static str {
     if lifetime == Lifetime::default() {
         return std::future::pending().await;
     }
@@ -145,7 +149,7 @@ async fn session_ended(lifetime: Lifetime, sessions: Arc<dyn SessionStore>) -> &
     let mut store_failing = false;
     loop {
         tick.tick().await;
-        if lifetime.expires.is_some_and(|exp| now_secs() > exp) {
+        if lifetime.expires.is_some_and(|exp| clock.unix_secs() > exp) {
             return "token_expired";
         }
         let Some(family) = &lifetime.session else {

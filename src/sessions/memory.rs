@@ -11,7 +11,7 @@ use super::{
     hex, millis, oldest_first, FailureLimits, FamilyId, FamilyInfo, RotateRequest, Rotation,
     SealedSuccessor, SessionStore, StoreError, TokenHash,
 };
-use crate::auth::now_millis;
+use crate::clock::Clock;
 
 #[derive(Debug)]
 struct Family {
@@ -63,14 +63,18 @@ impl State {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemorySessionStore {
     state: Mutex<State>,
+    clock: Clock,
 }
 
 impl MemorySessionStore {
-    pub fn new() -> MemorySessionStore {
-        MemorySessionStore::default()
+    pub fn new(clock: Clock) -> MemorySessionStore {
+        MemorySessionStore {
+            state: Mutex::default(),
+            clock,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -164,7 +168,7 @@ impl SessionStore for MemorySessionStore {
 
     async fn revoke(&self, family: &FamilyId, token: &TokenHash) -> Result<bool, StoreError> {
         let mut state = self.lock();
-        let now = now_millis();
+        let now = self.clock.unix_millis();
         match state.family(family, now) {
             Some(f) if f.tokens.get(token).is_some_and(|t| t.expires_ms > now) => {
                 f.revoked = true;
@@ -176,7 +180,7 @@ impl SessionStore for MemorySessionStore {
 
     async fn revoke_user(&self, username: &str) -> Result<usize, StoreError> {
         let mut state = self.lock();
-        let now = now_millis();
+        let now = self.clock.unix_millis();
         let mut count = 0;
         for family in state.families.values_mut() {
             if family.username == username && !family.revoked && family.expires_ms > now {
@@ -189,7 +193,7 @@ impl SessionStore for MemorySessionStore {
 
     async fn list_user(&self, username: &str) -> Result<Vec<FamilyInfo>, StoreError> {
         let state = self.lock();
-        let now = now_millis();
+        let now = self.clock.unix_millis();
         let list = state
             .families
             .iter()
@@ -206,7 +210,10 @@ impl SessionStore for MemorySessionStore {
     }
 
     async fn family_alive(&self, family: &FamilyId) -> Result<bool, StoreError> {
-        Ok(self.lock().family(family, now_millis()).is_some())
+        Ok(self
+            .lock()
+            .family(family, self.clock.unix_millis())
+            .is_some())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -219,7 +226,7 @@ impl SessionStore for MemorySessionStore {
         limits: FailureLimits,
     ) -> Result<Option<Duration>, StoreError> {
         let mut state = self.lock();
-        let now = now_millis();
+        let now = self.clock.unix_millis();
         state.sweep(now);
         if let Some(until) = state.bans.get(key).filter(|until| **until > now) {
             return Ok(Some(Duration::from_millis(until - now)));
@@ -238,7 +245,7 @@ impl SessionStore for MemorySessionStore {
     }
 
     async fn ban_remaining(&self, key: &str) -> Result<Option<Duration>, StoreError> {
-        let now = now_millis();
+        let now = self.clock.unix_millis();
         Ok(self
             .lock()
             .bans

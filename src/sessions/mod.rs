@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::clock::Clock;
 use crate::config::{SessionsBackend, SessionsConfig};
 
 /// 128-bit family id, random per login; not secret.
@@ -125,14 +126,17 @@ pub struct FailureLimits {
     pub ban: Duration,
 }
 
-pub async fn open(config: &SessionsConfig) -> anyhow::Result<Arc<dyn SessionStore>> {
+/// `clock` judges every expiry the store decides (families, tokens,
+/// throttle windows and bans); `now_ms` arguments should come from it too.
+pub async fn open(config: &SessionsConfig, clock: Clock) -> anyhow::Result<Arc<dyn SessionStore>> {
     Ok(match config.backend {
-        SessionsBackend::Memory => Arc::new(memory::MemorySessionStore::new()),
+        SessionsBackend::Memory => Arc::new(memory::MemorySessionStore::new(clock)),
         SessionsBackend::Redis => Arc::new(
             redis::RedisSessionStore::new(
                 config.redis_url.as_deref().expect("validated at load"),
                 &config.key_prefix,
                 config.sentinel_master.as_deref(),
+                clock,
             )
             .await?,
         ),

@@ -2,15 +2,24 @@
 //! by every authgate instance.
 //!
 //! Key layout, with `P` the configured prefix and `F` the family id in hex:
-//! - `P{f:F}:fam` — hash: user, created, last_used, revoked (TTL = refresh TTL)
-//! - `P{f:F}:t:H` — hash of token hash H: state (live/used), used_at, succ
+//! - `P{f:F}:fam` — hash: user, created, last_used, revoked, expires
+//!   (TTL = refresh TTL)
+//! - `P{f:F}:t:H` — hash of token hash H: state (live/used), used_at, succ,
+//!   expires
 //! - `P u:USER`   — set of the user's family ids (for `sessions list/revoke`),
 //!   expiring with the user's longest-lived family (extended at each rotation)
-//! - `P fail:{K}` — failed-login counter of throttle key K (hashed; TTL = window)
-//! - `P ban:{K}`  — a banned throttle key (TTL = the ban)
+//! - `P tries:{K}` — hash: attempts `n` of throttle key K (hashed) in the
+//!   window ending at `until` (TTL = window)
+//! - `P ban:{K}`  — a banned throttle key: when the ban ends (TTL = the ban)
 //!
 //! The `{f:F}` hash tag puts every key a rotation touches in one Cluster slot,
 //! so the rotation script runs atomically on Cluster too.
+//!
+//! Every expiry is decided by the gateway's [`Clock`] against the instant
+//! stored in the record (`expires`, `until`, the ban's end), so a test that
+//! moves the clock sees records expire; the Redis TTLs only clean up. A
+//! record without its instant (written by an earlier version) is judged by
+//! its TTL alone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,28 +34,40 @@ use super::{
     hex, millis, oldest_first, unhex, FailureLimits, FamilyId, FamilyInfo, RotateRequest, Rotation,
     SessionStore, StoreError, TokenHash,
 };
+use crate::clock::Clock;
 
 /// Upper bound on one store operation; past it the request is refused (503).
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Whether an `expires` field read in a script has passed at `now`
+/// (a script's local); an absent one leaves the decision to the TTL.
+macro_rules! lua_expired {
+    () => {
+        "local function expired(at) return at ~= false and tonumber(at) <= now end\n"
+    };
+}
+
 /// KEYS: family, presented token, successor token. ARGV: now ms, grace ms,
 /// ttl ms, sealed successor, the share of the ttl after which the user's
-/// index is extended again ([`INDEX_SLACK`]).
-const ROTATE: &str = r#"
-local fam = redis.call('HMGET', KEYS[1], 'user', 'revoked', 'indexed_at')
-if not fam[1] or fam[2] == '1' then return {'invalid'} end
-local tok = redis.call('HMGET', KEYS[2], 'state', 'used_at', 'succ')
-if not tok[1] then return {'invalid'} end
+/// index is extended again ([`INDEX_SLACK`]), now + ttl ms.
+const ROTATE: &str = concat!(
+    "local now = tonumber(ARGV[1])\n",
+    lua_expired!(),
+    r#"
+local fam = redis.call('HMGET', KEYS[1], 'user', 'revoked', 'indexed_at', 'expires')
+if not fam[1] or fam[2] == '1' or expired(fam[4]) then return {'invalid'} end
+local tok = redis.call('HMGET', KEYS[2], 'state', 'used_at', 'succ', 'expires')
+if not tok[1] or expired(tok[4]) then return {'invalid'} end
 if tok[1] == 'live' then
   redis.call('HSET', KEYS[2], 'state', 'used', 'used_at', ARGV[1], 'succ', ARGV[4])
-  redis.call('HSET', KEYS[3], 'state', 'live')
+  redis.call('HSET', KEYS[3], 'state', 'live', 'expires', ARGV[6])
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
   local reindex = '0'
-  if tonumber(ARGV[1]) - tonumber(fam[3] or '0') > tonumber(ARGV[3]) * ARGV[5] then
+  if now - tonumber(fam[3] or '0') > tonumber(ARGV[3]) * ARGV[5] then
     reindex = '1'
-    redis.call('HSET', KEYS[1], 'last_used', ARGV[1], 'indexed_at', ARGV[1])
+    redis.call('HSET', KEYS[1], 'last_used', ARGV[1], 'expires', ARGV[6], 'indexed_at', ARGV[1])
   else
-    redis.call('HSET', KEYS[1], 'last_used', ARGV[1])
+    redis.call('HSET', KEYS[1], 'last_used', ARGV[1], 'expires', ARGV[6])
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return {'rotated', fam[1], ARGV[1], reindex}
@@ -56,36 +77,61 @@ if tonumber(ARGV[1]) - tonumber(tok[2]) <= tonumber(ARGV[2]) then
 end
 redis.call('HSET', KEYS[1], 'revoked', '1')
 return {'reused', fam[1]}
-"#;
+"#
+);
 
-const REVOKE_WITH_TOKEN: &str = r#"
-local fam = redis.call('HMGET', KEYS[1], 'user', 'revoked')
-if fam[1] and fam[2] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then
+/// KEYS: family, token. ARGV: now ms.
+const REVOKE_WITH_TOKEN: &str = concat!(
+    "local now = tonumber(ARGV[1])\n",
+    lua_expired!(),
+    r#"
+local fam = redis.call('HMGET', KEYS[1], 'user', 'revoked', 'expires')
+local tok = redis.call('HMGET', KEYS[2], 'state', 'expires')
+if fam[1] and fam[2] ~= '1' and not expired(fam[3]) and tok[1] and not expired(tok[2]) then
   redis.call('HSET', KEYS[1], 'revoked', '1')
   return 1
 end
 return 0
-"#;
+"#
+);
 
-const REVOKE_FAMILY: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HGET', KEYS[1], 'revoked') ~= '1' then
+/// KEYS: family. ARGV: now ms. Counts only a family that was live.
+const REVOKE_FAMILY: &str = concat!(
+    "local now = tonumber(ARGV[1])\n",
+    lua_expired!(),
+    r#"
+local fam = redis.call('HMGET', KEYS[1], 'user', 'revoked', 'expires')
+if fam[1] and fam[2] ~= '1' and not expired(fam[3]) then
   redis.call('HSET', KEYS[1], 'revoked', '1')
   return 1
 end
 return 0
-"#;
+"#
+);
 
-/// KEYS: counter, ban. ARGV: window ms, limit, ban ms. Returns the ms a
-/// ban still runs, or 0 when the attempt may go ahead.
+/// KEYS: counter, ban. ARGV: now ms, window end ms, window ms, limit, ban
+/// end ms, ban ms. Returns the ms a ban still runs, or 0 when the attempt
+/// may go ahead.
 const COUNT_ATTEMPT: &str = r#"
-local banned = redis.call('PTTL', KEYS[2])
-if banned > 0 then return banned end
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-if n <= tonumber(ARGV[2]) then return 0 end
+local now = tonumber(ARGV[1])
+local ban = redis.call('GET', KEYS[2])
+if ban then
+  local left
+  -- A ban set by an earlier version holds '1': its TTL is its end.
+  if ban == '1' then left = redis.call('PTTL', KEYS[2]) else left = tonumber(ban) - now end
+  if left > 0 then return left end
+end
+local window_end = redis.call('HGET', KEYS[1], 'until')
+if not window_end or tonumber(window_end) <= now then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'until', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+if n <= tonumber(ARGV[4]) then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
-return tonumber(ARGV[3])
+redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
+return tonumber(ARGV[6])
 "#;
 
 /// One connection type for single-server and Cluster deployments, so
@@ -154,6 +200,7 @@ struct ClusterTarget {
 pub struct RedisSessionStore {
     target: Target,
     prefix: String,
+    clock: Clock,
     rotate: Arc<Script>,
     revoke_with_token: Script,
     revoke_family: Script,
@@ -183,6 +230,7 @@ impl RedisSessionStore {
         url: &str,
         prefix: &str,
         sentinel_master: Option<&str>,
+        clock: Clock,
     ) -> anyhow::Result<RedisSessionStore> {
         let urls: Vec<&str> = url
             .split(',')
@@ -223,6 +271,7 @@ impl RedisSessionStore {
         Ok(RedisSessionStore {
             target,
             prefix: prefix.to_string(),
+            clock,
             rotate: Arc::new(Script::new(ROTATE)),
             revoke_with_token: Script::new(REVOKE_WITH_TOKEN),
             revoke_family: Script::new(REVOKE_FAMILY),
@@ -330,10 +379,19 @@ impl RedisSessionStore {
         use sha2::{Digest, Sha256};
         let id = hex(&Sha256::digest(key.as_bytes())[..16]);
         [
-            format!("{}fail:{{{id}}}", self.prefix),
+            format!("{}tries:{{{id}}}", self.prefix),
             format!("{}ban:{{{id}}}", self.prefix),
         ]
     }
+}
+
+/// Whether a record's `expires` field says it has expired at `now_ms`; a
+/// record without one is left to its Redis TTL.
+fn expired(expires: &Option<String>, now_ms: u64) -> bool {
+    expires
+        .as_deref()
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|at| at <= now_ms)
 }
 
 /// How far past a family's expiry its user's index lives: the index is
@@ -352,6 +410,7 @@ impl SessionStore for RedisSessionStore {
     ) -> Result<(), StoreError> {
         let fam = self.family_key(family);
         let tok = self.token_key(family, token);
+        let expires = (now_ms + millis(ttl)).to_string();
         self.run(async |c| {
             redis::pipe()
                 .atomic()
@@ -362,10 +421,11 @@ impl SessionStore for RedisSessionStore {
                         ("created", now_ms.to_string()),
                         ("last_used", now_ms.to_string()),
                         ("indexed_at", now_ms.to_string()),
+                        ("expires", expires.clone()),
                     ],
                 )
                 .pexpire(&fam, millis(ttl) as i64)
-                .hset(&tok, "state", "live")
+                .hset_multiple(&tok, &[("state", "live"), ("expires", &expires)])
                 .pexpire(&tok, millis(ttl) as i64)
                 .query_async::<()>(c)
                 .await
@@ -392,6 +452,7 @@ impl SessionStore for RedisSessionStore {
                     .arg(millis(r.ttl))
                     .arg(hex(r.sealed_successor))
                     .arg(INDEX_SLACK)
+                    .arg(r.now_ms + millis(r.ttl))
                     .invoke_async(c)
                     .await
             })
@@ -434,6 +495,7 @@ impl SessionStore for RedisSessionStore {
                 self.revoke_with_token
                     .key(&fam)
                     .key(&tok)
+                    .arg(self.clock.unix_millis())
                     .invoke_async(c)
                     .await
             })
@@ -450,7 +512,13 @@ impl SessionStore for RedisSessionStore {
         for family in families.iter().filter_map(|f| unhex::<16>(f)) {
             let fam = self.family_key(&family);
             let n: i64 = self
-                .run(async |c| self.revoke_family.key(&fam).invoke_async(c).await)
+                .run(async |c| {
+                    self.revoke_family
+                        .key(&fam)
+                        .arg(self.clock.unix_millis())
+                        .invoke_async(c)
+                        .await
+                })
                 .await?;
             count += n as usize;
         }
@@ -472,13 +540,16 @@ impl SessionStore for RedisSessionStore {
                 .run(async |c| {
                     redis::cmd("HMGET")
                         .arg(&fam)
-                        .arg(&["user", "created", "last_used", "revoked"])
+                        .arg(&["user", "created", "last_used", "revoked", "expires"])
                         .query_async(c)
                         .await
                 })
                 .await?;
             match fields.as_slice() {
-                [Some(user), created, last_used, revoked] => list.push(FamilyInfo {
+                // Expired by the clock, not yet by its TTL: not listed,
+                // and left in the index until Redis drops it.
+                [Some(_), _, _, _, expires] if expired(expires, self.clock.unix_millis()) => {}
+                [Some(user), created, last_used, revoked, _] => list.push(FamilyInfo {
                     family: id,
                     username: user.clone(),
                     created_ms: created.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
@@ -505,12 +576,14 @@ impl SessionStore for RedisSessionStore {
             .run(async |c| {
                 redis::cmd("HMGET")
                     .arg(&fam)
-                    .arg(&["user", "revoked"])
+                    .arg(&["user", "revoked", "expires"])
                     .query_async(c)
                     .await
             })
             .await?;
-        Ok(matches!(fields.as_slice(), [Some(_), revoked] if revoked.as_deref() != Some("1")))
+        let now = self.clock.unix_millis();
+        Ok(matches!(fields.as_slice(),
+            [Some(_), revoked, expires] if revoked.as_deref() != Some("1") && !expired(expires, now)))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -526,13 +599,17 @@ impl SessionStore for RedisSessionStore {
         limits: FailureLimits,
     ) -> Result<Option<Duration>, StoreError> {
         let [count, ban] = self.failure_keys(key);
+        let now = self.clock.unix_millis();
         let banned_ms: u64 = self
             .run(async |c| {
                 self.count_attempt
                     .key(&count)
                     .key(&ban)
+                    .arg(now)
+                    .arg(now + millis(limits.window))
                     .arg(millis(limits.window))
                     .arg(limits.limit)
+                    .arg(now + millis(limits.ban))
                     .arg(millis(limits.ban))
                     .invoke_async(c)
                     .await
@@ -543,10 +620,19 @@ impl SessionStore for RedisSessionStore {
 
     async fn ban_remaining(&self, key: &str) -> Result<Option<Duration>, StoreError> {
         let [_, ban] = self.failure_keys(key);
-        let ms: i64 = self
-            .run(async |c| redis::cmd("PTTL").arg(&ban).query_async(c).await)
+        let (until, ttl_ms): (Option<String>, i64) = self
+            .run(async |c| redis::pipe().get(&ban).pttl(&ban).query_async(c).await)
             .await?;
-        Ok((ms > 0).then(|| Duration::from_millis(ms as u64)))
+        let left_ms = match until.as_deref() {
+            None => 0,
+            // A ban set by an earlier version holds "1": its TTL is its end.
+            Some("1") => ttl_ms.max(0) as u64,
+            Some(until) => until
+                .parse::<u64>()
+                .unwrap_or(0)
+                .saturating_sub(self.clock.unix_millis()),
+        };
+        Ok((left_ms > 0).then(|| Duration::from_millis(left_ms)))
     }
 
     async fn reset_failures(&self, key: &str) -> Result<(), StoreError> {

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use authgate::clock::Clock;
 use authgate::config::Config;
 use authgate::gateway::{Gateway, SharedGateway};
 
@@ -256,6 +257,9 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub gateway: SharedGateway,
+    /// The gateway's clock: move it forward instead of sleeping until
+    /// something expires.
+    pub clock: Clock,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -277,7 +281,9 @@ impl TestGateway {
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, &toml).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        let gateway = authgate::gateway::shared(Gateway::build(config).await.unwrap());
+        let clock = Clock::manual();
+        let gateway = Gateway::build_with_clock(config, clock.clone());
+        let gateway = authgate::gateway::shared(gateway.await.unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -288,6 +294,7 @@ impl TestGateway {
             addr,
             dir,
             gateway,
+            clock,
             shutdown: Some(tx),
             task: Some(task),
         }
