@@ -10,13 +10,14 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::auth::authenticate::{AuthOutcome, Authn, Via};
 use crate::auth::login::{self, BodyKind, TokenRequest};
 use crate::auth::redirect::safe_redirect;
 use crate::auth::refresh::{RefreshError, TokenPair};
 use crate::auth::Identity;
 use crate::cookies;
 use crate::gateway::Gateway;
-use crate::proxy::{authenticate, Authn, RequestContext};
+use crate::proxy::{authenticate, RequestContext};
 use crate::response::{self, Body, GatewayError};
 use crate::users::UserStoreError;
 
@@ -191,7 +192,7 @@ async fn grant(
             let Some(user) = user else {
                 attempt.failed().await?;
                 crate::metrics::get().login("failure");
-                ctx.auth = "login_failed";
+                ctx.auth = AuthOutcome::LoginFailed;
                 tracing::warn!(
                     event = "login_failed",
                     user = %username,
@@ -206,7 +207,7 @@ async fn grant(
             attempt.succeeded().await?;
             crate::metrics::get().login("success");
             ctx.user = Some(Arc::new(Identity::named(&user.username)));
-            ctx.auth = "login";
+            ctx.auth = AuthOutcome::LoggedIn;
             gw.session_service
                 .start(user)
                 .await
@@ -231,7 +232,7 @@ async fn grant(
                 .await
                 .map_err(|e| refresh_error(gw, e, ctx))?;
             ctx.user = Some(Arc::new(Identity::named(&pair.user.username)));
-            ctx.auth = "refreshed";
+            ctx.auth = AuthOutcome::Authenticated(Via::Refresh);
             pair
         }
     };
@@ -261,7 +262,7 @@ fn refresh_error(gw: &Gateway, error: RefreshError, ctx: &mut RequestContext) ->
         return GatewayError::Internal(Box::new(error));
     }
     tracing::info!(event = "refresh_failed", reason = %error, request_id = ctx.request_id.to_str().unwrap_or("-"));
-    ctx.auth = "refresh_failed";
+    ctx.auth = AuthOutcome::RefreshFailed;
     ctx.clear_session_cookies(gw);
     GatewayError::InvalidGrant {
         status: StatusCode::BAD_REQUEST,
@@ -353,7 +354,7 @@ async fn userinfo(
             );
             Ok(response)
         }
-        Authn::Anonymous(failure) => Err(GatewayError::Unauthenticated(failure)),
+        Authn::Anonymous(why) => Err(GatewayError::Unauthenticated(why.challenge())),
     }
 }
 

@@ -3,10 +3,12 @@
 
 use std::sync::Arc;
 
+use crate::auth::authenticate::Authenticator;
 use crate::auth::jwt::JwtService;
 use crate::auth::password::Passwords;
 use crate::auth::refresh::SessionService;
 use crate::auth::throttle::Throttle;
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError, Problem, UsersBackend};
 use crate::cookies::CookieJar;
 use crate::proxy::client_ip::TrustedProxies;
@@ -64,8 +66,9 @@ pub struct Gateway {
     pub tls: Option<Arc<Tls>>,
     /// Metrics of requests that matched no route (own endpoints, 404s).
     pub own_metrics: crate::metrics::RouteMetrics,
-    /// Wall-clock time for every expiry decision (see [`crate::clock`]).
-    pub clock: crate::clock::Clock,
+    /// Wall-clock time for every expiry decision (see [`crate::clock`]);
+    /// the JWT service holds a clone.
+    pub clock: Clock,
 }
 
 /// The gateway as the server sees it: swapped whole on a reload, so every
@@ -87,9 +90,12 @@ pub struct FilesAndSecrets {
 }
 
 impl FilesAndSecrets {
-    pub fn read(config: &Config) -> Result<FilesAndSecrets, ConfigError> {
+    pub fn read(config: &Config, clock: &Clock) -> Result<FilesAndSecrets, ConfigError> {
         let mut problems = Vec::new();
-        let jwt = keep(JwtService::from_config(&config.jwt), &mut problems);
+        let jwt = keep(
+            JwtService::from_config(&config.jwt, clock.clone()),
+            &mut problems,
+        );
         if config.users.backend == UsersBackend::Postgres {
             if let Err(e) = users::postgres::connect_config(config) {
                 problems.extend(e.problems);
@@ -125,21 +131,28 @@ fn keep<T>(result: Result<T, Vec<Problem>>, problems: &mut Vec<Problem>) -> Opti
 impl Gateway {
     /// Reads secrets and files, opens the stores and compiles the routes.
     pub async fn build(config: Config) -> anyhow::Result<Gateway> {
-        let files = FilesAndSecrets::read(&config)?;
+        Self::build_with_clock(config, Clock::system()).await
+    }
+
+    /// [`Self::build`] on a given clock (a test's manual one).
+    pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Gateway> {
+        let files = FilesAndSecrets::read(&config, &clock)?;
         let users = users::open(&config, true).await?;
-        Self::assemble(config, files, users).await
+        Self::assemble(config, files, users, clock).await
     }
 
     /// Builds around a given user store (dev mode).
     pub async fn with_users(config: Config, users: Arc<dyn UserStore>) -> anyhow::Result<Gateway> {
-        let files = FilesAndSecrets::read(&config)?;
-        Self::assemble(config, files, users).await
+        let clock = Clock::system();
+        let files = FilesAndSecrets::read(&config, &clock)?;
+        Self::assemble(config, files, users, clock).await
     }
 
     async fn assemble(
         config: Config,
         files: FilesAndSecrets,
         users: Arc<dyn UserStore>,
+        clock: Clock,
     ) -> anyhow::Result<Gateway> {
         // Clients that build a rustls config without naming a provider
         // (Redis over rediss://) need the process default.
@@ -178,7 +191,7 @@ impl Gateway {
             scheme: if tls.is_some() { "https" } else { "http" },
             tls,
             own_metrics: crate::metrics::get().route("(gateway)"),
-            clock: crate::clock::Clock::system(),
+            clock,
             jwt,
             users,
             sessions,
@@ -186,6 +199,16 @@ impl Gateway {
             passwords,
             config,
         })
+    }
+
+    /// What authentication needs of this gateway, borrowed per request.
+    pub fn authenticator(&self) -> Authenticator<'_> {
+        Authenticator {
+            jwt: &self.jwt,
+            cookies: &self.cookies,
+            sessions: &self.session_service,
+            forward_token: self.config.identity.forward_token,
+        }
     }
 
     /// A gateway for `config` that keeps this one's stores (sessions, users,
@@ -238,7 +261,8 @@ impl Gateway {
             file: config.file.clone(),
             problems,
         };
-        let jwt = Arc::new(JwtService::from_config(&config.jwt).map_err(invalid)?);
+        let jwt =
+            Arc::new(JwtService::from_config(&config.jwt, self.clock.clone()).map_err(invalid)?);
         let tls = match (&config.server.tls, &self.tls) {
             // Same files: re-read them in place; a bad certificate keeps the
             // current one (and is logged) without refusing the whole reload.
