@@ -317,7 +317,7 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    if let Err(e) = crate::gateway::FilesAndSecrets::read(&config) {
+    if let Err(e) = crate::gateway::FilesAndSecrets::read(&config, &crate::clock::Clock::system()) {
         eprintln!("{e}");
         return Ok(ExitCode::FAILURE);
     }

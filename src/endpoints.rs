@@ -9,13 +9,14 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::json;
 
+use crate::auth::authenticate::{AuthOutcome, Authn, Via};
 use crate::auth::login::{self, BodyKind, TokenRequest};
 use crate::auth::redirect::safe_redirect;
 use crate::auth::refresh::{RefreshError, TokenPair};
 use crate::auth::Identity;
 use crate::cookies;
 use crate::gateway::Gateway;
-use crate::proxy::{authenticate, Authn, RequestContext};
+use crate::proxy::{authenticate, RequestContext};
 use crate::response::{self, Body, GatewayError, RequestBody};
 use crate::users::UserStoreError;
 
@@ -190,7 +191,7 @@ async fn grant(
             let Some(user) = user else {
                 attempt.failed().await?;
                 crate::metrics::get().login("failure");
-                ctx.auth = "login_failed";
+                ctx.auth = AuthOutcome::LoginFailed;
                 tracing::warn!(
                     event = "login_failed",
                     user = %username,
@@ -205,7 +206,7 @@ async fn grant(
             attempt.succeeded().await?;
             crate::metrics::get().login("success");
             ctx.user = Some(Arc::new(Identity::named(&user.username)));
-            ctx.auth = "login";
+            ctx.auth = AuthOutcome::LoggedIn;
             gw.session_service
                 .start(user)
                 .await
@@ -230,7 +231,7 @@ async fn grant(
                 .await
                 .map_err(|e| refresh_error(gw, e, ctx))?;
             ctx.user = Some(Arc::new(Identity::named(&pair.user.username)));
-            ctx.auth = "refreshed";
+            ctx.auth = AuthOutcome::Authenticated(Via::Refresh);
             pair
         }
     };
@@ -260,7 +261,7 @@ fn refresh_error(gw: &Gateway, error: RefreshError, ctx: &mut RequestContext) ->
         return GatewayError::Internal(Box::new(error));
     }
     tracing::info!(event = "refresh_failed", reason = %error, request_id = ctx.request_id.to_str().unwrap_or("-"));
-    ctx.auth = "refresh_failed";
+    ctx.auth = AuthOutcome::RefreshFailed;
     ctx.clear_session_cookies(gw);
     GatewayError::InvalidGrant {
         status: StatusCode::BAD_REQUEST,
@@ -352,7 +353,7 @@ async fn userinfo<B: RequestBody>(
             );
             Ok(response)
         }
-        Authn::Anonymous(failure) => Err(GatewayError::Unauthenticated(failure)),
+        Authn::Anonymous(why) => Err(GatewayError::Unauthenticated(why.challenge())),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::authenticate::Authenticator;
 use crate::auth::jwt::JwtService;
 use crate::auth::password::Passwords;
 use crate::auth::refresh::SessionService;
@@ -67,7 +68,8 @@ pub struct Gateway {
     pub upstreams: Upstreams,
     /// Metrics of requests that matched no route (own endpoints, 404s).
     pub own_metrics: crate::metrics::RouteMetrics,
-    /// Wall-clock time for every expiry decision (see [`crate::clock`]).
+    /// Wall-clock time for every expiry decision (see [`crate::clock`]);
+    /// the JWT service, session stores and throttle hold clones.
     pub clock: Clock,
 }
 
@@ -90,8 +92,8 @@ pub struct FilesAndSecrets {
 }
 
 impl FilesAndSecrets {
-    pub fn read(config: &Config) -> Result<FilesAndSecrets, ConfigError> {
-        Self::read_for(config, None)
+    pub fn read(config: &Config, clock: &Clock) -> Result<FilesAndSecrets, ConfigError> {
+        Self::read_for(config, None, clock)
     }
 
     /// [`Self::read`] for a gateway that replaces `running`: its
@@ -100,9 +102,13 @@ impl FilesAndSecrets {
     fn read_for(
         config: &Config,
         running: Option<&Gateway>,
+        clock: &Clock,
     ) -> Result<FilesAndSecrets, ConfigError> {
         let mut problems = Vec::new();
-        let jwt = keep(JwtService::from_config(&config.jwt), &mut problems);
+        let jwt = keep(
+            JwtService::from_config(&config.jwt, clock.clone()),
+            &mut problems,
+        );
         if config.users.backend == UsersBackend::Postgres {
             if let Err(e) = users::postgres::connect_config(config) {
                 problems.extend(e.problems);
@@ -182,6 +188,16 @@ impl Gateway {
         build(config, Basis::Fresh { clock, users: None }).await
     }
 
+    /// What authentication needs of this gateway, borrowed per request.
+    pub fn authenticator(&self) -> Authenticator<'_> {
+        Authenticator {
+            jwt: &self.jwt,
+            cookies: &self.cookies,
+            sessions: &self.session_service,
+            forward_token: self.config.identity.forward_token,
+        }
+    }
+
     /// Builds around a given user store (dev mode).
     pub async fn with_users(config: Config, users: Arc<dyn UserStore>) -> anyhow::Result<Gateway> {
         let clock = Clock::system();
@@ -216,7 +232,7 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
         jwt,
         tls,
         upstreams,
-    } = FilesAndSecrets::read_for(&config, running)?;
+    } = FilesAndSecrets::read_for(&config, running, &clock)?;
     let jwt = Arc::new(jwt);
     let (users, sessions, own_metrics) = match basis {
         Basis::Running(gw) => (

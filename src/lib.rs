@@ -3,7 +3,8 @@
 //! Module map, one concern each:
 //! - [`config`]: `gateway.toml`, parsed and validated once
 //! - [`proxy`]: the request pipeline, its phases, routes and header rules
-//! - [`auth`]: JWTs, passwords, the `/token` logic, refresh-token rotation
+//! - [`auth`]: who is calling (a request's authentication), JWTs,
+//!   passwords, the `/token` logic, refresh-token rotation
 //! - [`users`]: user stores (file, PostgreSQL)
 //! - [`sessions`]: refresh-token families (memory, Redis)
 //! - [`endpoints`]: the paths authgate answers itself

@@ -54,7 +54,9 @@ pub struct Metrics {
     auth_counters: Vec<(&'static str, Counter)>,
 }
 
-const AUTH_OUTCOMES: [&str; 7] = [
+/// Every `outcome` label [`crate::auth::authenticate::AuthOutcome::metric_label`]
+/// gives, counted from zero so dashboards see each one before it happens.
+pub(crate) const AUTH_OUTCOMES: [&str; 7] = [
     "ok",
     "missing",
     "invalid",

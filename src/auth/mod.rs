@@ -1,6 +1,7 @@
 //! Authentication: who is calling, proven by a JWT (or renewed by a
 //! refresh token), and the endpoints that hand those tokens out.
 
+pub mod authenticate;
 pub mod jwt;
 pub mod login;
 pub mod password;
@@ -67,12 +68,4 @@ impl Identity {
             roles: HeaderValue::from_str(&self.roles.join(",")).ok(),
         })
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -23,7 +23,7 @@
 use http::header::{HOST, ORIGIN};
 use http::{HeaderMap, HeaderName, Method, Request, Uri};
 
-use super::bearer;
+use crate::auth::authenticate::bearer;
 use crate::config::normalize_origin;
 use crate::cookies;
 use crate::gateway::Gateway;

@@ -4,9 +4,10 @@
 //! 1. **check**: head size, framing, path normalization — or 400/431
 //! 2. **own endpoints**: `/token`, `/logout`, `/userinfo`, `/healthz`, ...
 //! 3. **route**: longest prefix (and host) on the normalized path — or 404
-//! 4. **authenticate**: Bearer header, else access cookie; on a missing or
-//!    expired cookie with a refresh cookie, a silent refresh; a cookie
-//!    credential on an unsafe method passes the [`csrf`] check first
+//! 4. **authenticate** ([`crate::auth::authenticate`]): Bearer header, else
+//!    access cookie; on a missing or expired cookie with a refresh cookie, a
+//!    silent refresh; a cookie credential on an unsafe method passes the
+//!    [`csrf`] check first
 //! 5. **authorize**: the route's policy and roles → a [`Permit`], or 401/403
 //! 6. **mutate**: strip hop-by-hop, spoofed identity headers and our
 //!    cookies; inject identity and forwarding headers
@@ -31,13 +32,13 @@ use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Request, Response, Version};
 use http_body_util::BodyExt;
 
-use crate::auth::jwt::TokenError;
+use crate::auth::authenticate::{bearer_credentials, Anonymous, AuthOutcome, Authn};
 use crate::auth::refresh::{RefreshError, TokenPair};
 use crate::auth::Identity;
 use crate::config::AuthPolicy;
 use crate::cookies;
 use crate::gateway::Gateway;
-use crate::response::{AuthFailure, Body, GatewayError, RequestBody};
+use crate::response::{Body, GatewayError, RequestBody};
 use route::Route;
 use upstream::UpstreamClient;
 
@@ -53,8 +54,8 @@ pub struct RequestContext {
     /// Cookies to set on the response (a silent refresh or a login).
     pub set_cookies: Vec<HeaderValue>,
     pub upstream_latency: Option<Duration>,
-    /// Authentication outcome, for the log line.
-    pub auth: &'static str,
+    /// Authentication outcome, for the log line and the metrics.
+    pub auth: AuthOutcome,
 }
 
 impl RequestContext {
@@ -72,18 +73,14 @@ impl RequestContext {
             user: None,
             set_cookies: Vec::new(),
             upstream_latency: None,
-            auth: "-",
+            auth: AuthOutcome::NotChecked,
         }
     }
 
     /// Remembers a new token pair for the response's `Set-Cookie`.
     pub fn set_session_cookies(&mut self, gw: &Gateway, pair: &TokenPair) {
         self.set_cookies
-            .push(gw.cookies.set_access(&pair.access_token, gw.jwt.access_ttl));
-        self.set_cookies.push(
-            gw.cookies
-                .set_refresh(&pair.refresh_token, gw.config.jwt.refresh_ttl),
-        );
+            .extend(gw.authenticator().session_cookies(pair));
     }
 
     pub fn clear_session_cookies(&mut self, gw: &Gateway) {
@@ -163,7 +160,7 @@ fn finish(
         route = ctx.route.as_ref().map_or("-", |r| r.name.as_str()),
         status = response.status().as_u16(),
         user = ctx.user.as_ref().map_or("-", |user| user.sub.as_str()),
-        auth = ctx.auth,
+        auth = ctx.auth.label(),
         upstream_ms = ctx.upstream_latency.map(|d| d.as_secs_f64() * 1000.0),
         total_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
         request_id = ctx.request_id.to_str().unwrap_or("-"),
@@ -179,11 +176,8 @@ fn record_metrics(gw: &Gateway, ctx: &RequestContext, status: u16) {
         ctx.started.elapsed().as_secs_f64(),
         ctx.upstream_latency.map(|d| d.as_secs_f64()),
     );
-    if matches!(
-        ctx.auth,
-        "ok" | "missing" | "invalid" | "expired" | "refreshed" | "refresh_failed" | "forbidden"
-    ) {
-        metrics.auth_outcome(ctx.auth);
+    if let Some(outcome) = ctx.auth.metric_label() {
+        metrics.auth_outcome(outcome);
     }
 }
 
@@ -236,7 +230,7 @@ async fn process<B: RequestBody>(
         ));
     }
     let authn = if route.auth == AuthPolicy::Public {
-        Authn::Anonymous(AuthFailure::Missing)
+        Authn::Anonymous(Anonymous::Missing)
     } else {
         csrf::check_proxied(gw, &req)?;
         authenticate(gw, req.headers(), ctx).await?
@@ -313,110 +307,23 @@ fn route_request<B>(
         .ok_or(GatewayError::NoRoute)
 }
 
-/// Where the credential came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    Bearer,
-    Cookie,
-    Refresh,
-}
-
-/// The outcome of authentication.
-#[derive(Debug)]
-pub enum Authn {
-    Authenticated {
-        /// Shared with the token cache.
-        identity: Arc<Identity>,
-        /// The access token, kept only for `[identity] forward_token`.
-        token: Option<String>,
-        via: Via,
-    },
-    Anonymous(AuthFailure),
-}
-
-/// The token in `Authorization: Bearer` (scheme case-insensitive), if the
-/// header is a Bearer one.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let token = bearer_credentials(headers.get(AUTHORIZATION)?)?;
-    // `str::from_utf8` checks a word at a time; `HeaderValue::to_str`, a
-    // byte at a time, over a token of hundreds of bytes. A token that is
-    // not visible ASCII fails verification all the same.
-    std::str::from_utf8(token).ok().map(str::trim)
-}
-
-/// What follows `Bearer ` in an `Authorization` value, unchecked.
-fn bearer_credentials(value: &HeaderValue) -> Option<&[u8]> {
-    let value = value.as_bytes();
-    let space = memchr::memchr(b' ', value)?;
-    value[..space]
-        .eq_ignore_ascii_case(b"bearer")
-        .then(|| &value[space + 1..])
-}
-
-/// Phase 4. A Bearer header alone decides; otherwise the access cookie,
-/// and when that is missing or expired (never when it is forged), the
-/// refresh cookie silently renews the session. Requests with any
-/// `Authorization` header are never silently refreshed: API clients
-/// refresh on their own, and rotating behind their back would make their
-/// refresh look like theft.
+/// Phase 4 (see [`crate::auth::authenticate`]), its outcome recorded for
+/// the response, the log line and the metrics.
 pub async fn authenticate(
     gw: &Gateway,
     headers: &HeaderMap,
     ctx: &mut RequestContext,
 ) -> Result<Authn, GatewayError> {
-    if let Some(token) = bearer(headers) {
-        return Ok(verified(gw, token, Via::Bearer, ctx));
+    let authentication = gw.authenticator().authenticate(headers).await?;
+    ctx.auth = authentication.outcome();
+    if let Authn::Authenticated { identity, .. } = &authentication.authn {
+        ctx.user = Some(identity.clone());
     }
-    let cookie_outcome = match cookies::get(headers, &gw.cookies.access) {
-        Some(token) => verified(gw, token, Via::Cookie, ctx),
-        None => {
-            ctx.auth = "missing";
-            Authn::Anonymous(AuthFailure::Missing)
-        }
-    };
-    let failure = match cookie_outcome {
-        Authn::Anonymous(failure @ (AuthFailure::Missing | AuthFailure::Expired)) => failure,
-        other => return Ok(other),
-    };
-    if headers.contains_key(AUTHORIZATION) {
-        return Ok(Authn::Anonymous(failure));
+    ctx.set_cookies.extend(authentication.set_cookies);
+    if let Some(error) = &authentication.refresh_failure {
+        log_refresh_failure(error, ctx);
     }
-    let Some(refresh_token) = cookies::get(headers, &gw.cookies.refresh) else {
-        return Ok(Authn::Anonymous(failure));
-    };
-    match Box::pin(gw.session_service.refresh(refresh_token)).await {
-        Ok(pair) => {
-            ctx.set_session_cookies(gw, &pair);
-            ctx.auth = "refreshed";
-            let identity = Arc::new(Identity {
-                sub: pair.user.username.clone(),
-                email: pair.user.email.clone(),
-                roles: pair.user.roles.clone(),
-                extra: pair.user.claims.clone(),
-                exp: pair.issued_at + gw.jwt.access_ttl.as_secs(),
-                session: Some(pair.family),
-                header_values: Default::default(),
-            });
-            ctx.user = Some(identity.clone());
-            Ok(Authn::Authenticated {
-                identity,
-                token: gw
-                    .config
-                    .identity
-                    .forward_token
-                    .then_some(pair.access_token),
-                via: Via::Refresh,
-            })
-        }
-        Err(e) if e.is_unavailable() => Err(GatewayError::Unavailable(Box::new(e))),
-        Err(e) if e.is_internal() => Err(GatewayError::Internal(Box::new(e))),
-        Err(e) => {
-            log_refresh_failure(&e, ctx);
-            ctx.auth = "refresh_failed";
-            ctx.clear_session_cookies(gw);
-            Ok(Authn::Anonymous(failure))
-        }
-    }
+    Ok(authentication.authn)
 }
 
 fn log_refresh_failure(error: &RefreshError, ctx: &RequestContext) {
@@ -425,28 +332,6 @@ fn log_refresh_failure(error: &RefreshError, ctx: &RequestContext) {
         request_id = ctx.request_id.to_str().unwrap_or("-"),
         reason = %error,
     );
-}
-
-fn verified(gw: &Gateway, token: &str, via: Via, ctx: &mut RequestContext) -> Authn {
-    match gw.jwt.verify(token) {
-        Ok(identity) => {
-            ctx.auth = "ok";
-            ctx.user = Some(identity.clone());
-            Authn::Authenticated {
-                identity,
-                token: gw.config.identity.forward_token.then(|| token.to_owned()),
-                via,
-            }
-        }
-        Err(TokenError::Expired) => {
-            ctx.auth = "expired";
-            Authn::Anonymous(AuthFailure::Expired)
-        }
-        Err(TokenError::Invalid) => {
-            ctx.auth = "invalid";
-            Authn::Anonymous(AuthFailure::Invalid)
-        }
-    }
 }
 
 /// The right to forward a request, with the identity it carries. Only
@@ -473,11 +358,11 @@ pub fn authorize(
             identity: Some((identity, token)),
         }),
         (AuthPolicy::Required, Authn::Authenticated { .. }) => {
-            ctx.auth = "forbidden";
+            ctx.auth = AuthOutcome::Forbidden;
             Err(GatewayError::Forbidden)
         }
-        (AuthPolicy::Required, Authn::Anonymous(failure)) => {
-            Err(GatewayError::Unauthenticated(failure))
+        (AuthPolicy::Required, Authn::Anonymous(why)) => {
+            Err(GatewayError::Unauthenticated(why.challenge()))
         }
         // Optional: anonymous, or signed in without a listed role.
         (AuthPolicy::Optional, _) => Ok(Permit { identity: None }),
@@ -609,29 +494,6 @@ fn response_filter(response: &mut Response<Body>, ctx: &mut RequestContext) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive() {
-        let mut h = HeaderMap::new();
-        h.insert(AUTHORIZATION, HeaderValue::from_static("bearer abc"));
-        assert_eq!(bearer(&h), Some("abc"));
-        h.insert(AUTHORIZATION, HeaderValue::from_static("BEARER  abc "));
-        assert_eq!(bearer(&h), Some("abc"));
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic Og=="));
-        assert_eq!(bearer(&h), None);
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer"));
-        assert_eq!(bearer(&h), None);
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearerx abc"));
-        assert_eq!(bearer(&h), None);
-        // Not UTF-8: no token, though the scheme is Bearer (mutate still
-        // drops such a header before forwarding).
-        h.insert(
-            AUTHORIZATION,
-            HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
-        );
-        assert_eq!(bearer(&h), None);
-        assert!(bearer_credentials(&h[AUTHORIZATION]).is_some());
-    }
 
     #[test]
     fn request_host_strips_port() {

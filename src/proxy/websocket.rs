@@ -22,7 +22,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::route::Route;
-use super::{Authn, Permit, RequestContext, Via};
+use super::{Permit, RequestContext};
+use crate::auth::authenticate::{Authn, Via};
 use crate::clock::Clock;
 use crate::gateway::Gateway;
 use crate::response::{Body, GatewayError};
@@ -470,7 +471,9 @@ mod tests {
         assert_eq!(of(Via::Bearer).expires, Some(100));
         assert_eq!(of(Via::Cookie).expires, None);
         assert_eq!(of(Via::Refresh).session, Some([1; 16]));
-        let anonymous = Lifetime::of(&Authn::Anonymous(crate::response::AuthFailure::Missing));
+        let anonymous = Lifetime::of(&Authn::Anonymous(
+            crate::auth::authenticate::Anonymous::Missing,
+        ));
         assert_eq!(anonymous, Lifetime::default());
     }
 }

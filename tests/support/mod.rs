@@ -466,8 +466,9 @@ pub fn sign_hs256(claims: &serde_json::Value, secret: &str) -> String {
     .unwrap()
 }
 
+/// Seconds since the Unix epoch, on the system clock.
 pub fn now() -> u64 {
-    authgate::auth::now_secs()
+    authgate::clock::Clock::system().unix_secs()
 }
 
 /// Sends raw bytes on a fresh connection and returns the whole response
