@@ -670,3 +670,44 @@ fn sslmode_require_verifies_the_server_certificate() {
     );
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 }
+
+/// Issue 18: a row whose role holds a comma (which upstreams would read as
+/// two roles in `X-Auth-Roles`) or whose email holds a control character
+/// (which would silently drop `X-Auth-Email`) is refused at login as the
+/// server-side data problem it is: 500, not a wrong password, and never a
+/// token. A row spoiled after login refuses the refresh the same way and
+/// leaves the session alone, so it works again once the row is fixed.
+#[tokio::test]
+async fn a_row_with_a_comma_in_a_role_or_a_control_character_is_refused_at_login() {
+    let schema = PgSchema::migrated("bad_rows").await;
+    let mut crlf = user("carol", "carol-pw", &["dev"]);
+    crlf.email = Some("carol@example.com\r\nX-Auth-Roles: admin".into());
+    schema
+        .insert(&[
+            user("alice", "alice-pw", &["dev"]),
+            user("mallory", "mallory-pw", &["dev,admin"]),
+            user("tab", "tab-pw", &["dev\tadmin"]),
+            crlf,
+        ])
+        .await;
+    let (up, gw) = gateway(&schema, pg::shared_env()).await;
+    for name in ["mallory", "tab", "carol"] {
+        let response = gw.password_grant(name, &format!("{name}-pw")).await;
+        assert_eq!(response.status(), 500, "{name}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "internal_error", "{name}");
+    }
+
+    let login = tokens(gw.password_grant("alice", "alice-pw").await).await;
+    schema
+        .execute("UPDATE {schema}.users SET roles = '{\"dev,admin\"}' WHERE username = 'alice'")
+        .await;
+    assert_eq!(gw.refresh_grant(&login.refresh).await.status(), 500);
+    schema
+        .execute("UPDATE {schema}.users SET roles = '{dev,admin}' WHERE username = 'alice'")
+        .await;
+    let refreshed = tokens(gw.refresh_grant(&login.refresh).await).await;
+    get_api(&gw, &refreshed.access).await;
+    assert_eq!(up.last().headers["x-auth-roles"], "dev,admin");
+    assert_eq!(up.count(), 1);
+}
