@@ -58,6 +58,11 @@ pub struct RequestContext {
     pub auth: &'static str,
     /// The client connection's timer for upstream response heads.
     pub head_timer: Arc<upstream::HeadTimer>,
+    /// An HTTP/1 request body that nothing has read to its end: not handed
+    /// on to an upstream or an own endpoint, or broken off by bad framing.
+    /// Where the next request on the connection starts is then unknown, so
+    /// the answer closes the connection (see [`response_filter`]).
+    pub request_body_unread: bool,
 }
 
 impl RequestContext {
@@ -81,6 +86,7 @@ impl RequestContext {
             upstream_latency: None,
             auth: "-",
             head_timer,
+            request_body_unread: false,
         }
     }
 
@@ -119,6 +125,7 @@ pub async fn handle(
     head_timer: Arc<upstream::HeadTimer>,
 ) -> Response<Body> {
     let mut ctx = RequestContext::new(req.headers(), peer, head_timer);
+    ctx.request_body_unread = sends_http1_body(&req);
     let logged = access_logged(&req);
     let response = match process(&gw, req, &mut ctx).await {
         Ok(response) => response,
@@ -152,6 +159,18 @@ pub fn refuse_smuggled(
         .headers_mut()
         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     finish(gw, response, &mut ctx, access_logged(req))
+}
+
+/// Whether the request comes with a body on an HTTP/1 connection, where an
+/// unread body stands between this request and the next. HTTP/2 frames
+/// each stream apart (and forbids `Connection`).
+fn sends_http1_body<B>(req: &Request<B>) -> bool {
+    let headers = req.headers();
+    matches!(req.version(), Version::HTTP_10 | Version::HTTP_11)
+        && (headers.contains_key(TRANSFER_ENCODING)
+            || headers
+                .get(CONTENT_LENGTH)
+                .is_some_and(|length| length.as_bytes() != b"0"))
 }
 
 /// Method and URI, kept for the log line only when there is one: the
@@ -528,7 +547,7 @@ fn mutate(
     req: Request<Incoming>,
     path: &str,
     permit: Permit,
-    ctx: &RequestContext,
+    ctx: &mut RequestContext,
 ) -> Result<Request<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
     if let Some(limit) = route.max_body {
@@ -585,12 +604,16 @@ fn mutate(
         .upstream_uri(path, parts.uri.query())
         .map_err(|_| GatewayError::BadRequest("Malformed request target"))?;
     parts.version = Version::HTTP_11;
+    // Marked here, under the limit's error, so that a failure of the
+    // client's own body is told apart from the upstream's (see `forward`).
+    let body = body.map_err(upstream::ClientBodyError::new);
     let body = match route.max_body {
         Some(limit) => http_body_util::Limited::new(body, limit as usize)
             .map_err(Into::into)
             .boxed_unsync(),
         None => body.map_err(Into::into).boxed_unsync(),
     };
+    ctx.request_body_unread = false;
     Ok(Request::from_parts(parts, body))
 }
 
@@ -618,6 +641,22 @@ async fn forward(
     let mut response = match result {
         None => return Err(GatewayError::UpstreamTimeout),
         Some(Err(e)) if upstream::body_too_large(&*e) => return Err(GatewayError::BodyTooLarge),
+        Some(Err(e)) if upstream::client_body_failed(&*e) => {
+            // The upstream connection was dropped mid-body, so the upstream
+            // never saw the request end.
+            let reason = anyhow::Chain::new(&*e)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(": ");
+            tracing::info!(
+                event = "request_body_failed",
+                route = %route.name,
+                reason,
+                request_id = ctx.request_id.to_str().unwrap_or("-"),
+            );
+            ctx.request_body_unread = true;
+            return Err(GatewayError::BadRequest("Malformed request body"));
+        }
         Some(Err(e)) => {
             if let Some(tls) = upstream::tls_failure(&*e) {
                 tracing::warn!(
@@ -647,6 +686,12 @@ async fn forward(
 fn response_filter(response: &mut Response<Body>, ctx: &mut RequestContext) {
     let headers = response.headers_mut();
     headers.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
+    // An answer sent before the request's body was read (a 401 to an
+    // upload, say) leaves that body on the wire: a client that went on
+    // with its next request there would have it read as the body's end.
+    if ctx.request_body_unread {
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     for cookie in ctx.set_cookies.drain(..) {
         headers.append(SET_COOKIE, cookie);
     }
