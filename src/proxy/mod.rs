@@ -10,10 +10,13 @@
 //! 5. **authorize**: the route's policy and roles → a [`Permit`], or 401/403
 //! 6. **mutate**: strip hop-by-hop, spoofed identity headers and our
 //!    cookies; inject identity and forwarding headers
-//! 7. **forward**: the route's pooled upstream client — or 502/504; an
-//!    answered WebSocket upgrade is then spliced (see [`websocket`])
+//! 7. **forward**: the route's pooled upstream client — or 502/504, or 400
+//!    when the client's own body breaks off mid-stream (malformed chunked
+//!    framing); an answered WebSocket upgrade is then spliced (see
+//!    [`websocket`])
 //! 8. **response filter** (on every response, errors included): request
-//!    id, `Set-Cookie`, one log line
+//!    id, `Set-Cookie`, `Connection: close` when an HTTP/1 request body was
+//!    left unread, one log line
 
 pub mod client_ip;
 pub mod csrf;
@@ -604,8 +607,9 @@ fn mutate(
         .upstream_uri(path, parts.uri.query())
         .map_err(|_| GatewayError::BadRequest("Malformed request target"))?;
     parts.version = Version::HTTP_11;
-    // Marked here, under the limit's error, so that a failure of the
-    // client's own body is told apart from the upstream's (see `forward`).
+    // Marked before the limit wraps it (the limit's own error stays
+    // unmarked), so that `forward` tells the client's body failing from
+    // the upstream failing: the upstream client reports both alike.
     let body = body.map_err(upstream::ClientBodyError::new);
     let body = match route.max_body {
         Some(limit) => http_body_util::Limited::new(body, limit as usize)
@@ -655,7 +659,9 @@ async fn forward(
                 request_id = ctx.request_id.to_str().unwrap_or("-"),
             );
             ctx.request_body_unread = true;
-            return Err(GatewayError::BadRequest("Malformed request body"));
+            return Err(GatewayError::BadRequest(
+                "The request body is malformed or was cut short",
+            ));
         }
         Some(Err(e)) => {
             if let Some(tls) = upstream::tls_failure(&*e) {
