@@ -711,3 +711,36 @@ async fn a_row_with_a_comma_in_a_role_or_a_control_character_is_refused_at_login
     assert_eq!(up.last().headers["x-auth-roles"], "dev,admin");
     assert_eq!(up.count(), 1);
 }
+
+/// The operator learns which row to fix: one log line with the user and
+/// the field, from the real binary.
+#[tokio::test]
+async fn a_refused_row_is_logged_with_the_user_and_the_field() {
+    let schema = PgSchema::migrated("bad_row_log").await;
+    schema
+        .insert(&[user("mallory", "mallory-pw", &["dev,admin"])])
+        .await;
+    let port = support::closed_port();
+    let dir = config_dir(
+        &schema,
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\nlog_format = \"json\"\n"),
+    );
+    let log_path = dir.path().join("log");
+    let mut command = support::process::serve_command(&dir.path().join("gateway.toml"));
+    command
+        .env(pg::URL_ENV, pg::url())
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    let gw = support::process::AuthgateProcess::spawn(command, port).await;
+
+    let response = support::password_grant(gw.url("/token"), "mallory", "mallory-pw").await;
+    assert_eq!(response.status(), 500);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("user_row_invalid"))
+        .unwrap_or_else(|| panic!("no user_row_invalid line in:\n{log}"));
+    let line: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(line["user"], "mallory", "{line}");
+    assert_eq!(line["field"], "roles", "{line}");
+}
