@@ -6,8 +6,16 @@
 
 mod support;
 
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{client, raw, status_of, user, TestGateway, Upstream};
 
 fn config(up: &Upstream) -> String {
@@ -95,6 +103,72 @@ async fn a_malformed_chunked_body_is_a_bad_request_not_an_upstream_failure() {
             "{what}: counted as an upstream error"
         );
     }
+}
+
+/// An HTTP/2 (h2c) upstream that counts the requests whose body arrived
+/// whole. hyper's HTTP/2 client keeps a failed request body's error to
+/// itself and resets the stream, unlike its HTTP/1 client.
+async fn http2_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let completed = Arc::new(AtomicUsize::new(0));
+    let count = completed.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<Incoming>| {
+                    let count = count.clone();
+                    async move {
+                        if req.into_body().collect().await.is_ok() {
+                            count.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, completed)
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_to_an_http2_upstream_is_a_bad_request_too() {
+    let (addr, completed) = http2_upstream().await;
+    let gw = TestGateway::start(
+        &format!(
+            "[[routes]]\nprefix = \"/\"\nupstream = \"http://{addr}\"\nauth = \"public\"\n\
+             upstream_http2 = true\n"
+        ),
+        &[],
+    )
+    .await;
+    let fine = raw(
+        gw.addr,
+        chunked_post("/x", "5\r\nhello\r\n0\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&fine), 200, "{fine}");
+    assert_eq!(completed.load(Ordering::SeqCst), 1);
+    let errors = upstream_errors();
+
+    let answer = raw(
+        gw.addr,
+        chunked_post("/x", "5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&answer), 400, "{answer}");
+    assert_eq!(json_body(&answer)["error"], "bad_request");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        completed.load(Ordering::SeqCst),
+        1,
+        "the upstream saw it whole"
+    );
+    assert_eq!(upstream_errors(), errors, "counted as an upstream error");
 }
 
 /// 401, 403, 404 and 405 to requests with a body the gateway never read.

@@ -609,8 +609,19 @@ fn mutate(
     parts.version = Version::HTTP_11;
     // Marked before the limit wraps it (the limit's own error stays
     // unmarked), so that `forward` tells the client's body failing from
-    // the upstream failing: the upstream client reports both alike.
-    let body = body.map_err(upstream::ClientBodyError::new);
+    // the upstream failing: the upstream client reports both alike. The
+    // legacy client's HTTP/2 side drops the body's error, hence the flag.
+    let body_failed = matches!(route.clients.request, UpstreamClient::Legacy(_))
+        .then(upstream::ClientBodyFailed::default);
+    if let Some(flag) = &body_failed {
+        parts.extensions.insert(flag.clone());
+    }
+    let body = body.map_err(move |e| {
+        if let Some(flag) = &body_failed {
+            flag.set();
+        }
+        upstream::ClientBodyError::new(e)
+    });
     let body = match route.max_body {
         Some(limit) => http_body_util::Limited::new(body, limit as usize)
             .map_err(Into::into)
@@ -630,6 +641,10 @@ async fn forward(
     req: Request<Body>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
+    let body_failed = req
+        .extensions()
+        .get::<upstream::ClientBodyFailed>()
+        .cloned();
     let started = tokio::time::Instant::now();
     let result = {
         let timer = ctx
@@ -645,7 +660,12 @@ async fn forward(
     let mut response = match result {
         None => return Err(GatewayError::UpstreamTimeout),
         Some(Err(e)) if upstream::body_too_large(&*e) => return Err(GatewayError::BodyTooLarge),
-        Some(Err(e)) if upstream::client_body_failed(&*e) => {
+        Some(Err(e))
+            if upstream::client_body_failed(&*e)
+                || body_failed
+                    .as_ref()
+                    .is_some_and(upstream::ClientBodyFailed::is_set) =>
+        {
             // The upstream connection was dropped mid-body, so the upstream
             // never saw the request end.
             let reason = anyhow::Chain::new(&*e)

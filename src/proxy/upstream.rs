@@ -346,6 +346,23 @@ impl ClientBodyError {
     }
 }
 
+/// Set when the client's body fails. hyper's HTTP/2 client keeps that
+/// error to itself (it logs it and resets the stream): its caller sees only
+/// the reset, as if the upstream had sent it. Carried in the request's
+/// extensions from `mutate` to `forward`, for the legacy client only.
+#[derive(Debug, Clone, Default)]
+pub struct ClientBodyFailed(Arc<std::sync::atomic::AtomicBool>);
+
+impl ClientBodyFailed {
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// Whether a failed upstream request failed because of the client's body
 /// (see [`ClientBodyError`]).
 pub fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
