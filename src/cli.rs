@@ -321,6 +321,14 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
         eprintln!("{e}");
         return Ok(ExitCode::FAILURE);
     }
+    // The database's rows are checked as they are read, at login; the
+    // file is checked whole, as `serve` does before it starts.
+    if config.users.backend == UsersBackend::File {
+        if let Err(e) = users::file::read_users_file(&config.users.path) {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     println!("configuration {} is valid", path.display());
     match &config.server.tls {
         Some(tls) => {
@@ -435,14 +443,16 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
             roles,
             password_stdin,
         } => {
-            let password = read_password(password_stdin, true)?;
-            let user = User {
+            let mut user = User {
                 username: username.clone(),
-                password_hash: hash(password).await?,
                 email,
                 roles,
                 ..User::default()
             };
+            // Before the password prompt, which would be typed in vain.
+            users::validate_user(&user)?;
+            let password = read_password(password_stdin, true)?;
+            user.password_hash = hash(password).await?;
             store
                 .add(user)
                 .await

@@ -93,6 +93,7 @@ pub async fn serve<B: RequestBody>(
 /// Reads a small form or JSON body into fields.
 async fn read_fields<B: RequestBody>(
     req: Request<B>,
+    ctx: &mut RequestContext,
 ) -> Result<
     (
         http::request::Parts,
@@ -112,6 +113,7 @@ async fn read_fields<B: RequestBody>(
         .await
         .map_err(|_| GatewayError::InvalidRequest("The body is too large or was cut short".into()))?
         .to_bytes();
+    ctx.request_body_unread = false;
     if bytes.is_empty() {
         return Ok((parts, None));
     }
@@ -136,7 +138,7 @@ async fn token<B: RequestBody>(
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     let browser_html = crate::pages::wants_html(req.headers());
-    let (parts, fields) = read_fields(req).await?;
+    let (parts, fields) = read_fields(req, ctx).await?;
     let fields = fields
         .ok_or_else(|| GatewayError::InvalidRequest("username and password are required".into()))?;
     // A browser's form post (it asks for HTML, or carries `rd`) gets pages
@@ -295,7 +297,7 @@ async fn logout<B: RequestBody>(
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     let method = req.method().clone();
-    let (parts, fields) = read_fields(req).await?;
+    let (parts, fields) = read_fields(req, ctx).await?;
     let presented = match fields
         .as_ref()
         .and_then(|f| f.get("refresh_token").cloned())

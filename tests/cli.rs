@@ -192,3 +192,101 @@ async fn serve_answers_then_drains_on_sigterm() {
     assert_eq!(slow.await.unwrap().unwrap(), 200);
     assert!(status.success(), "{status:?}");
 }
+
+const HASH: &str = "$2b$04$abcdefghijklmnopqrstuu5Xh0kmQyO.A3mLSRZtVGhn7nUz3rS9u";
+
+/// Issue 18: a users file that `serve` refuses, `check-config` refuses too,
+/// with the same message naming the user and the key. A role with a comma
+/// would reach upstreams as two roles; a control character would make the
+/// identity header unsendable.
+#[test]
+fn check_config_and_serve_refuse_the_same_users_files() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "username = \"bad user\"",
+            "users[1].username",
+            "\"bad user\"",
+        ),
+        (
+            "username = \"eve\"\nroles = [\"dev,admin\"]",
+            "users[1].roles",
+            "\"dev,admin\"",
+        ),
+        (
+            "username = \"eve\"\nroles = [\"dev admin\"]",
+            "users[1].roles",
+            "\"eve\"",
+        ),
+        (
+            "username = \"eve\"\nroles = [\"dev\\u0007\"]",
+            "users[1].roles",
+            "\"eve\"",
+        ),
+        (
+            "username = \"eve\"\nemail = \"eve@example.com\\r\\nX-Auth-Roles: admin\"",
+            "users[1].email",
+            "\"eve\"",
+        ),
+        (
+            "username = \"eve\"\nclaims = { tenant = \"a\\nb\" }",
+            "users[1].claims",
+            "\"tenant\"",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n[users]\npath = \"users.toml\"\nbcrypt_cost = 4\n",
+            closed_port()
+        ),
+    );
+    for (user, key, named) in cases {
+        std::fs::write(
+            dir.path().join("users.toml"),
+            format!("[[users]]\nusername = \"alice\"\npassword_hash = \"{HASH}\"\n[[users]]\n{user}\npassword_hash = \"{HASH}\"\n"),
+        )
+        .unwrap();
+        let mut messages = Vec::new();
+        for command in [&["check-config"][..], &["serve"][..]] {
+            let out = run_authgate(&path, command);
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(!out.status.success(), "{command:?} accepted {user}");
+            assert!(stderr.contains(key), "{command:?}: no {key} in {stderr}");
+            assert!(
+                stderr.contains(named),
+                "{command:?}: no {named} in {stderr}"
+            );
+            messages.push(
+                stderr
+                    .lines()
+                    .find(|l| l.contains(key))
+                    .map(|l| l.trim_start_matches("error: ").to_string()),
+            );
+        }
+        assert_eq!(messages[0], messages[1], "{user}");
+    }
+}
+
+/// `users add` refuses a role the gateway could not pass on as one role,
+/// before it asks for a password, and leaves the file untouched.
+#[test]
+fn users_add_refuses_a_role_with_a_comma_or_whitespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "[users]\npath = \"users.toml\"\nbcrypt_cost = 4\n");
+    for role in ["dev,admin", "dev admin", "dev\n"] {
+        // No --password-stdin and no terminal: a prompt would fail with
+        // another message.
+        let out = run_authgate(
+            &path,
+            &["users", "add", "eve", "--role", "ops", "--role", role],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{role:?} accepted");
+        assert!(
+            stderr.contains(&format!("user \"eve\": role {role:?}")),
+            "{role:?}: {stderr}"
+        );
+        assert!(!dir.path().join("users.toml").exists());
+    }
+}

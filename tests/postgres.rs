@@ -670,3 +670,77 @@ fn sslmode_require_verifies_the_server_certificate() {
     );
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 }
+
+/// Issue 18: a row whose role holds a comma (which upstreams would read as
+/// two roles in `X-Auth-Roles`) or whose email holds a control character
+/// (which would silently drop `X-Auth-Email`) is refused at login as the
+/// server-side data problem it is: 500, not a wrong password, and never a
+/// token. A row spoiled after login refuses the refresh the same way and
+/// leaves the session alone, so it works again once the row is fixed.
+#[tokio::test]
+async fn a_row_with_a_comma_in_a_role_or_a_control_character_is_refused_at_login() {
+    let schema = PgSchema::migrated("bad_rows").await;
+    let mut crlf = user("carol", "carol-pw", &["dev"]);
+    crlf.email = Some("carol@example.com\r\nX-Auth-Roles: admin".into());
+    schema
+        .insert(&[
+            user("alice", "alice-pw", &["dev"]),
+            user("mallory", "mallory-pw", &["dev,admin"]),
+            user("tab", "tab-pw", &["dev\tadmin"]),
+            crlf,
+        ])
+        .await;
+    let (up, gw) = gateway(&schema, pg::shared_env()).await;
+    for name in ["mallory", "tab", "carol"] {
+        let response = gw.password_grant(name, &format!("{name}-pw")).await;
+        assert_eq!(response.status(), 500, "{name}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "internal_error", "{name}");
+    }
+
+    let login = tokens(gw.password_grant("alice", "alice-pw").await).await;
+    schema
+        .execute("UPDATE {schema}.users SET roles = '{\"dev,admin\"}' WHERE username = 'alice'")
+        .await;
+    assert_eq!(gw.refresh_grant(&login.refresh).await.status(), 500);
+    schema
+        .execute("UPDATE {schema}.users SET roles = '{dev,admin}' WHERE username = 'alice'")
+        .await;
+    let refreshed = tokens(gw.refresh_grant(&login.refresh).await).await;
+    get_api(&gw, &refreshed.access).await;
+    assert_eq!(up.last().headers["x-auth-roles"], "dev,admin");
+    assert_eq!(up.count(), 1);
+}
+
+/// The operator learns which row to fix: one log line with the user and
+/// the field, from the real binary.
+#[tokio::test]
+async fn a_refused_row_is_logged_with_the_user_and_the_field() {
+    let schema = PgSchema::migrated("bad_row_log").await;
+    schema
+        .insert(&[user("mallory", "mallory-pw", &["dev,admin"])])
+        .await;
+    let port = support::closed_port();
+    let dir = config_dir(
+        &schema,
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\nlog_format = \"json\"\n"),
+    );
+    let log_path = dir.path().join("log");
+    let mut command = support::process::serve_command(&dir.path().join("gateway.toml"));
+    command
+        .env(pg::URL_ENV, pg::url())
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    let gw = support::process::AuthgateProcess::spawn(command, port).await;
+
+    let response = support::password_grant(gw.url("/token"), "mallory", "mallory-pw").await;
+    assert_eq!(response.status(), 500);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("user_row_invalid"))
+        .unwrap_or_else(|| panic!("no user_row_invalid line in:\n{log}"));
+    let line: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(line["user"], "mallory", "{line}");
+    assert_eq!(line["field"], "roles", "{line}");
+}

@@ -162,9 +162,15 @@ impl RefreshError {
     }
 
     /// The gateway's own failure (500): the presented token may be fine, so
-    /// the client's session is left alone.
+    /// the client's session is left alone. A user row the store refuses is
+    /// one too: the operator fixes the data, the session survives.
     pub fn is_internal(&self) -> bool {
-        matches!(self, RefreshError::Signing(_) | RefreshError::Random(_))
+        matches!(
+            self,
+            RefreshError::Signing(_)
+                | RefreshError::Random(_)
+                | RefreshError::Users(UserStoreError::InvalidUser(_))
+        )
     }
 }
 

@@ -11,10 +11,13 @@
 //! 5. **authorize**: the route's policy and roles → a [`Permit`], or 401/403
 //! 6. **mutate**: strip hop-by-hop, spoofed identity headers and our
 //!    cookies; inject identity and forwarding headers
-//! 7. **forward**: the route's pooled upstream client — or 502/504; an
-//!    answered WebSocket upgrade is then spliced (see [`websocket`])
+//! 7. **forward**: the route's pooled upstream client — or 502/504, or 400
+//!    when the client's own body breaks off mid-stream (malformed chunked
+//!    framing); an answered WebSocket upgrade is then spliced (see
+//!    [`websocket`])
 //! 8. **response filter** (on every response, errors included): request
-//!    id, `Set-Cookie`, one log line
+//!    id, `Set-Cookie`, `Connection: close` when an HTTP/1 request body was
+//!    left unread, one log line
 
 pub mod client_ip;
 pub mod csrf;
@@ -28,7 +31,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, SET_COOKIE};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, SET_COOKIE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Request, Response, Version};
 use http_body_util::BodyExt;
 
@@ -56,6 +59,11 @@ pub struct RequestContext {
     pub upstream_latency: Option<Duration>,
     /// Authentication outcome, for the log line and the metrics.
     pub auth: AuthOutcome,
+    /// An HTTP/1 request body that nothing has read to its end: not handed
+    /// on to an upstream or an own endpoint, or broken off by bad framing.
+    /// Where the next request on the connection starts is then unknown, so
+    /// the answer closes the connection (see [`response_filter`]).
+    pub request_body_unread: bool,
 }
 
 impl RequestContext {
@@ -74,6 +82,7 @@ impl RequestContext {
             set_cookies: Vec::new(),
             upstream_latency: None,
             auth: AuthOutcome::NotChecked,
+            request_body_unread: false,
         }
     }
 
@@ -107,12 +116,25 @@ pub async fn handle<B: RequestBody>(
     peer: SocketAddr,
 ) -> Response<Body> {
     let mut ctx = RequestContext::new(req.headers(), peer);
+    ctx.request_body_unread = sends_http1_body(&req);
     let logged = access_logged(&req);
     let response = match process(&gw, req, &mut ctx).await {
         Ok(response) => response,
         Err(error) => error_response(error, &ctx),
     };
     finish(&gw, response, &mut ctx, logged)
+}
+
+/// Whether the request comes with a body on an HTTP/1 connection, where an
+/// unread body stands between this request and the next. HTTP/2 frames
+/// each stream apart (and forbids `Connection`).
+fn sends_http1_body<B>(req: &Request<B>) -> bool {
+    let headers = req.headers();
+    matches!(req.version(), Version::HTTP_10 | Version::HTTP_11)
+        && (headers.contains_key(TRANSFER_ENCODING)
+            || headers
+                .get(CONTENT_LENGTH)
+                .is_some_and(|length| length.as_bytes() != b"0"))
 }
 
 /// Method and URI, kept for the log line only when there is one: the
@@ -376,7 +398,7 @@ fn mutate<B: RequestBody>(
     req: Request<B>,
     path: &str,
     permit: Permit,
-    ctx: &RequestContext,
+    ctx: &mut RequestContext,
 ) -> Result<Request<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
     if let Some(limit) = route.max_body {
@@ -433,12 +455,28 @@ fn mutate<B: RequestBody>(
         .upstream_uri(path, parts.uri.query())
         .map_err(|_| GatewayError::BadRequest("Malformed request target"))?;
     parts.version = Version::HTTP_11;
+    // Marked before the limit wraps it (the limit's own error stays
+    // unmarked), so that `forward` tells the client's body failing from
+    // the upstream failing: the upstream client reports both alike. The
+    // legacy client's HTTP/2 side drops the body's error, hence the flag.
+    let body_failed = matches!(route.clients.request, UpstreamClient::Legacy(_))
+        .then(upstream::ClientBodyFailed::default);
+    if let Some(flag) = &body_failed {
+        parts.extensions.insert(flag.clone());
+    }
+    let body = body.map_err(move |e| {
+        if let Some(flag) = &body_failed {
+            flag.set();
+        }
+        upstream::ClientBodyError::new(e)
+    });
     let body = match route.max_body {
         Some(limit) => http_body_util::Limited::new(body, limit as usize)
             .map_err(Into::into)
             .boxed_unsync(),
         None => body.map_err(Into::into).boxed_unsync(),
     };
+    ctx.request_body_unread = false;
     Ok(Request::from_parts(parts, body))
 }
 
@@ -451,12 +489,39 @@ async fn forward(
     req: Request<Body>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
+    let body_failed = req
+        .extensions()
+        .get::<upstream::ClientBodyFailed>()
+        .cloned();
     let started = tokio::time::Instant::now();
     let result = tokio::time::timeout(gw.config.server.request_timeout, client.request(req)).await;
     ctx.upstream_latency = Some(started.elapsed());
     let mut response = match result {
         Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
         Ok(Err(e)) if upstream::body_too_large(&*e) => return Err(GatewayError::BodyTooLarge),
+        Ok(Err(e))
+            if upstream::client_body_failed(&*e)
+                || body_failed
+                    .as_ref()
+                    .is_some_and(upstream::ClientBodyFailed::is_set) =>
+        {
+            // The upstream connection was dropped mid-body, so the upstream
+            // never saw the request end.
+            let reason = anyhow::Chain::new(&*e)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(": ");
+            tracing::info!(
+                event = "request_body_failed",
+                route = %route.name,
+                reason,
+                request_id = ctx.request_id.to_str().unwrap_or("-"),
+            );
+            ctx.request_body_unread = true;
+            return Err(GatewayError::BadRequest(
+                "The request body is malformed or was cut short",
+            ));
+        }
         Ok(Err(e)) => {
             if let Some(tls) = upstream::tls_failure(&*e) {
                 tracing::warn!(
@@ -486,6 +551,12 @@ async fn forward(
 fn response_filter(response: &mut Response<Body>, ctx: &mut RequestContext) {
     let headers = response.headers_mut();
     headers.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
+    // An answer sent before the request's body was read (a 401 to an
+    // upload, say) leaves that body on the wire: a client that went on
+    // with its next request there would have it read as the body's end.
+    if ctx.request_body_unread {
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     for cookie in ctx.set_cookies.drain(..) {
         headers.append(SET_COOKIE, cookie);
     }

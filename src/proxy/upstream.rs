@@ -298,9 +298,51 @@ pub fn tls_failure<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&
 /// Whether a failed upstream request failed because the client's body
 /// went past the route's `max_body` (it was cut off mid-stream).
 pub fn body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<http_body_util::LengthLimitError>(error)
+}
+
+/// The client's request body failed while it streamed to the upstream:
+/// malformed chunked framing (a bad size line, a size that overflows, data
+/// longer than its size), or the client gone mid-body. The upstream client
+/// reports it as its own failure; this marks it as the client's, so the
+/// answer is a 400 and not a 502 counted against the upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed")]
+pub struct ClientBodyError(#[source] BoxError);
+
+impl ClientBodyError {
+    pub fn new(error: impl Into<BoxError>) -> ClientBodyError {
+        ClientBodyError(error.into())
+    }
+}
+
+/// Set when the client's body fails. hyper's HTTP/2 client keeps that
+/// error to itself (it logs it and resets the stream): its caller sees only
+/// the reset, as if the upstream had sent it. Carried in the request's
+/// extensions from `mutate` to `forward`, for the legacy client only.
+#[derive(Debug, Clone, Default)]
+pub struct ClientBodyFailed(Arc<std::sync::atomic::AtomicBool>);
+
+impl ClientBodyFailed {
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Whether a failed upstream request failed because of the client's body
+/// (see [`ClientBodyError`]).
+pub fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<ClientBodyError>(error)
+}
+
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(e) = cause {
-        if e.is::<http_body_util::LengthLimitError>() {
+        if e.is::<E>() {
             return true;
         }
         cause = e.source();

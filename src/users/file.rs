@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
 
-use super::{valid_username, User, UserStore, UserStoreError};
+use super::{validate_user, User, UserProblem, UserStore, UserStoreError};
 
 /// How often the file's modification time is checked.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -41,42 +41,64 @@ fn stamp_of(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
+/// Why a users file cannot be used. Each problem with one user names its
+/// place in the file (`users[1].roles`) and the user.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersFileError {
+    #[error("cannot read it: {0}")]
+    Unreadable(std::io::Error),
+    #[error("{0}")]
+    Syntax(toml::de::Error),
+    #[error("users[{index}].{}: {problem}", problem.field())]
+    User { index: usize, problem: UserProblem },
+    #[error("users[{index}].password_hash: user {user:?}: not a bcrypt hash")]
+    NotBcrypt { index: usize, user: String },
+    #[error("users[{index}].username: user {user:?} is listed twice")]
+    Duplicate { index: usize, user: String },
+}
+
 /// Parses and checks a users file's text.
-fn parse(text: &str) -> Result<HashMap<String, User>, String> {
-    let file: UsersFile = toml::from_str(text).map_err(|e| e.to_string())?;
+fn parse(text: &str) -> Result<HashMap<String, User>, UsersFileError> {
+    let file: UsersFile = toml::from_str(text).map_err(UsersFileError::Syntax)?;
     let mut users = HashMap::with_capacity(file.users.len());
-    for user in file.users {
-        if !valid_username(&user.username) {
-            return Err(format!("invalid username {:?}", user.username));
-        }
+    for (index, user) in file.users.into_iter().enumerate() {
+        validate_user(&user).map_err(|problem| UsersFileError::User { index, problem })?;
         if !user.password_hash.starts_with("$2") {
-            return Err(format!(
-                "user {:?}: password_hash is not a bcrypt hash",
-                user.username
-            ));
+            return Err(UsersFileError::NotBcrypt {
+                index,
+                user: user.username,
+            });
         }
         let name = user.username.clone();
         if users.insert(name.clone(), user).is_some() {
-            return Err(format!("user {name:?} is listed twice"));
+            return Err(UsersFileError::Duplicate { index, user: name });
         }
     }
     Ok(users)
 }
 
+/// Reads and checks the users file at `path`, as the gateway does at start
+/// and on every reload (and `check-config` does too); a missing file holds
+/// no users.
+pub fn read_users_file(path: &Path) -> Result<HashMap<String, User>, UserStoreError> {
+    let problem = |problem| UserStoreError::File {
+        path: path.to_path_buf(),
+        problem,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text).map_err(problem),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+        Err(e) => Err(problem(UsersFileError::Unreadable(e))),
+    }
+}
+
 impl FileUserStore {
     /// Opens the file; a missing file is an empty store (the CLI creates it).
     pub fn open(path: &Path) -> Result<FileUserStore, UserStoreError> {
-        let users = match std::fs::read_to_string(path) {
-            Ok(text) => parse(&text)
-                .map_err(|e| UserStoreError::Invalid(format!("{}: {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::warn!(event = "users_file_missing", path = %path.display(), "users file does not exist yet; no one can log in");
-                HashMap::new()
-            }
-            Err(e) => {
-                return Err(UserStoreError::Invalid(format!("{}: {e}", path.display())));
-            }
-        };
+        let users = read_users_file(path)?;
+        if users.is_empty() && !path.exists() {
+            tracing::warn!(event = "users_file_missing", path = %path.display(), "users file does not exist yet; no one can log in");
+        }
         Ok(FileUserStore {
             path: path.to_path_buf(),
             users: RwLock::new(Arc::new(users)),
@@ -99,8 +121,10 @@ impl FileUserStore {
     }
 
     fn reload_now(&self) {
+        // Unlike at start, a file gone missing is an error here: the
+        // users already loaded stay.
         let result = std::fs::read_to_string(&self.path)
-            .map_err(|e| e.to_string())
+            .map_err(UsersFileError::Unreadable)
             .and_then(|text| parse(&text));
         match result {
             Ok(users) => {
@@ -140,10 +164,9 @@ impl FileUserStore {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(UserStoreError::Invalid(e.to_string())),
+            Err(e) => return Err(self.file_problem(UsersFileError::Unreadable(e))),
         };
-        parse(&text)
-            .map_err(|e| UserStoreError::Invalid(format!("{}: {e}", self.path.display())))?;
+        parse(&text).map_err(|problem| self.file_problem(problem))?;
         let mut doc: DocumentMut = text
             .parse()
             .map_err(|e: toml_edit::TomlError| UserStoreError::Invalid(e.to_string()))?;
@@ -155,12 +178,19 @@ impl FileUserStore {
             .ok_or_else(|| UserStoreError::Invalid("`users` must be an array of tables".into()))?;
         edit(users)?;
         let new_text = doc.to_string();
-        parse(&new_text).map_err(UserStoreError::Invalid)?;
+        parse(&new_text).map_err(|problem| self.file_problem(problem))?;
         write_atomically(&self.path, new_text.as_bytes()).map_err(|e| {
             UserStoreError::Invalid(format!("writing {}: {e}", self.path.display()))
         })?;
         self.reload_if_changed();
         Ok(())
+    }
+
+    fn file_problem(&self, problem: UsersFileError) -> UserStoreError {
+        UserStoreError::File {
+            path: self.path.clone(),
+            problem,
+        }
     }
 }
 
@@ -213,12 +243,7 @@ impl UserStore for FileUserStore {
     }
 
     async fn add(&self, user: User) -> Result<(), UserStoreError> {
-        if !valid_username(&user.username) {
-            return Err(UserStoreError::Invalid(format!(
-                "invalid username {:?}",
-                user.username
-            )));
-        }
+        validate_user(&user)?;
         self.edit(|users| {
             if position(users, &user.username).is_some() {
                 return Err(UserStoreError::Exists(user.username.clone()));
@@ -335,6 +360,9 @@ mod tests {
         let text = format!(
             "[[users]]\nusername = \"a\"\npassword_hash = \"{HASH}\"\n[[users]]\nusername = \"a\"\npassword_hash = \"{HASH}\"\n"
         );
-        assert!(parse(&text).unwrap_err().contains("twice"));
+        assert!(matches!(
+            parse(&text),
+            Err(UsersFileError::Duplicate { index: 1, .. })
+        ));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::RwLock;
 
 use async_trait::async_trait;
 
-use super::{valid_username, User, UserStore, UserStoreError};
+use super::{validate_user, User, UserStore, UserStoreError};
 
 #[derive(Debug, Default)]
 pub struct MemoryUserStore {
@@ -42,12 +42,7 @@ impl UserStore for MemoryUserStore {
     }
 
     async fn add(&self, user: User) -> Result<(), UserStoreError> {
-        if !valid_username(&user.username) {
-            return Err(UserStoreError::Invalid(format!(
-                "invalid username {:?}",
-                user.username
-            )));
-        }
+        validate_user(&user)?;
         let mut users = self.users.write().expect("users lock");
         if users.contains_key(&user.username) {
             return Err(UserStoreError::Exists(user.username));

@@ -37,6 +37,17 @@ pub enum UserStoreError {
     NotFound(String),
     #[error("invalid users data: {0}")]
     Invalid(String),
+    /// A users file that cannot be used as it is (at start, on reload, or
+    /// before the CLI edits it). Shown whole in one line, the same for
+    /// `serve` and `check-config`.
+    #[error("{}: {problem}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        problem: file::UsersFileError,
+    },
+    /// A user whose data could not travel safely in identity headers.
+    #[error(transparent)]
+    InvalidUser(#[from] UserProblem),
     /// The store cannot be written (a mapped PostgreSQL table).
     #[error("{0}")]
     ReadOnly(String),
@@ -74,6 +85,88 @@ pub async fn open(config: &Config, watch: bool) -> anyhow::Result<Arc<dyn UserSt
         }
         UsersBackend::Postgres => Arc::new(postgres::PostgresUserStore::open(config, watch).await?),
     })
+}
+
+/// Why a user's data is refused wherever users come in (users file, a
+/// PostgreSQL row, the CLI). Names, roles, emails and claims end up in the
+/// identity headers sent to upstreams: a comma inside one role reads there
+/// as two roles (`dev,admin` would grant `admin` to an upstream while
+/// authgate checked `dev,admin`), and a control character makes the value
+/// unsendable, so the header would silently go missing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserProblem {
+    #[error(
+        "invalid username {0:?}: it must be 1 to 128 characters without spaces, commas or control characters"
+    )]
+    Username(String),
+    #[error("user {user:?}: role {role:?} contains a comma, whitespace or a control character")]
+    Role { user: String, role: String },
+    #[error("user {user:?}: the email contains a control character")]
+    Email { user: String },
+    #[error("user {user:?}: the value of claim {claim:?} contains a control character")]
+    Claim { user: String, claim: String },
+}
+
+impl UserProblem {
+    /// The user concerned, as found in the data.
+    pub fn user(&self) -> &str {
+        match self {
+            UserProblem::Username(user)
+            | UserProblem::Role { user, .. }
+            | UserProblem::Email { user }
+            | UserProblem::Claim { user, .. } => user,
+        }
+    }
+
+    /// The field at fault, as the users file names it.
+    pub fn field(&self) -> &'static str {
+        match self {
+            UserProblem::Username(_) => "username",
+            UserProblem::Role { .. } => "roles",
+            UserProblem::Email { .. } => "email",
+            UserProblem::Claim { .. } => "claims",
+        }
+    }
+}
+
+/// The one check of a user's data, for every store and the CLI.
+pub fn validate_user(user: &User) -> Result<(), UserProblem> {
+    let named = || user.username.clone();
+    if !valid_username(&user.username) {
+        return Err(UserProblem::Username(named()));
+    }
+    if let Some(role) = user.roles.iter().find(|role| !valid_role(role)) {
+        return Err(UserProblem::Role {
+            user: named(),
+            role: role.clone(),
+        });
+    }
+    if user
+        .email
+        .as_deref()
+        .is_some_and(|email| email.chars().any(char::is_control))
+    {
+        return Err(UserProblem::Email { user: named() });
+    }
+    // Only string values are copied into headers as they are; any other
+    // value is sent as JSON, where a control character is escaped.
+    if let Some((claim, _)) = user.claims.iter().find(|(_, value)| {
+        value
+            .as_str()
+            .is_some_and(|s| s.chars().any(char::is_control))
+    }) {
+        return Err(UserProblem::Claim {
+            user: named(),
+            claim: claim.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Roles are joined with commas in `X-Auth-Roles`.
+fn valid_role(role: &str) -> bool {
+    role.chars()
+        .all(|c| !c.is_control() && !c.is_whitespace() && c != ',')
 }
 
 /// Usernames are printable, without spaces or control characters, so they

@@ -25,7 +25,7 @@ use tokio_postgres::error::{Severity, SqlState};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::{valid_username, User, UserStore, UserStoreError};
+use super::{validate_user, User, UserStore, UserStoreError};
 use crate::config::{Config, ConfigError, Problem};
 use migrate::SchemaState;
 
@@ -486,8 +486,25 @@ fn user_of(row: &Row) -> Result<User, UserStoreError> {
 
 #[async_trait]
 impl UserStore for PostgresUserStore {
+    /// A row whose data could not travel safely in identity headers (see
+    /// [`super::UserProblem`]) refuses the login or refresh as the server-side data
+    /// problem it is: the client gets a 500, the log names the user and
+    /// the column, and the row is left for the operator to fix. The file
+    /// store refuses such data when it loads; a table is only seen row by
+    /// row.
     async fn find(&self, username: &str) -> Result<Option<User>, UserStoreError> {
-        Ok(self.users(Query::Find(username)).await?.into_iter().next())
+        let user = self.users(Query::Find(username)).await?.into_iter().next();
+        if let Some(problem) = user.as_ref().and_then(|u| validate_user(u).err()) {
+            tracing::error!(
+                event = "user_row_invalid",
+                user = %problem.user(),
+                field = problem.field(),
+                error = %problem,
+                "refusing this user's login: fix the row in PostgreSQL"
+            );
+            return Err(problem.into());
+        }
+        Ok(user)
     }
 
     async fn list(&self) -> Result<Vec<User>, UserStoreError> {
@@ -496,12 +513,7 @@ impl UserStore for PostgresUserStore {
 
     async fn add(&self, user: User) -> Result<(), UserStoreError> {
         self.writable()?;
-        if !valid_username(&user.username) {
-            return Err(UserStoreError::Invalid(format!(
-                "invalid username {:?}",
-                user.username
-            )));
-        }
+        validate_user(&user)?;
         self.count(Query::Insert(&user)).await.map(drop)
     }
 

@@ -56,7 +56,8 @@ pub struct Seen {
     pub body: Bytes,
 }
 
-/// A real HTTP/1.1 upstream. Paths it understands:
+/// A real HTTP/1.1 upstream; it records each request whose body arrived
+/// whole. Paths it understands:
 /// - `/slow/<ms>`: answers after that many milliseconds
 /// - `/download/<bytes>`: streams that many bytes in 64 KiB chunks
 /// - `/upload`: counts the streamed body and answers the count (not recorded)
@@ -135,11 +136,11 @@ async fn upstream_answer(
         return Response::new(Full::new(Bytes::from(total.to_string())).boxed());
     }
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        // The request never completed (its body broke off): not recorded,
+        // and the connection is gone, so no answer reaches anyone.
+        return Response::new(Full::new(Bytes::new()).boxed());
+    };
     seen.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
