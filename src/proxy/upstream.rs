@@ -1,14 +1,17 @@
 //! The pooled clients that carry requests to upstreams.
 //!
-//! A plain http:// HTTP/1.1 upstream, the common case, gets a lean pool of
-//! its own ([`http1`]), shared by the routes that name the same host:port.
-//! The others go through hyper-util's legacy client, which also speaks TLS
-//! and HTTP/2: routes differ in what they trust (`upstream_ca`) and speak
-//! (`upstream_http2`), so there is one such client per distinct pair, built
-//! at start and shared by the routes that need it. WebSocket upgrades use
-//! the legacy HTTP/1.1 client of the route's pair, whatever the scheme.
-//! Every https:// upstream is verified against the system roots plus the
-//! route's CA; there is no switch to turn verification off.
+//! Every plain http:// HTTP/1.1 upstream, the common case, is reached
+//! through one pool ([`http1`]): one pool per host:port, shared by the
+//! routes that name it, with one retry rule and one idle reaper, for
+//! ordinary requests and WebSocket upgrades alike. https:// and HTTP/2
+//! upstreams go through hyper-util's legacy client, which also speaks TLS
+//! and HTTP/2, behind the same [`UpstreamClient`] and under the same retry
+//! rule: a request is sent again only when no byte of it was written.
+//! Routes differ in what they trust (`upstream_ca`) and speak
+//! (`upstream_http2`), so there is one such client per distinct pair,
+//! shared by the routes that need it. Every https:// upstream is verified
+//! against the system roots plus the route's CA; there is no switch to turn
+//! verification off.
 
 pub mod http1;
 
@@ -222,10 +225,12 @@ impl Upstreams {
         } else {
             UpstreamClient::Legacy(Box::new(get(route.upstream_http2)))
         };
-        RouteClients {
-            request,
-            upgrade: UpstreamClient::Legacy(Box::new(get(false))),
-        }
+        // Upgrades speak HTTP/1.1, through the route's pool when it has one.
+        let upgrade = match &request {
+            UpstreamClient::Http1(pool) => UpstreamClient::Http1(pool.clone()),
+            UpstreamClient::Legacy(_) => UpstreamClient::Legacy(Box::new(get(false))),
+        };
+        RouteClients { request, upgrade }
     }
 }
 
@@ -273,6 +278,10 @@ fn client(roots: RootCertStore, http2: bool, keepalive: usize) -> LegacyClient {
         .pool_timer(TokioTimer::new())
         .http1_max_buf_size(UPSTREAM_READ_BUFFER)
         .timer(TokioTimer::new())
+        // The same rule as the HTTP/1 pool's: a request is sent again only
+        // when hyper knows no byte of it was written (an idle connection
+        // found closed). The default, set here so it stays the rule.
+        .retry_canceled_requests(true)
         .http2_only(http2);
     client.build(connector)
 }

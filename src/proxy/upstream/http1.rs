@@ -77,15 +77,21 @@ impl Http1Pool {
 
     /// Sends `req` (an absolute URI, sent in origin form) on an idle
     /// connection, or a new one when none is left.
+    ///
+    /// The retry rule: a request is sent again, on a freshly dialed
+    /// connection, only when hyper gives it back unsent (the idle
+    /// connection turned out closed before a byte of it was written).
+    /// Once any byte has left, a failure is the caller's: the upstream may
+    /// have acted on it, and only the client may decide to send it again.
     pub async fn send(self: Arc<Self>, mut req: Request<Body>) -> Result<Response<Body>, BoxError> {
         origin_form(req.uri_mut());
-        while let Some(mut sender) = self.checkout() {
+        if let Some(mut sender) = self.checkout() {
             match sender.try_send_request(req).await {
                 Ok(response) => return Ok(self.response(response, sender)),
                 Err(mut e) => match e.take_message() {
                     // The upstream closed this connection while it sat idle
-                    // and the request never left: it is not lost, so it goes
-                    // on the next connection instead of failing.
+                    // (the others idle as long may be closed too): not
+                    // lost, so it goes on a new connection.
                     Some(unsent) => req = unsent,
                     None => return Err(e.into_error().into()),
                 },
@@ -128,7 +134,9 @@ impl Http1Pool {
             .handshake(io)
             .await?;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // With upgrades: a WebSocket's 101 hands the connection over to
+            // the splice instead of ending it.
+            if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(event = "upstream_connection_failed", error = %e);
             }
         });
@@ -143,6 +151,11 @@ impl Http1Pool {
         response: Response<Incoming>,
         sender: SendRequest<Body>,
     ) -> Response<Body> {
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // The connection now belongs to the upgraded protocol.
+            drop(sender);
+            return response.map(|body| body.map_err(Into::into).boxed_unsync());
+        }
         response.map(|body| {
             let conn = if body.is_end_stream() {
                 self.put(sender);
@@ -343,6 +356,36 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         assert_eq!(*accepted.lock().unwrap(), 3);
+    }
+
+    /// An upstream that reads each request and closes without answering.
+    async fn hanging_up_upstream() -> (std::net::SocketAddr, Arc<Mutex<usize>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(0));
+        let count = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                if matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                    *count.lock().unwrap() += 1;
+                }
+            }
+        });
+        (addr, requests)
+    }
+
+    #[tokio::test]
+    async fn a_request_that_was_written_is_never_sent_again() {
+        let (addr, requests) = hanging_up_upstream().await;
+        let pool = Http1Pool::new(&addr.to_string().parse().unwrap(), 16);
+        assert!(pool.clone().send(get(addr)).await.is_err());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(
+            *requests.lock().unwrap(),
+            1,
+            "sent again after it was written"
+        );
     }
 
     #[tokio::test]
