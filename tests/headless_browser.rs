@@ -16,7 +16,46 @@ use std::time::Duration;
 use support::{user, TestGateway, Upstream};
 
 const E2E_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e");
-const ACCESS_TTL_MS: u64 = 2000;
+/// Long enough that only the gateway's clock, moved by the script through
+/// the clock server below, can make the access token expire.
+const ACCESS_TTL_MS: u64 = 60_000;
+
+/// A test-only HTTP server the browser script calls to move the gateway's
+/// clock (`POST /advance?ms=N`) instead of waiting out the access TTL.
+async fn clock_server(clock: authgate::clock::Clock) -> String {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let clock = clock.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let ms = req
+                        .uri()
+                        .query()
+                        .and_then(|q| q.strip_prefix("ms="))
+                        .and_then(|ms| ms.parse::<u64>().ok());
+                    let status = match ms {
+                        Some(ms) if req.method() == http::Method::POST => {
+                            clock.advance(Duration::from_millis(ms));
+                            204
+                        }
+                        _ => 400,
+                    };
+                    let mut response =
+                        http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
 
 fn chromium() -> PathBuf {
     let path = std::env::var_os("CHROMIUM")
@@ -86,6 +125,7 @@ async fn sign_in_silent_refresh_and_sign_out_in_chromium() {
         up.url()
     );
     let gw = TestGateway::start(&toml, &[user("alice", "alice-pw", &["dev"])]).await;
+    let clock_url = clock_server(gw.clock.clone()).await;
 
     let shots = tempfile::tempdir().unwrap();
     let shots_dir = if std::env::var_os("AUTHGATE_UPDATE_SCREENSHOTS").is_some() {
@@ -101,7 +141,8 @@ async fn sign_in_silent_refresh_and_sign_out_in_chromium() {
             .env("CHROMIUM", &chromium)
             .env("E2E_USER", "alice")
             .env("E2E_PASSWORD", "alice-pw")
-            .env("ACCESS_TTL_MS", ACCESS_TTL_MS.to_string()),
+            .env("ACCESS_TTL_MS", ACCESS_TTL_MS.to_string())
+            .env("CLOCK_URL", &clock_url),
         "node tests/e2e/signin.mjs",
     )
     .await;

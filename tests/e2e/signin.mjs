@@ -6,7 +6,9 @@
 // The gateway at <base-url> must route /app (auth = "required") to an
 // upstream whose /page shows "Signed in as <X-Auth-User>", with
 // access_ttl = ACCESS_TTL_MS (default 2 s), non-Secure cookies, and the user
-// E2E_USER / E2E_PASSWORD (default alice / alice-pw).
+// E2E_USER / E2E_PASSWORD (default alice / alice-pw). With CLOCK_URL (the
+// Rust test's clock server), the gateway's clock is moved past the access
+// TTL instead of waiting it out.
 // Exits 0 when every step passed; otherwise prints the failed step and exits 1.
 
 import assert from 'node:assert/strict';
@@ -24,6 +26,19 @@ const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const username = process.env.E2E_USER ?? 'alice';
 const password = process.env.E2E_PASSWORD ?? 'alice-pw';
 const accessTtlMs = Number(process.env.ACCESS_TTL_MS ?? 2000);
+const clockUrl = process.env.CLOCK_URL;
+
+// Lets the access token expire: the gateway's clock moves when the test
+// runs one that can be moved, else real time passes.
+async function pastAccessTtl(page) {
+  const ms = accessTtlMs + 1500;
+  if (clockUrl) {
+    const moved = await fetch(`${clockUrl}/advance?ms=${ms}`, { method: 'POST' });
+    assert.equal(moved.status, 204, 'the gateway clock moved');
+  } else {
+    await page.waitForTimeout(ms);
+  }
+}
 
 const ARGS = [
   '--headless',
@@ -125,7 +140,7 @@ try {
   });
 
   await step('past the access TTL a reload still shows the page (silent refresh)', async () => {
-    await page.waitForTimeout(accessTtlMs + 1500);
+    await pastAccessTtl(page);
     const response = await page.reload();
     assert.equal(response.status(), 200);
     assert.equal(page.url(), `${base}/app/page`);
