@@ -102,10 +102,13 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
         .any(|range| {
             let mut parts = range.split(';');
             let media = parts.next().unwrap_or("").trim();
+            // Parameter names are case-insensitive (RFC 9110 §5.6.6):
+            // `Q=0` refuses as `q=0` does.
             let refused = parts.any(|p| {
-                let p = p.trim();
-                p.strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
+                p.trim()
+                    .split_once('=')
+                    .filter(|(name, _)| name.eq_ignore_ascii_case("q"))
+                    .and_then(|(_, q)| q.trim().parse::<f32>().ok())
                     .is_some_and(|q| q <= 0.0)
             });
             !refused
@@ -160,6 +163,8 @@ mod tests {
         assert!(!wants_html(&accept("*/*")));
         assert!(!wants_html(&accept("application/json")));
         assert!(!wants_html(&accept("text/html;q=0")));
+        assert!(!wants_html(&accept("TEXT/HTML; Q=0")));
+        assert!(wants_html(&accept("text/html;Q=0.5")));
         assert!(!wants_html(&HeaderMap::new()));
     }
 

@@ -290,8 +290,9 @@ where
 
 /// Where a byte stream stands in WebSocket framing (RFC 6455 §5.2): only
 /// the headers are read, to know where one frame ends and the next begins.
-#[derive(Debug, Default)]
-struct FrameCursor {
+/// Public for the `websocket_frames` fuzz target.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FrameCursor {
     /// Header bytes of the current frame read so far (at most 14).
     header: [u8; 14],
     have: usize,
@@ -300,13 +301,14 @@ struct FrameCursor {
 }
 
 impl FrameCursor {
-    fn at_boundary(&self) -> bool {
+    /// Whether the bytes consumed so far end exactly at a frame's end.
+    pub fn at_boundary(&self) -> bool {
         self.have == 0 && self.payload_left == 0
     }
 
     /// Consumes `data` up to the end of the current frame (or all of it);
     /// returns how many bytes that was.
-    fn step(&mut self, data: &[u8]) -> usize {
+    pub fn step(&mut self, data: &[u8]) -> usize {
         let mut used = 0;
         if self.payload_left == 0 {
             loop {
@@ -329,7 +331,7 @@ impl FrameCursor {
     }
 
     /// Consumes all of `data`.
-    fn advance(&mut self, mut data: &[u8]) {
+    pub fn advance(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             let used = self.step(data);
             data = &data[used..];
@@ -436,6 +438,178 @@ mod tests {
                 }
             }
             assert_eq!(boundaries, ends, "chunk size {chunk}");
+        }
+    }
+
+    /// splitmix64: a fixed sequence per seed, so a failure names its case.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// The reference encoder: any first byte, masked or not, and the length
+    /// in any of the three forms that fits it, minimal or not (the cursor
+    /// must not rely on minimal lengths, which only the endpoints check).
+    fn encode(rng: &mut Rng, payload_len: usize) -> Vec<u8> {
+        let mask_bit = if rng.below(2) == 0 { 0x80 } else { 0 };
+        let mut f = vec![rng.next() as u8];
+        let form = match payload_len {
+            0..=125 => rng.below(3),
+            126..=0xffff => 1 + rng.below(2),
+            _ => 2,
+        };
+        match form {
+            0 => f.push(mask_bit | payload_len as u8),
+            1 => {
+                f.push(mask_bit | 126);
+                f.extend_from_slice(&(payload_len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(mask_bit | 127);
+                f.extend_from_slice(&(payload_len as u64).to_be_bytes());
+            }
+        }
+        if mask_bit != 0 {
+            f.extend_from_slice(&rng.next().to_le_bytes()[..4]);
+        }
+        // Payload bytes that look like headers, so a cursor that read into
+        // the payload would go astray.
+        f.extend_from_slice(&[0x82, 0xff, 0x7e, 0x7f].repeat(payload_len / 4 + 1)[..payload_len]);
+        f
+    }
+
+    /// A stream of a few frames and the offset at which each one ends.
+    fn frames(rng: &mut Rng) -> (Vec<u8>, Vec<usize>) {
+        let mut stream = Vec::new();
+        let mut ends = Vec::new();
+        for _ in 0..rng.below(6) {
+            let len = match rng.below(20) {
+                0..=11 => rng.below(130),
+                12..=18 => rng.below(600),
+                _ => 0xfff0 + rng.below(0x20),
+            };
+            stream.extend(encode(rng, len));
+            ends.push(stream.len());
+        }
+        (stream, ends)
+    }
+
+    /// Cuts `len` bytes at a few random points.
+    fn cuts(rng: &mut Rng, len: usize) -> Vec<usize> {
+        let mut at: Vec<usize> = (0..rng.below(8)).map(|_| rng.below(len + 1)).collect();
+        at.push(len);
+        at.sort_unstable();
+        at
+    }
+
+    #[test]
+    fn cursor_matches_the_reference_encoder_across_random_splits() {
+        for seed in 0..3000 {
+            let mut rng = Rng(seed);
+            let (stream, ends) = frames(&mut rng);
+            // Sometimes the last frame is cut short, as by a read that
+            // ends mid-frame: its end must not be reported.
+            let (stream, ends) = match ends.len() {
+                n if n > 0 && rng.below(3) == 0 => {
+                    let start = if n > 1 { ends[n - 2] } else { 0 };
+                    let keep = start + rng.below(ends[n - 1] - start);
+                    (stream[..keep].to_vec(), ends[..n - 1].to_vec())
+                }
+                _ => (stream, ends),
+            };
+            let mut cursor = FrameCursor::default();
+            let mut boundaries = Vec::new();
+            let mut at = 0;
+            for cut in cuts(&mut rng, stream.len()) {
+                while at < cut {
+                    let used = cursor.step(&stream[at..cut]);
+                    assert!(used >= 1, "seed {seed}");
+                    at += used;
+                    if cursor.at_boundary() {
+                        boundaries.push(at);
+                    } else {
+                        assert_eq!(at, cut, "seed {seed}: stopped mid-frame");
+                    }
+                }
+            }
+            assert_eq!(boundaries, ends, "seed {seed}");
+            let complete = ends.last().copied().unwrap_or(0) == stream.len();
+            assert_eq!(cursor.at_boundary(), complete, "seed {seed}");
+            let mut whole = FrameCursor::default();
+            whole.advance(&stream);
+            assert_eq!(whole, cursor, "seed {seed}");
+        }
+    }
+
+    /// Hands out the stream in the given pieces, then EOF; turns `stop`
+    /// true as it hands out piece `stop_at`.
+    struct Pieces {
+        pieces: std::collections::VecDeque<Vec<u8>>,
+        stop: watch::Sender<bool>,
+        stop_at: usize,
+        given: usize,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            if let Some(piece) = self.pieces.pop_front() {
+                buf.put_slice(&piece);
+                if self.given == self.stop_at {
+                    let _ = self.stop.send(true);
+                }
+                self.given += 1;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn stopping_forwards_exactly_to_the_end_of_the_frame_in_flight() {
+        for seed in 0..300 {
+            let mut rng = Rng(seed);
+            let (stream, ends) = frames(&mut rng);
+            let at = cuts(&mut rng, stream.len());
+            let pieces: std::collections::VecDeque<Vec<u8>> = std::iter::once(0)
+                .chain(at.iter().copied())
+                .zip(at.iter().copied())
+                .filter(|(from, to)| from < to)
+                .flat_map(|(from, to)| stream[from..to].chunks(BUFFER_BYTES))
+                .map(<[u8]>::to_vec)
+                .collect();
+            let count = pieces.len();
+            let stop_at = rng.below(count + 1);
+            let read_before_stop: usize = pieces.iter().take(stop_at + 1).map(Vec::len).sum();
+            let (stop, stopped) = watch::channel(false);
+            let reader = Pieces {
+                pieces,
+                stop,
+                stop_at,
+                given: 0,
+            };
+            let (forwarded, how) = pump(reader, Vec::new(), stopped).await.unwrap();
+            let expected = if stop_at == count {
+                (stream.len(), Ended::Eof)
+            } else {
+                let end = *ends.iter().find(|&&e| e >= read_before_stop).unwrap();
+                (end, Ended::Stopped)
+            };
+            assert_eq!((forwarded.len(), how), expected, "seed {seed}");
+            assert_eq!(forwarded, stream[..forwarded.len()], "seed {seed}");
         }
     }
 
