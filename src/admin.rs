@@ -44,7 +44,8 @@ pub fn spawn(listener: TcpListener, shared: SharedGateway) {
 async fn answer(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/metrics" => {
-            let mut response = Response::new(response::full(crate::metrics::get().encode()));
+            let mut response =
+                Response::new(response::full(crate::observe::metrics::get().encode()));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static(

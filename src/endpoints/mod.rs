@@ -2,6 +2,8 @@
 //! `/healthz`, `/readyz` (all under `[auth] path_prefix`) and
 //! `/.well-known/jwks.json`. They take precedence over routes.
 
+pub mod sign_in;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use crate::auth::refresh::{RefreshError, TokenPair};
 use crate::auth::Identity;
 use crate::cookies;
 use crate::gateway::Gateway;
-use crate::proxy::{authenticate, RequestContext};
+use crate::pipeline::{authenticate, RequestContext};
 use crate::response::{self, Body, GatewayError, RequestBody};
 use crate::users::UserStoreError;
 
@@ -137,7 +139,7 @@ async fn token<B: RequestBody>(
     req: Request<B>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    let browser_html = crate::pages::wants_html(req.headers());
+    let browser_html = crate::endpoints::sign_in::wants_html(req.headers());
     let (parts, fields) = read_fields(req, ctx).await?;
     let fields = fields
         .ok_or_else(|| GatewayError::InvalidRequest("username and password are required".into()))?;
@@ -152,10 +154,13 @@ async fn token<B: RequestBody>(
         return match grant(gw, &parts, fields, ctx).await {
             Ok(pair) => {
                 ctx.set_session_cookies(gw, &pair);
-                Ok(crate::pages::redirect(StatusCode::SEE_OTHER, &rd))
+                Ok(crate::endpoints::sign_in::redirect(
+                    StatusCode::SEE_OTHER,
+                    &rd,
+                ))
             }
             Err(error) => {
-                let mut page = crate::pages::sign_in(
+                let mut page = crate::endpoints::sign_in::sign_in(
                     error.status(),
                     &gw.paths.token,
                     &rd,
@@ -192,7 +197,7 @@ async fn grant(
                 .map_err(users_unavailable)?;
             let Some(user) = user else {
                 attempt.failed().await?;
-                crate::metrics::get().login("failure");
+                crate::observe::metrics::get().login("failure");
                 ctx.auth = AuthOutcome::LoginFailed;
                 tracing::warn!(
                     event = "login_failed",
@@ -206,7 +211,7 @@ async fn grant(
                 });
             };
             attempt.succeeded().await?;
-            crate::metrics::get().login("success");
+            crate::observe::metrics::get().login("success");
             ctx.user = Some(Arc::new(Identity::named(&user.username)));
             ctx.auth = AuthOutcome::LoggedIn;
             gw.session_service
@@ -252,7 +257,7 @@ fn login_page<B>(gw: &Gateway, req: &Request<B>) -> Response<Body> {
         })
         .and_then(|rd| safe_redirect(&rd))
         .unwrap_or_else(|| "/".into());
-    crate::pages::sign_in(StatusCode::OK, &gw.paths.token, &rd, "", None)
+    crate::endpoints::sign_in::sign_in(StatusCode::OK, &gw.paths.token, &rd, "", None)
 }
 
 fn refresh_error(gw: &Gateway, error: RefreshError, ctx: &mut RequestContext) -> GatewayError {
@@ -327,7 +332,7 @@ async fn logout<B: RequestBody>(
     }
     ctx.clear_session_cookies(gw);
     if method == Method::GET {
-        return Ok(crate::pages::signed_out(&gw.paths.login));
+        return Ok(crate::endpoints::sign_in::signed_out(&gw.paths.login));
     }
     let mut response = Response::new(response::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;

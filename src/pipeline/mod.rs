@@ -19,12 +19,7 @@
 //!    id, `Set-Cookie`, `Connection: close` when an HTTP/1 request body was
 //!    left unread, one log line
 
-pub mod client_ip;
-pub mod csrf;
-pub mod headers;
 pub mod path;
-pub mod route;
-pub mod upstream;
 pub mod websocket;
 
 use std::net::SocketAddr;
@@ -36,14 +31,16 @@ use http::{HeaderMap, HeaderValue, Request, Response, Version};
 use http_body_util::BodyExt;
 
 use crate::auth::authenticate::{bearer_credentials, Anonymous, AuthOutcome, Authn};
+use crate::auth::csrf;
 use crate::auth::refresh::{RefreshError, TokenPair};
 use crate::auth::Identity;
 use crate::config::AuthPolicy;
 use crate::cookies;
 use crate::gateway::Gateway;
+use crate::headers;
 use crate::response::{Body, GatewayError, RequestBody};
-use route::Route;
-use upstream::UpstreamClient;
+use crate::routes::Route;
+use crate::upstream::{self, UpstreamClient};
 
 /// Per-request state, created once and passed to every phase.
 #[derive(Debug)]
@@ -146,9 +143,11 @@ fn access_logged<B>(req: &Request<B>) -> Option<(http::Method, http::Uri)> {
 
 fn error_response(error: GatewayError, ctx: &RequestContext) -> Response<Body> {
     match &error {
-        GatewayError::Unavailable(_) => crate::metrics::get().store_error("store"),
-        GatewayError::UpstreamUnreachable(_) => crate::metrics::get().upstream_error("connect"),
-        GatewayError::UpstreamTimeout => crate::metrics::get().upstream_error("timeout"),
+        GatewayError::Unavailable(_) => crate::observe::metrics::get().store_error("store"),
+        GatewayError::UpstreamUnreachable(_) => {
+            crate::observe::metrics::get().upstream_error("connect")
+        }
+        GatewayError::UpstreamTimeout => crate::observe::metrics::get().upstream_error("timeout"),
         _ => {}
     }
     if error.status().is_server_error() {
@@ -191,7 +190,7 @@ fn finish(
 }
 
 fn record_metrics(gw: &Gateway, ctx: &RequestContext, status: u16) {
-    let metrics = crate::metrics::get();
+    let metrics = crate::observe::metrics::get();
     let route = ctx.route.as_ref().map_or(&gw.own_metrics, |r| &r.metrics);
     route.observe(
         status,
@@ -263,7 +262,10 @@ async fn process<B: RequestBody>(
             if !upgrade && sends_to_sign_in(gw, req.headers()) =>
         {
             let original = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-            return Ok(crate::pages::redirect_to_sign_in(&gw.paths.login, original));
+            return Ok(crate::endpoints::sign_in::redirect_to_sign_in(
+                &gw.paths.login,
+                original,
+            ));
         }
         other => other?,
     };
@@ -282,7 +284,7 @@ async fn process<B: RequestBody>(
 fn sends_to_sign_in(gw: &Gateway, headers: &HeaderMap) -> bool {
     gw.config.auth.login_redirect
         && !headers.contains_key(AUTHORIZATION)
-        && crate::pages::wants_html(headers)
+        && crate::endpoints::sign_in::wants_html(headers)
 }
 
 /// Phase 1: the head's size limit, which hyper's buffer only bounds
