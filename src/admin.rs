@@ -55,7 +55,7 @@ async fn answer(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
             response
         }
         "/healthz" => response::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        "/readyz" => crate::endpoints::readiness(gw).await,
+        "/readyz" => crate::endpoints::health::readiness(gw).await,
         _ => crate::response::GatewayError::NotFound.into_response(),
     }
 }

@@ -269,19 +269,21 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
     // Behind TLS every cookie is Secure, whatever `[cookies] secure` says.
     let mut cookie_config = config.cookies.clone();
     cookie_config.secure |= tls.is_some();
+    let cookies = CookieJar::new(&cookie_config);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     Ok(Gateway {
         routes: RouteTable::new(&config.routes, &upstreams),
         upstreams,
         paths: OwnPaths::new(&config.auth.path_prefix),
-        cookies: CookieJar::new(&cookie_config),
+        csrf: CsrfGuard::new(&config.cookies.trusted_origins, &cookies, scheme),
+        cookies,
         identity: IdentityHeaders::new(&config.identity),
         throttle: Throttle::new(
             sessions.clone(),
             &config.auth.throttle,
             TrustedProxies::new(&config.server.trusted_proxies),
         ),
-        csrf: CsrfGuard::new(&config.cookies.trusted_origins),
-        scheme: if tls.is_some() { "https" } else { "http" },
+        scheme,
         tls,
         own_metrics,
         clock,

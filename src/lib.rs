@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod headers;
 pub mod observe;
 pub mod pipeline;
+pub mod request;
 pub mod response;
 pub mod routes;
 pub mod server;
