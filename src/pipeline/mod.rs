@@ -118,3 +118,121 @@ async fn process<B: RequestBody>(
     let upstream_request = mutate(gw, &route, req, &path, permit, ctx)?;
     forward(gw, &route, &route.clients.request, upstream_request, ctx).await
 }
+
+/// The pipeline end to end, without sockets: a gateway built in memory and
+/// requests with in-memory bodies. (Forwarding itself needs an upstream;
+/// the integration tests give it one.)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    use bytes::Bytes;
+    use http::header::{CONNECTION, CONTENT_LENGTH};
+    use http::{Method, StatusCode};
+    use http_body_util::{Empty, Full};
+
+    use crate::config::Config;
+    use crate::headers::X_REQUEST_ID;
+    use crate::users::memory::MemoryUserStore;
+    use crate::users::User;
+
+    const SECRET_ENV: &str = "PIPELINE_TEST_SECRET";
+
+    /// A gateway on `routes` (TOML) with user `alice` (role `admin`) in
+    /// memory and the memory session backend: no listener, no store
+    /// outside the process.
+    pub(super) async fn gateway(routes: &str) -> Gateway {
+        std::env::set_var(SECRET_ENV, "pipeline-test-secret-long-enough-0123456789");
+        let toml = format!("[jwt]\nsecret_env = \"{SECRET_ENV}\"\n{routes}");
+        let config = Config::parse(Path::new("g.toml"), &toml).unwrap();
+        let users = Arc::new(MemoryUserStore::new([alice()]));
+        Gateway::with_users(config, users).await.unwrap()
+    }
+
+    pub(super) fn alice() -> User {
+        User {
+            username: "alice".into(),
+            email: Some("alice@example.com".into()),
+            roles: vec!["admin".into()],
+            ..User::default()
+        }
+    }
+
+    pub(super) fn peer() -> SocketAddr {
+        "192.0.2.7:40000".parse().unwrap()
+    }
+
+    const REQUIRED: &str = "[[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\n";
+
+    #[tokio::test]
+    async fn an_unread_upload_refused_401_closes_the_connection() {
+        let gw = Arc::new(gateway(REQUIRED).await);
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/upload")
+            .header(CONTENT_LENGTH, "5")
+            .header(X_REQUEST_ID.clone(), "client-id-1")
+            .body(Full::new(Bytes::from_static(b"hello")))
+            .unwrap();
+        let response = handle(gw, req, peer()).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[CONNECTION], "close");
+        assert_eq!(response.headers()[&X_REQUEST_ID], "client-id-1");
+    }
+
+    #[tokio::test]
+    async fn own_endpoints_answer_before_routes() {
+        let gw = Arc::new(gateway(REQUIRED).await);
+        let healthz = gw.paths.healthz.clone();
+        let req = Request::get(healthz).body(Empty::<Bytes>::new()).unwrap();
+        let response = handle(gw.clone(), req, peer()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().contains_key(&X_REQUEST_ID));
+        assert!(!response.headers().contains_key(CONNECTION));
+        // The check phase runs first: a TRACE of an endpoint is still 405.
+        let req = Request::builder()
+            .method(Method::TRACE)
+            .uri(&gw.paths.healthz)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        assert_eq!(
+            handle(gw, req, peer()).await.status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[tokio::test]
+    async fn a_browser_is_sent_to_sign_in_an_api_client_gets_401() {
+        let gw = Arc::new(gateway(REQUIRED).await);
+        let browser = Request::get("/app?x=1")
+            .header(http::header::ACCEPT, "text/html")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = handle(gw.clone(), browser, peer()).await;
+        assert!(response.status().is_redirection(), "{response:?}");
+        let location = response.headers()[http::header::LOCATION].to_str().unwrap();
+        assert!(location.starts_with(&gw.paths.login), "{location}");
+        let api = Request::get("/app")
+            .header(http::header::ACCEPT, "application/json")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        assert_eq!(
+            handle(gw, api, peer()).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cross_site_post_with_a_cookie_is_refused_before_authentication() {
+        let gw = Arc::new(gateway(REQUIRED).await);
+        let req = Request::post("/transfer")
+            .header(http::header::HOST, "gw.example.com")
+            .header(http::header::COOKIE, "access_token=whatever")
+            .header("sec-fetch-site", "cross-site")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = handle(gw, req, peer()).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    }
+}

@@ -106,3 +106,155 @@ pub fn mutate<B: RequestBody>(
     ctx.request_body_unread = false;
     Ok(Request::from_parts(parts, body))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderName, Uri};
+    use http_body_util::Empty;
+
+    use super::*;
+    use crate::auth::Identity;
+    use crate::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+    use crate::pipeline::tests::{gateway, peer};
+
+    const ROUTES: &str = r#"
+        [[routes]]
+        prefix = "/api"
+        upstream = "http://api.internal:8080/v1"
+        strip_prefix = true
+        preserve_host = false
+        [[routes]]
+        prefix = "/public"
+        upstream = "http://static.internal"
+        auth = "public"
+        [[routes]]
+        prefix = "/kept"
+        upstream = "http://kept.internal"
+        preserve_host = true
+    "#;
+
+    fn alice() -> Permit {
+        let identity = Identity {
+            sub: "alice".into(),
+            email: Some("alice@example.com".into()),
+            roles: vec!["admin".into(), "dev".into()],
+            ..Identity::default()
+        };
+        Permit {
+            identity: Some((Arc::new(identity), None)),
+        }
+    }
+
+    fn anonymous() -> Permit {
+        Permit { identity: None }
+    }
+
+    /// The upstream request for `uri` with `headers`, as `permit` allows.
+    async fn mutated(uri: &str, headers: &[(&str, &str)], permit: Permit) -> (Uri, HeaderMap) {
+        let gw = gateway(ROUTES).await;
+        let mut builder = Request::builder().uri(uri).header("host", "gw.example.com");
+        for (name, value) in headers {
+            builder = builder.header(HeaderName::from_bytes(name.as_bytes()).unwrap(), *value);
+        }
+        let req = builder.body(Empty::<Bytes>::new()).unwrap();
+        let path = req.uri().path().to_string();
+        let route = gw
+            .routes
+            .find(Some("gw.example.com"), &path)
+            .unwrap()
+            .clone();
+        let mut ctx = RequestContext::new(req.headers(), peer());
+        let upstream = mutate(&gw, &route, req, &path, permit, &mut ctx).unwrap();
+        let (parts, _) = upstream.into_parts();
+        assert_eq!(parts.headers[&headers::X_REQUEST_ID], ctx.request_id);
+        (parts.uri, parts.headers)
+    }
+
+    #[tokio::test]
+    async fn spoofed_identity_headers_go_in_every_spelling() {
+        let spoofed = [
+            ("x-auth-user", "mallory"),
+            ("X_Auth_User", "mallory"),
+            ("x-auth_email", "m@evil"),
+            ("X-AUTH-ROLES", "admin"),
+        ];
+        let (_, anonymous) = mutated("/api/x", &spoofed, anonymous()).await;
+        for (name, _) in spoofed {
+            assert!(!anonymous.contains_key(name), "{name} kept: {anonymous:?}");
+        }
+        let (_, signed_in) = mutated("/api/x", &spoofed, alice()).await;
+        assert_eq!(signed_in["x-auth-user"], "alice");
+        assert_eq!(signed_in["x-auth-email"], "alice@example.com");
+        assert_eq!(signed_in["x-auth-roles"], "admin,dev");
+        assert!(!signed_in.contains_key("x_auth_user"));
+    }
+
+    #[tokio::test]
+    async fn our_cookies_go_and_the_others_stay() {
+        let (_, h) = mutated(
+            "/api/x",
+            &[("cookie", "access_token=a; theme=dark; refresh_token=r")],
+            alice(),
+        )
+        .await;
+        let cookie = h["cookie"].to_str().unwrap();
+        assert!(cookie.contains("theme=dark"), "{cookie}");
+        assert!(!cookie.contains("access_token") && !cookie.contains("refresh_token"));
+    }
+
+    #[tokio::test]
+    async fn a_bearer_token_stays_behind_on_protected_routes_only() {
+        let bearer = [("authorization", "Bearer eyJ.token")];
+        let (_, protected) = mutated("/api/x", &bearer, alice()).await;
+        assert!(!protected.contains_key(AUTHORIZATION));
+        let (_, public) = mutated("/public/x", &bearer, anonymous()).await;
+        assert_eq!(public[AUTHORIZATION], "Bearer eyJ.token");
+        // Other schemes are the upstream's business.
+        let (_, basic) = mutated("/api/x", &[("authorization", "Basic YTpi")], alice()).await;
+        assert_eq!(basic[AUTHORIZATION], "Basic YTpi");
+    }
+
+    #[tokio::test]
+    async fn forwarding_headers_uri_and_host_are_the_gateways() {
+        let (uri, h) = mutated(
+            "/api/movies?page=2",
+            &[
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-forwarded-proto", "https"),
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+            ],
+            alice(),
+        )
+        .await;
+        assert_eq!(uri, "http://api.internal:8080/v1/movies?page=2");
+        assert_eq!(h[HOST], "api.internal:8080");
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "gw.example.com");
+        assert!(!h.contains_key("connection") && !h.contains_key("x-hop"));
+        let (uri, h) = mutated("/kept/a", &[], alice()).await;
+        assert_eq!(uri, "http://kept.internal/kept/a");
+        assert_eq!(
+            h[HOST], "gw.example.com",
+            "preserve_host keeps the client's"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_declared_body_over_the_limit_is_413() {
+        let gw =
+            gateway("[[routes]]\nprefix = \"/\"\nupstream = \"http://u\"\nmax_body = 4\n").await;
+        let route = gw.routes.find(None, "/up").unwrap().clone();
+        let req = Request::post("/up")
+            .header(CONTENT_LENGTH, "5")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let mut ctx = RequestContext::new(req.headers(), peer());
+        let error = mutate(&gw, &route, req, "/up", alice(), &mut ctx).unwrap_err();
+        assert_eq!(error.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}

@@ -100,3 +100,83 @@ fn response_filter(response: &mut Response<Body>, ctx: &mut RequestContext) {
         headers.append(SET_COOKIE, cookie);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::CONNECTION;
+    use http::{HeaderMap, StatusCode};
+
+    fn context(request_body_unread: bool) -> RequestContext {
+        let mut ctx = RequestContext::new(&HeaderMap::new(), "192.0.2.7:1".parse().unwrap());
+        ctx.request_body_unread = request_body_unread;
+        ctx
+    }
+
+    fn filtered(ctx: &mut RequestContext) -> Response<Body> {
+        let mut response = Response::new(crate::response::empty());
+        response_filter(&mut response, ctx);
+        response
+    }
+
+    #[test]
+    fn every_response_carries_the_request_id() {
+        let mut ctx = context(false);
+        let response = filtered(&mut ctx);
+        assert_eq!(response.headers()[&headers::X_REQUEST_ID], ctx.request_id);
+        let mut error = GatewayError::NoRoute.into_response();
+        response_filter(&mut error, &mut ctx);
+        assert_eq!(error.status(), StatusCode::NOT_FOUND);
+        assert_eq!(error.headers()[&headers::X_REQUEST_ID], ctx.request_id);
+    }
+
+    #[test]
+    fn the_contexts_cookies_are_set_each_once() {
+        let mut ctx = context(false);
+        ctx.set_cookies
+            .push(HeaderValue::from_static("access_token=a"));
+        ctx.set_cookies
+            .push(HeaderValue::from_static("refresh_token=r"));
+        let response = filtered(&mut ctx);
+        let set: Vec<_> = response.headers().get_all(SET_COOKIE).iter().collect();
+        assert_eq!(set, ["access_token=a", "refresh_token=r"]);
+        assert!(ctx.set_cookies.is_empty());
+    }
+
+    #[test]
+    fn an_unread_request_body_closes_the_connection() {
+        assert_eq!(filtered(&mut context(true)).headers()[CONNECTION], "close");
+        assert!(!filtered(&mut context(false))
+            .headers()
+            .contains_key(CONNECTION));
+    }
+
+    #[test]
+    fn only_http1_bodies_can_be_left_on_the_wire() {
+        let request = |version, header: Option<(&str, &str)>| {
+            let mut builder = Request::post("/").version(version);
+            if let Some((name, value)) = header {
+                builder = builder.header(name, value);
+            }
+            builder.body(()).unwrap()
+        };
+        let http11 = Version::HTTP_11;
+        assert!(sends_http1_body(&request(
+            http11,
+            Some(("content-length", "5"))
+        )));
+        assert!(sends_http1_body(&request(
+            http11,
+            Some(("transfer-encoding", "chunked"))
+        )));
+        assert!(!sends_http1_body(&request(
+            http11,
+            Some(("content-length", "0"))
+        )));
+        assert!(!sends_http1_body(&request(http11, None)));
+        assert!(!sends_http1_body(&request(
+            Version::HTTP_2,
+            Some(("content-length", "5"))
+        )));
+    }
+}
