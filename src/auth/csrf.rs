@@ -181,7 +181,17 @@ mod tests {
         CsrfGuard::new(&trusted, &cookies, "https")
     }
 
+    /// The decision for an endpoint that takes the refresh cookie.
     fn check(guard: &CsrfGuard, method: Method, headers: &[(&str, &str)]) -> bool {
+        check_as(guard, method, headers, Credential::RefreshCookie)
+    }
+
+    fn check_as(
+        guard: &CsrfGuard,
+        method: Method,
+        headers: &[(&str, &str)],
+        credential: Credential,
+    ) -> bool {
         let mut h = HeaderMap::new();
         h.insert(HOST, HeaderValue::from_static("gw.example.com"));
         for (name, value) in headers {
@@ -191,12 +201,7 @@ mod tests {
             );
         }
         guard
-            .check(
-                &method,
-                &Uri::from_static("/x"),
-                &h,
-                Credential::RefreshCookie,
-            )
+            .check(&method, &Uri::from_static("/x"), &h, credential)
             .is_ok()
     }
 
@@ -279,22 +284,9 @@ mod tests {
     fn checked_only_when_authentication_rests_on_a_cookie() {
         let g = guard(&[]);
         let forged = |extra: &[(&str, &str)]| {
-            let mut h = HeaderMap::new();
-            h.insert(HOST, HeaderValue::from_static("gw.example.com"));
-            h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
-            for (name, value) in extra {
-                h.append(
-                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                    HeaderValue::from_str(value).unwrap(),
-                );
-            }
-            g.check(
-                &Method::POST,
-                &Uri::from_static("/x"),
-                &h,
-                Credential::Authentication,
-            )
-            .is_ok()
+            let mut headers = vec![("sec-fetch-site", "cross-site")];
+            headers.extend_from_slice(extra);
+            check_as(&g, Method::POST, &headers, Credential::Authentication)
         };
         assert!(forged(&[]), "no credential: nothing to forge");
         assert!(!forged(&[("cookie", "access_token=t")]));

@@ -3,9 +3,7 @@
 
 use http::{Method, Request, Response, StatusCode};
 
-use super::{read_fields, sign_in};
-use crate::auth::csrf::Credential;
-use crate::cookies;
+use super::{read_fields, refresh_cookie, sign_in};
 use crate::gateway::Gateway;
 use crate::request::RequestContext;
 use crate::response::{self, Body, GatewayError, RequestBody};
@@ -22,18 +20,7 @@ pub async fn logout<B: RequestBody>(
         .and_then(|f| f.get("refresh_token").cloned())
     {
         Some(token) => Some(token),
-        None => match cookies::get(&parts.headers, &gw.cookies.refresh) {
-            Some(cookie) => {
-                gw.csrf.check(
-                    &parts.method,
-                    &parts.uri,
-                    &parts.headers,
-                    Credential::RefreshCookie,
-                )?;
-                Some(cookie.to_string())
-            }
-            None => None,
-        },
+        None => refresh_cookie(gw, &parts)?,
     };
     if let Some(token) = presented {
         let ended = gw

@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 
+use crate::auth::csrf::Credential;
 use crate::auth::login::{self, BodyKind};
+use crate::cookies;
 use crate::gateway::Gateway;
 use crate::request::RequestContext;
 use crate::response::{Body, GatewayError, RequestBody};
@@ -105,4 +107,23 @@ async fn read_fields<B: RequestBody>(
         )
     })?;
     Ok((parts, Some(login::fields(kind, &bytes)?)))
+}
+
+/// The refresh cookie, for `/token` and `/logout` when the body names no
+/// refresh token. The browser attached it, perhaps to a request another
+/// site started: the CSRF rule decides whether it may be used.
+fn refresh_cookie(
+    gw: &Gateway,
+    parts: &http::request::Parts,
+) -> Result<Option<String>, GatewayError> {
+    let Some(cookie) = cookies::get(&parts.headers, &gw.cookies.refresh) else {
+        return Ok(None);
+    };
+    gw.csrf.check(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        Credential::RefreshCookie,
+    )?;
+    Ok(Some(cookie.to_string()))
 }

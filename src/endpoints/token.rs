@@ -8,14 +8,12 @@ use std::sync::Arc;
 use http::{HeaderValue, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::{read_fields, sign_in};
+use super::{read_fields, refresh_cookie, sign_in};
 use crate::auth::authenticate::{AuthOutcome, Via};
-use crate::auth::csrf::Credential;
 use crate::auth::login::{self, TokenRequest};
 use crate::auth::redirect::safe_redirect;
 use crate::auth::refresh::{RefreshError, TokenPair};
 use crate::auth::Identity;
-use crate::cookies;
 use crate::gateway::Gateway;
 use crate::observe::metrics;
 use crate::request::RequestContext;
@@ -107,19 +105,9 @@ async fn grant(
         TokenRequest::Refresh { refresh_token } => {
             let presented = match refresh_token {
                 Some(token) => token,
-                None => {
-                    let cookie =
-                        cookies::get(&parts.headers, &gw.cookies.refresh).ok_or_else(|| {
-                            GatewayError::InvalidRequest("refresh_token is required".into())
-                        })?;
-                    gw.csrf.check(
-                        &parts.method,
-                        &parts.uri,
-                        &parts.headers,
-                        Credential::RefreshCookie,
-                    )?;
-                    cookie.to_string()
-                }
+                None => refresh_cookie(gw, parts)?.ok_or_else(|| {
+                    GatewayError::InvalidRequest("refresh_token is required".into())
+                })?,
             };
             let pair = gw
                 .session_service
