@@ -15,7 +15,7 @@
 //! 3. Neither header: not a browser-initiated cross-origin request, which
 //!    a third-party page cannot forge. It passes.
 //!
-//! The approach of Go 1.25's `http.CrossOriginProtection`. The proxy runs
+//! The approach of Go 1.25's `http.CrossOriginProtection`. The pipeline runs
 //! the check *before* authentication, so a forged request cannot even make
 //! a silent refresh rotate the victim's refresh token. Bearer requests are
 //! not checked: a third-party page cannot make a browser send one.

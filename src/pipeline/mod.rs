@@ -11,14 +11,14 @@
 //!    access cookie; on a missing or expired cookie with a refresh cookie, a
 //!    silent refresh; a cookie credential on an unsafe method passes the
 //!    [`crate::auth::csrf`] check first
-//! 5. **[`authorize`]**: the route's policy and roles → a [`Permit`], or
-//!    401 (a browser: the sign-in page) or 403
-//! 6. **[`mutate`]**: strip hop-by-hop, spoofed identity headers and our
-//!    cookies; inject identity and forwarding headers
-//! 7. **[`forward`]**: the route's pooled upstream client — or 502/504, or
-//!    400 when the client's own body breaks off mid-stream (malformed
-//!    chunked framing); an answered WebSocket upgrade is then spliced (see
-//!    [`websocket`])
+//! 5. **[`authorize`](mod@authorize)**: the route's policy and roles → a
+//!    [`Permit`], or 401 (a browser: the sign-in page) or 403
+//! 6. **[`mutate`](mod@mutate)**: strip hop-by-hop, spoofed identity
+//!    headers and our cookies; inject identity and forwarding headers
+//! 7. **[`forward`](mod@forward)**: the route's pooled upstream client —
+//!    or 502/504, or 400 when the client's own body breaks off mid-stream
+//!    (malformed chunked framing); an answered WebSocket upgrade is then
+//!    spliced (see [`websocket`])
 //! 8. **response filter** ([`respond`], on every response, errors
 //!    included): request id, `Set-Cookie`, `Connection: close` when an
 //!    HTTP/1 request body was left unread, metrics, one log line
