@@ -44,7 +44,8 @@ pub fn spawn(listener: TcpListener, shared: SharedGateway) {
 async fn answer(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/metrics" => {
-            let mut response = Response::new(response::full(crate::metrics::get().encode()));
+            let mut response =
+                Response::new(response::full(crate::observe::metrics::get().encode()));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static(
@@ -54,7 +55,7 @@ async fn answer(gw: &Gateway, req: Request<Incoming>) -> Response<Body> {
             response
         }
         "/healthz" => response::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        "/readyz" => crate::endpoints::readiness(gw).await,
+        "/readyz" => crate::endpoints::health::readiness(gw).await,
         _ => crate::response::GatewayError::NotFound.into_response(),
     }
 }

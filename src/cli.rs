@@ -172,7 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(listen) = args.listen {
                 config.server.listen = listen;
             }
-            crate::telemetry::init(config.server.log_format);
+            crate::observe::logs::init(config.server.log_format);
             runtime(config.server.worker_threads)?.block_on(serve(config))
         }
         Command::CheckConfig => check_config(&cli.config),

@@ -36,7 +36,7 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<ExitCode> {
             "--dev refuses to listen on {listen}: development mode is for loopback addresses only"
         );
     }
-    crate::telemetry::init(crate::config::LogFormat::Text);
+    crate::observe::logs::init(crate::config::LogFormat::Text);
     let echo = spawn_echo().await?;
     let mut config = Config::dev(listen);
     config.jwt.secret_env = Located {

@@ -4,20 +4,20 @@
 use std::sync::Arc;
 
 use crate::auth::authenticate::Authenticator;
+use crate::auth::csrf::CsrfGuard;
 use crate::auth::jwt::JwtService;
 use crate::auth::password::Passwords;
 use crate::auth::refresh::SessionService;
 use crate::auth::throttle::Throttle;
+use crate::client_ip::TrustedProxies;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, Problem, RestartSettings, UsersBackend};
 use crate::cookies::CookieJar;
-use crate::proxy::client_ip::TrustedProxies;
-use crate::proxy::csrf::CsrfGuard;
-use crate::proxy::headers::IdentityHeaders;
-use crate::proxy::route::RouteTable;
-use crate::proxy::upstream::Upstreams;
+use crate::headers::IdentityHeaders;
+use crate::routes::RouteTable;
 use crate::sessions::{self, SessionStore};
 use crate::tls::Tls;
+use crate::upstream::Upstreams;
 use crate::users::{self, UserStore};
 
 /// The paths authgate answers itself, under `[auth] path_prefix`.
@@ -67,7 +67,7 @@ pub struct Gateway {
     /// The pools `routes` forward through, kept for the next reload.
     pub upstreams: Upstreams,
     /// Metrics of requests that matched no route (own endpoints, 404s).
-    pub own_metrics: crate::metrics::RouteMetrics,
+    pub own_metrics: crate::observe::metrics::RouteMetrics,
     /// Wall-clock time for every expiry decision (see [`crate::clock`]);
     /// the JWT service, session stores and throttle hold clones.
     pub clock: Clock,
@@ -246,7 +246,11 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
                 None => users::open(&config, true).await?,
             };
             let sessions = sessions::open(&config.sessions, clock.clone()).await?;
-            (users, sessions, crate::metrics::get().route("(gateway)"))
+            (
+                users,
+                sessions,
+                crate::observe::metrics::get().route("(gateway)"),
+            )
         }
     };
     let hashing = |c: &Config| (c.users.bcrypt_cost, c.users.max_concurrent_hashes);
@@ -265,19 +269,21 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
     // Behind TLS every cookie is Secure, whatever `[cookies] secure` says.
     let mut cookie_config = config.cookies.clone();
     cookie_config.secure |= tls.is_some();
+    let cookies = CookieJar::new(&cookie_config);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     Ok(Gateway {
         routes: RouteTable::new(&config.routes, &upstreams),
         upstreams,
         paths: OwnPaths::new(&config.auth.path_prefix),
-        cookies: CookieJar::new(&cookie_config),
+        csrf: CsrfGuard::new(&config.cookies.trusted_origins, &cookies, scheme),
+        cookies,
         identity: IdentityHeaders::new(&config.identity),
         throttle: Throttle::new(
             sessions.clone(),
             &config.auth.throttle,
             TrustedProxies::new(&config.server.trusted_proxies),
         ),
-        csrf: CsrfGuard::new(&config.cookies.trusted_origins),
-        scheme: if tls.is_some() { "https" } else { "http" },
+        scheme,
         tls,
         own_metrics,
         clock,

@@ -29,7 +29,7 @@ fn config(up: &Upstream) -> String {
 
 /// The sum of `authgate_upstream_errors_total` over its kinds.
 fn upstream_errors() -> u64 {
-    authgate::metrics::get()
+    authgate::observe::metrics::get()
         .encode()
         .lines()
         .filter(|line| line.starts_with("authgate_upstream_errors_total"))

@@ -13,7 +13,7 @@
 //! `.5`, `nan` or ` 0`), where what the code does is its own choice.
 #![no_main]
 
-use authgate::pages::wants_html;
+use authgate::endpoints::sign_in::wants_html;
 use http::header::ACCEPT;
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;

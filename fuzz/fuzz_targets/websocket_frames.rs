@@ -9,7 +9,7 @@
 //! (little-endian) per cut, then the stream.
 #![no_main]
 
-use authgate::proxy::websocket::FrameCursor;
+use authgate::pipeline::websocket::FrameCursor;
 use libfuzzer_sys::fuzz_target;
 
 /// The end offsets of the complete frames in `stream`, found without any

@@ -663,7 +663,7 @@ mod tests {
         for outcome in outcomes {
             if let Some(label) = outcome.metric_label() {
                 assert!(
-                    crate::metrics::AUTH_OUTCOMES.contains(&label),
+                    crate::observe::metrics::AUTH_OUTCOMES.contains(&label),
                     "{outcome:?} counts as {label}"
                 );
             }

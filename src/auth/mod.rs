@@ -2,6 +2,7 @@
 //! refresh token), and the endpoints that hand those tokens out.
 
 pub mod authenticate;
+pub mod csrf;
 pub mod jwt;
 pub mod login;
 pub mod password;

@@ -241,7 +241,7 @@ impl SessionService {
                 sealed,
             } => (username, presented.unseal(&sealed), at_ms),
             Rotation::Reused { username } => {
-                crate::metrics::get().reuse_detected();
+                crate::observe::metrics::get().reuse_detected();
                 tracing::warn!(
                     event = "refresh_token_reuse",
                     user = %username,

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
+use crate::client_ip::TrustedProxies;
 use crate::config::ThrottleConfig;
-use crate::proxy::client_ip::TrustedProxies;
 use crate::response::GatewayError;
 use crate::sessions::{FailureLimits, SessionStore, StoreError};
 

@@ -33,7 +33,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use super::idle::{self, Activity, TimedIo};
 use super::Builders;
 use crate::gateway::SharedGateway;
-use crate::proxy;
+use crate::pipeline;
 
 /// What the client's first bytes must be for HTTP/2 by prior knowledge
 /// (RFC 9113 §3.4).
@@ -60,7 +60,7 @@ pub(super) fn serve(
     permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    crate::metrics::get().open_connections.inc();
+    crate::observe::metrics::get().open_connections.inc();
     let conn = Conn {
         peer,
         permit,
@@ -119,14 +119,14 @@ impl Conn {
             // future is large. Only the pipeline is boxed, not a future
             // around it: that one would carry a second copy of it.
             let response: Pin<Box<dyn Future<Output = _> + Send>> =
-                Box::pin(proxy::handle(gw, req, peer));
+                Box::pin(pipeline::handle(gw, req, peer));
             async move { Ok::<_, Infallible>(busy.hold(response.await)) }
         })
     }
 
     fn ended(self, served: Result<(), crate::response::BoxError>) {
         drop(self.permit);
-        crate::metrics::get().open_connections.dec();
+        crate::observe::metrics::get().open_connections.dec();
         if let Err(e) = served {
             tracing::debug!(event = "connection_error", peer = %self.peer, error = %e);
         }

@@ -569,7 +569,7 @@ fn manager(mut config: tokio_postgres::Config) -> Manager {
 fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = rustls::ClientConfig::builder()
-        .with_root_certificates(crate::proxy::upstream::system_roots())
+        .with_root_certificates(crate::upstream::system_roots())
         .with_no_client_auth();
     tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }

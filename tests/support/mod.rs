@@ -201,7 +201,7 @@ fn html_page(headers: &HeaderMap) -> Response<TestBody> {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>App</title></head>\
          <body><h1>App page</h1><p id=\"user\">Signed in as {}</p></body></html>",
-        authgate::pages::escape(user)
+        authgate::endpoints::sign_in::escape(user)
     );
     let mut response = Response::new(Full::new(Bytes::from(html)).boxed());
     response

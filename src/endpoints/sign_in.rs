@@ -1,10 +1,12 @@
-//! The browser pages: sign-in and signed-out. Plain HTML and CSS, no
+//! `GET /login` and the browser pages: sign-in and signed-out. Plain HTML and CSS, no
 //! JavaScript and no external assets, so they work under a strict CSP.
 
 use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION};
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use crate::auth::redirect::safe_redirect;
+use crate::gateway::Gateway;
 use crate::response::{self, Body};
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;background:#f4f5f7;color:#1d2330;margin:0;\
@@ -143,6 +145,22 @@ pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
         .headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// `GET /login`: the sign-in form, to return to `rd` (when it is safe).
+pub fn login_page<B>(gw: &Gateway, req: &Request<B>) -> Response<Body> {
+    let rd = req
+        .uri()
+        .query()
+        .and_then(|q| {
+            serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+                .ok()?
+                .into_iter()
+                .find_map(|(k, v)| (k == "rd").then_some(v))
+        })
+        .and_then(|rd| safe_redirect(&rd))
+        .unwrap_or_else(|| "/".into());
+    sign_in(StatusCode::OK, &gw.paths.token, &rd, "", None)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use super::headers::X_FORWARDED_FOR;
+use crate::headers::X_FORWARDED_FOR;
 
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
 
-use super::upstream::{RouteClients, Upstreams};
 use crate::config::{AuthPolicy, RouteConfig};
+use crate::upstream::{RouteClients, Upstreams};
 
 #[derive(Debug)]
 pub struct Route {
@@ -25,7 +25,7 @@ pub struct Route {
     pub max_body: Option<u64>,
     pub websocket: bool,
     pub clients: RouteClients,
-    pub metrics: crate::metrics::RouteMetrics,
+    pub metrics: crate::observe::metrics::RouteMetrics,
 }
 
 impl Route {
@@ -35,7 +35,7 @@ impl Route {
             None => config.prefix.clone(),
         };
         Route {
-            metrics: crate::metrics::get().route(&name),
+            metrics: crate::observe::metrics::get().route(&name),
             name,
             prefix: config.prefix.clone(),
             host: config.host.clone(),

@@ -75,7 +75,7 @@ pub enum UpstreamClient {
 impl UpstreamClient {
     /// Sends a request with an absolute URI. Not an `async fn`: the common
     /// HTTP/1 future is returned as it is, without a layer that would keep
-    /// a second copy of the request (see `proxy::forward`).
+    /// a second copy of the request (see `pipeline::forward`).
     pub fn request(
         &self,
         req: Request<Body>,

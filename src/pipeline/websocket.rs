@@ -21,12 +21,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::route::Route;
 use super::{Permit, RequestContext};
 use crate::auth::authenticate::{Authn, Via};
 use crate::clock::Clock;
 use crate::gateway::Gateway;
 use crate::response::{Body, GatewayError};
+use crate::routes::Route;
 use crate::sessions::{FamilyId, SessionStore};
 
 /// How often an open socket's session is checked.

@@ -1,0 +1,129 @@
+//! The paths authgate answers itself: `/login`, `/token`, `/logout`,
+//! `/userinfo`, `/healthz`, `/readyz` (all under `[auth] path_prefix`) and
+//! `/.well-known/jwks.json`, one module each. They take precedence over
+//! routes. The pipeline hands them the request and its
+//! [`RequestContext`]; they import nothing of the pipeline.
+
+pub mod health;
+pub mod jwks;
+pub mod logout;
+pub mod sign_in;
+pub mod token;
+pub mod userinfo;
+
+use std::collections::HashMap;
+
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
+
+use crate::auth::csrf::Credential;
+use crate::auth::login::{self, BodyKind};
+use crate::cookies;
+use crate::gateway::Gateway;
+use crate::request::RequestContext;
+use crate::response::{Body, GatewayError, RequestBody};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Login,
+    Token,
+    Logout,
+    Userinfo,
+    Healthz,
+    Readyz,
+    Jwks,
+}
+
+impl Endpoint {
+    pub fn find(gw: &Gateway, path: &str) -> Option<Endpoint> {
+        let p = &gw.paths;
+        Some(match path {
+            _ if path == p.login => Endpoint::Login,
+            _ if path == p.token => Endpoint::Token,
+            _ if path == p.logout => Endpoint::Logout,
+            _ if path == p.userinfo => Endpoint::Userinfo,
+            _ if path == p.healthz => Endpoint::Healthz,
+            _ if path == p.readyz => Endpoint::Readyz,
+            _ if path == p.jwks => Endpoint::Jwks,
+            _ => return None,
+        })
+    }
+
+    fn methods(self) -> &'static [Method] {
+        match self {
+            Endpoint::Token => &[Method::POST],
+            Endpoint::Logout => &[Method::POST, Method::GET],
+            _ => &[Method::GET, Method::HEAD],
+        }
+    }
+}
+
+pub async fn serve<B: RequestBody>(
+    gw: &Gateway,
+    endpoint: Endpoint,
+    req: Request<B>,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, GatewayError> {
+    if !endpoint.methods().contains(req.method()) {
+        return Err(GatewayError::MethodNotAllowed {
+            allow: endpoint.methods(),
+        });
+    }
+    match endpoint {
+        Endpoint::Login => Ok(sign_in::login_page(gw, &req)),
+        Endpoint::Token => token::token(gw, req, ctx).await,
+        Endpoint::Logout => logout::logout(gw, req, ctx).await,
+        Endpoint::Userinfo => userinfo::userinfo(gw, req, ctx).await,
+        Endpoint::Healthz => Ok(health::liveness()),
+        Endpoint::Readyz => Ok(health::readiness(gw).await),
+        Endpoint::Jwks => jwks::jwks(gw),
+    }
+}
+
+/// Reads a small form or JSON body into fields.
+async fn read_fields<B: RequestBody>(
+    req: Request<B>,
+    ctx: &mut RequestContext,
+) -> Result<(http::request::Parts, Option<HashMap<String, String>>), GatewayError> {
+    let (parts, body) = req.into_parts();
+    let kind = BodyKind::from_content_type(
+        parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let bytes = http_body_util::Limited::new(body, login::MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|_| GatewayError::InvalidRequest("The body is too large or was cut short".into()))?
+        .to_bytes();
+    ctx.request_body_unread = false;
+    if bytes.is_empty() {
+        return Ok((parts, None));
+    }
+    let kind = kind.ok_or_else(|| {
+        GatewayError::InvalidRequest(
+            "Content-Type must be application/x-www-form-urlencoded or application/json".into(),
+        )
+    })?;
+    Ok((parts, Some(login::fields(kind, &bytes)?)))
+}
+
+/// The refresh cookie, for `/token` and `/logout` when the body names no
+/// refresh token. The browser attached it, perhaps to a request another
+/// site started: the CSRF rule decides whether it may be used.
+fn refresh_cookie(
+    gw: &Gateway,
+    parts: &http::request::Parts,
+) -> Result<Option<String>, GatewayError> {
+    let Some(cookie) = cookies::get(&parts.headers, &gw.cookies.refresh) else {
+        return Ok(None);
+    };
+    gw.csrf.check(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        Credential::RefreshCookie,
+    )?;
+    Ok(Some(cookie.to_string()))
+}
