@@ -61,6 +61,7 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<ExitCode> {
         upstream_ca: None,
         upstream_http2: false,
         websocket: crate::config::defaults::WEBSOCKET,
+        audience: format!("http://{echo}"),
     }];
     let password = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>());
     let hash = crate::auth::password::hash_blocking(&password, config.users.bcrypt_cost)?;

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::assertion::Assertions;
 use crate::auth::authenticate::Authenticator;
 use crate::auth::csrf::CsrfGuard;
 use crate::auth::jwt::JwtService;
@@ -52,6 +53,11 @@ pub struct Gateway {
     pub routes: RouteTable,
     pub paths: OwnPaths,
     pub jwt: Arc<JwtService>,
+    /// `Some` when `[identity] assertion = true`.
+    pub assertions: Option<Arc<Assertions>>,
+    /// `/.well-known/jwks.json`, made once: the access-token keys and the
+    /// assertion key; `None` when there is no public key to publish.
+    pub jwks: Option<bytes::Bytes>,
     pub users: Arc<dyn UserStore>,
     pub sessions: Arc<dyn SessionStore>,
     pub session_service: SessionService,
@@ -87,6 +93,7 @@ pub fn shared(gw: Gateway) -> SharedGateway {
 /// first, so `check-config` and `serve` refuse a file with the same list.
 pub struct FilesAndSecrets {
     jwt: JwtService,
+    assertions: Option<Assertions>,
     tls: Option<Arc<Tls>>,
     upstreams: Upstreams,
 }
@@ -109,6 +116,20 @@ impl FilesAndSecrets {
             JwtService::from_config(&config.jwt, clock.clone()),
             &mut problems,
         );
+        let assertions = match &config.identity.assertion {
+            Some(assertion) => keep(
+                Assertions::from_config(
+                    assertion,
+                    config.identity.assertion_header.clone(),
+                    &config.jwt.issuer,
+                    clock.clone(),
+                )
+                .map(Some)
+                .map_err(|p| vec![p]),
+                &mut problems,
+            ),
+            None => Some(None),
+        };
         if config.users.backend == UsersBackend::Postgres {
             if let Err(e) = users::postgres::connect_config(config) {
                 problems.extend(e.problems);
@@ -136,13 +157,14 @@ impl FilesAndSecrets {
             ),
             &mut problems,
         );
-        match (jwt, tls, upstreams) {
-            (Some(jwt), Some(tls), Some(upstreams)) if problems.is_empty() => {
+        match (jwt, assertions, tls, upstreams) {
+            (Some(jwt), Some(assertions), Some(tls), Some(upstreams)) if problems.is_empty() => {
                 if let Some(kept) = kept_tls {
                     kept.reload_logged();
                 }
                 Ok(FilesAndSecrets {
                     jwt,
+                    assertions,
                     tls,
                     upstreams,
                 })
@@ -230,10 +252,13 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
     }
     let FilesAndSecrets {
         jwt,
+        assertions,
         tls,
         upstreams,
     } = FilesAndSecrets::read_for(&config, running, &clock)?;
+    let jwks = crate::endpoints::jwks::document(&jwt, assertions.as_ref());
     let jwt = Arc::new(jwt);
+    let assertions = assertions.map(Arc::new);
     let (users, sessions, own_metrics) = match basis {
         Basis::Running(gw) => (
             gw.users.clone(),
@@ -288,6 +313,8 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
         own_metrics,
         clock,
         jwt,
+        assertions,
+        jwks,
         users,
         sessions,
         session_service,

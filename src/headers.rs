@@ -127,11 +127,16 @@ pub struct IdentityHeaders {
 
 impl IdentityHeaders {
     pub fn new(config: &IdentityConfig) -> IdentityHeaders {
-        let mut reserved: Vec<Vec<u8>> = [&config.user, &config.email, &config.roles]
-            .into_iter()
-            .chain(config.claims.iter().map(|(h, _)| h))
-            .map(|h| fold(h.as_str().as_bytes()))
-            .collect();
+        let mut reserved: Vec<Vec<u8>> = [
+            &config.user,
+            &config.email,
+            &config.roles,
+            &config.assertion_header,
+        ]
+        .into_iter()
+        .chain(config.claims.iter().map(|(h, _)| h))
+        .map(|h| fold(h.as_str().as_bytes()))
+        .collect();
         reserved.sort();
         reserved.dedup();
         IdentityHeaders {
@@ -234,6 +239,8 @@ mod tests {
             "x_auth-roles",
             "X-AUTH-EMAIL",
             "x-auth-tenant",
+            "X-Auth-Assertion",
+            "x_auth_assertion",
         ] {
             h.append(
                 HeaderName::from_bytes(name.as_bytes()).unwrap(),

@@ -24,6 +24,8 @@ pub struct Route {
     pub roles: Vec<String>,
     pub max_body: Option<u64>,
     pub websocket: bool,
+    /// The signed identity assertion's `aud` for this route.
+    pub audience: String,
     pub clients: RouteClients,
     pub metrics: crate::observe::metrics::RouteMetrics,
 }
@@ -48,6 +50,7 @@ impl Route {
             roles: config.roles.clone(),
             max_body: config.max_body,
             websocket: config.websocket,
+            audience: config.audience.clone(),
             clients: upstreams.for_route(config),
         }
     }

@@ -14,8 +14,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
-use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -144,7 +143,8 @@ pub struct JwtService {
     issuer: String,
     audience: Option<String>,
     pub access_ttl: std::time::Duration,
-    jwks: Option<Bytes>,
+    /// The public keys (current and previous); empty for HMAC algorithms.
+    public_keys: Vec<Jwk>,
     cache: TokenCache,
     clock: Clock,
 }
@@ -284,8 +284,6 @@ impl JwtService {
 
         let mut header = Header::new(alg);
         header.kid = config.key_id.clone();
-        let jwks = (!config.algorithm.is_hmac())
-            .then(|| Bytes::from(serde_json::to_vec(&JwkSet { keys: jwks }).unwrap_or_default()));
         Ok(JwtService {
             header,
             encoding,
@@ -295,7 +293,7 @@ impl JwtService {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             access_ttl: config.access_ttl,
-            jwks,
+            public_keys: jwks,
             cache: TokenCache::default(),
             clock,
         })
@@ -429,9 +427,10 @@ impl JwtService {
         })
     }
 
-    /// The public keys as a JWK Set; `None` for HMAC algorithms.
-    pub fn jwks(&self) -> Option<&Bytes> {
-        self.jwks.as_ref()
+    /// The public keys that verify access tokens, for the JWKS; none for
+    /// HMAC algorithms (the secret is not published).
+    pub fn public_keys(&self) -> &[Jwk] {
+        &self.public_keys
     }
 }
 

@@ -1,6 +1,7 @@
 //! Authentication: who is calling, proven by a JWT (or renewed by a
 //! refresh token), and the endpoints that hand those tokens out.
 
+pub mod assertion;
 pub mod authenticate;
 pub mod csrf;
 pub mod jwt;

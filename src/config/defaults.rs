@@ -64,6 +64,12 @@ pub const USER_HEADER: &str = "X-Auth-User";
 pub const EMAIL_HEADER: &str = "X-Auth-Email";
 /// `[identity] roles`.
 pub const ROLES_HEADER: &str = "X-Auth-Roles";
+/// `[identity] assertion_header`.
+pub const ASSERTION_HEADER: &str = "X-Auth-Assertion";
+/// `[identity] assertion_ttl`: 60 s, long enough for clock skew between
+/// gateway and upstream, short enough that a captured assertion is soon
+/// worthless.
+pub const ASSERTION_TTL: Duration = Duration::from_secs(60);
 /// `[sessions] key_prefix`.
 pub const KEY_PREFIX: &str = "authgate:";
 /// `[sessions] reuse_grace`: 10 s during which a just-rotated refresh token
@@ -187,6 +193,15 @@ pub fn email_header() -> Spanned<String> {
 }
 pub fn roles_header() -> Spanned<String> {
     spanned(ROLES_HEADER.into())
+}
+pub fn assertion() -> Spanned<bool> {
+    spanned(false)
+}
+pub fn assertion_header() -> Spanned<String> {
+    spanned(ASSERTION_HEADER.into())
+}
+pub fn assertion_ttl() -> HumanDuration {
+    HumanDuration(ASSERTION_TTL)
 }
 pub fn sessions_backend() -> Spanned<SessionsBackend> {
     spanned(SessionsBackend::Memory)

@@ -132,6 +132,10 @@ pub struct RouteConfig {
     pub upstream_http2: bool,
     /// Whether `Upgrade: websocket` requests are carried.
     pub websocket: bool,
+    /// The signed assertion's `aud`: as configured, else the upstream's
+    /// origin (`http://127.0.0.1:9000`), which names the service that
+    /// should accept it without any setting.
+    pub audience: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -245,6 +249,20 @@ pub struct IdentityConfig {
     /// Further claims forwarded as headers: (header, claim name).
     pub claims: Vec<(HeaderName, String)>,
     pub forward_token: bool,
+    /// The signed assertion's header. Stripped from clients whether or not
+    /// the assertion is on, so turning it on later never lets a client's
+    /// copy through.
+    pub assertion_header: HeaderName,
+    /// `Some` when `assertion = true`.
+    pub assertion: Option<AssertionConfig>,
+}
+
+/// `[identity] assertion = true`: what signs it and for how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssertionConfig {
+    /// PKCS#8 PEM private key, ES256 (P-256) or EdDSA (Ed25519).
+    pub key: Located<PathBuf>,
+    pub ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -447,7 +465,7 @@ impl Validator<'_> {
         let jwt = self.jwt(raw.jwt, &base_dir);
         let users = self.users(raw.users, &base_dir);
         let cookies = self.cookies(raw.cookies);
-        let identity = self.identity(raw.identity);
+        let identity = self.identity(raw.identity, &base_dir);
         let sessions = self.sessions(raw.sessions);
         let auth = self.auth(raw.auth);
         let admin = self.admin(raw.admin, &server);
@@ -645,6 +663,14 @@ impl Validator<'_> {
                     "roles cannot be required on a public route",
                 );
             }
+            let audience = match &raw.audience {
+                Some(aud) if aud.get_ref().is_empty() => {
+                    self.fail(aud, key("audience"), "must not be empty");
+                    String::new()
+                }
+                Some(aud) => aud.get_ref().clone(),
+                None => format!("{}://{}", upstream.scheme, upstream.authority),
+            };
             if let (Some(ca), false) = (&raw.upstream_ca, upstream.scheme == Scheme::HTTPS) {
                 self.fail(
                     ca,
@@ -666,6 +692,7 @@ impl Validator<'_> {
                     .map(|ca| self.path(ca, "routes.upstream_ca", base_dir)),
                 upstream_http2: raw.upstream_http2,
                 websocket: raw.websocket,
+                audience,
             });
         }
         routes
@@ -931,7 +958,7 @@ impl Validator<'_> {
         })
     }
 
-    fn identity(&mut self, raw: raw::RawIdentity) -> IdentityConfig {
+    fn identity(&mut self, raw: raw::RawIdentity, base_dir: &Path) -> IdentityConfig {
         let user = self.header(&raw.user, "identity.user");
         let email = self.header(&raw.email, "identity.email");
         let roles = self.header(&raw.roles, "identity.roles");
@@ -946,12 +973,37 @@ impl Validator<'_> {
                 }),
             }
         }
+        let assertion_header = self.header(&raw.assertion_header, "identity.assertion_header");
+        if raw.assertion_ttl.0 < Duration::from_secs(1) {
+            self.problems.push(Problem {
+                line: None,
+                key: "identity.assertion_ttl".into(),
+                message: "must be at least 1s".into(),
+            });
+        }
+        let assertion = match (*raw.assertion.get_ref(), raw.assertion_key) {
+            (false, _) => None,
+            (true, Some(key)) => Some(AssertionConfig {
+                key: self.path(key, "identity.assertion_key", base_dir),
+                ttl: raw.assertion_ttl.0,
+            }),
+            (true, None) => {
+                self.fail(
+                    &raw.assertion,
+                    "identity.assertion_key",
+                    "is required with assertion = true: a PKCS#8 PEM private key (ES256 or EdDSA)",
+                );
+                None
+            }
+        };
         IdentityConfig {
             user,
             email,
             roles,
             claims,
             forward_token: raw.forward_token,
+            assertion_header,
+            assertion,
         }
     }
 
@@ -1159,6 +1211,34 @@ mod tests {
         let p = problems("[jwt]\nalgorithm = \"RS256\"\n");
         assert_eq!(p[0].key, "jwt.private_key");
         assert_eq!(p[0].line, Some(2));
+    }
+
+    #[test]
+    fn assertion_needs_a_key_and_routes_default_their_audience() {
+        let p = problems("[identity]\nuser = \"X-User\"\nassertion = true\n");
+        assert_eq!(
+            (p[0].key.as_str(), p[0].line),
+            ("identity.assertion_key", Some(3))
+        );
+        assert!(p[0].message.contains("required"), "{}", p[0].message);
+        let p = problems("[identity]\nassertion_ttl = \"0s\"\n");
+        assert_eq!(p[0].key, "identity.assertion_ttl");
+        let c = Config::parse(
+            Path::new("etc/g.toml"),
+            "[identity]\nassertion = true\nassertion_key = \"a.pem\"\n\
+             [[routes]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:9000/base\"\n\
+             [[routes]]\nprefix = \"/b\"\nupstream = \"https://b\"\naudience = \"api://b\"\n",
+        )
+        .unwrap();
+        let assertion = c.identity.assertion.unwrap();
+        assert_eq!(assertion.key.value, PathBuf::from("etc/a.pem"));
+        assert_eq!(assertion.ttl, Duration::from_secs(60));
+        assert_eq!(c.identity.assertion_header, "x-auth-assertion");
+        assert_eq!(c.routes[0].audience, "http://127.0.0.1:9000");
+        assert_eq!(c.routes[1].audience, "api://b");
+        // Off by default; a key alone does not turn it on.
+        let c = Config::parse(Path::new("g"), "[identity]\nassertion_key = \"a.pem\"\n").unwrap();
+        assert!(c.identity.assertion.is_none());
     }
 
     #[test]

@@ -154,6 +154,9 @@ pub struct RawRoute {
     pub upstream_http2: bool,
     #[serde(default = "d::websocket")]
     pub websocket: bool,
+    /// The signed assertion's `aud`; the upstream's origin when absent.
+    #[serde(default)]
+    pub audience: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -311,6 +314,16 @@ pub struct RawIdentity {
     pub claims: BTreeMap<String, String>,
     #[serde(default)]
     pub forward_token: bool,
+    /// Sign the identity into `assertion_header` for upstreams to verify.
+    #[serde(default = "d::assertion")]
+    pub assertion: Spanned<bool>,
+    #[serde(default = "d::assertion_header")]
+    pub assertion_header: Spanned<String>,
+    /// PKCS#8 PEM private key (ES256 or EdDSA); required with `assertion`.
+    #[serde(default)]
+    pub assertion_key: Option<Spanned<String>>,
+    #[serde(default = "d::assertion_ttl")]
+    pub assertion_ttl: HumanDuration,
 }
 
 impl Default for RawIdentity {
