@@ -349,6 +349,14 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
         config.jwt.access_ttl.as_secs(),
         config.jwt.refresh_ttl.as_secs()
     );
+    if let Some(assertion) = &config.identity.assertion {
+        println!(
+            "identity assertion: {} signed with {}, valid {}s",
+            config.identity.assertion_header,
+            assertion.key.value.display(),
+            assertion.ttl.as_secs()
+        );
+    }
     println!(
         "users: {:?}; sessions: {:?}",
         config.users.backend, config.sessions.backend

@@ -322,6 +322,13 @@ impl TestGateway {
         client().get(self.url(path)).send().await.unwrap()
     }
 
+    /// `/.well-known/jwks.json`, which must be served.
+    pub async fn jwks(&self) -> jsonwebtoken::jwk::JwkSet {
+        let response = self.get("/.well-known/jwks.json").await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
     pub async fn password_grant(&self, username: &str, password: &str) -> reqwest::Response {
         password_grant(self.url("/token"), username, password).await
     }
