@@ -18,7 +18,7 @@
 //! - [`client_ip`]: the client's address behind trusted proxies
 //! - [`auth`]: who is calling (`authenticate`, with its outcome enum),
 //!   `jwt`, `token_cache`, `password`, `login`, `refresh`, `throttle`,
-//!   `csrf`, the sign-in `redirect` rule
+//!   `csrf`, the sign-in `redirect` rule, the signed identity `assertion`
 //! - [`endpoints`]: the paths authgate answers itself, one file each:
 //!   `token`, `logout`, `userinfo`, `sign_in` (the pages), `health`, `jwks`
 //! - [`upstream`]: the pooled upstream clients (`http1`: the lean pool)
