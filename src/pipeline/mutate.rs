@@ -188,6 +188,9 @@ mod tests {
             ("X_Auth_User", "mallory"),
             ("x-auth_email", "m@evil"),
             ("X-AUTH-ROLES", "admin"),
+            // Stripped with the assertion off too, so turning it on later
+            // never lets a client's copy through.
+            ("x_auth_assertion", "forged"),
         ];
         let (_, anonymous) = mutated("/api/x", &spoofed, anonymous()).await;
         for (name, _) in spoofed {
@@ -198,6 +201,11 @@ mod tests {
         assert_eq!(signed_in["x-auth-email"], "alice@example.com");
         assert_eq!(signed_in["x-auth-roles"], "admin,dev");
         assert!(!signed_in.contains_key("x_auth_user"));
+        assert!(!signed_in.contains_key("x_auth_assertion"));
+        assert!(
+            !signed_in.contains_key("x-auth-assertion"),
+            "assertion is off"
+        );
     }
 
     #[tokio::test]
