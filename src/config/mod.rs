@@ -974,6 +974,19 @@ impl Validator<'_> {
             }
         }
         let assertion_header = self.header(&raw.assertion_header, "identity.assertion_header");
+        // Folded as the stripping folds them: `X_Auth_User` is `X-Auth-User`.
+        let folded = |name: &HeaderName| name.as_str().replace('_', "-");
+        if [&user, &email, &roles]
+            .into_iter()
+            .chain(claims.iter().map(|(h, _)| h))
+            .any(|h| folded(h) == folded(&assertion_header))
+        {
+            self.fail(
+                &raw.assertion_header,
+                "identity.assertion_header",
+                "must differ from the other identity headers",
+            );
+        }
         if raw.assertion_ttl.0 < Duration::from_secs(1) {
             self.problems.push(Problem {
                 line: None,
@@ -1223,6 +1236,11 @@ mod tests {
         assert!(p[0].message.contains("required"), "{}", p[0].message);
         let p = problems("[identity]\nassertion_ttl = \"0s\"\n");
         assert_eq!(p[0].key, "identity.assertion_ttl");
+        let p = problems("[identity]\nassertion_header = \"X_Auth_User\"\n");
+        assert_eq!(
+            (p[0].key.as_str(), p[0].line),
+            ("identity.assertion_header", Some(2))
+        );
         let c = Config::parse(
             Path::new("etc/g.toml"),
             "[identity]\nassertion = true\nassertion_key = \"a.pem\"\n\
