@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::RwLock;
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Serialize;
@@ -177,6 +177,20 @@ impl Assertions {
         self.cache
             .insert(key, value.clone(), now + self.reuse_secs, now);
         Ok(value)
+    }
+
+    /// Sets the assertion header for `identity` at `audience`, replacing
+    /// any other value: what a proxied request and a forward-auth answer
+    /// both do.
+    pub fn insert(
+        &self,
+        headers: &mut HeaderMap,
+        identity: &Identity,
+        audience: &str,
+    ) -> Result<(), AssertionError> {
+        let value = self.header_value(identity, audience)?;
+        headers.insert(self.header_name.clone(), value);
+        Ok(())
     }
 
     fn sign(

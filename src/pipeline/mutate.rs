@@ -56,10 +56,9 @@ pub fn mutate<B: RequestBody>(
         if let Some(assertions) = &gw.assertions {
             // Refused rather than forwarded without it: an upstream that
             // relies on the assertion would see an anonymous request.
-            let value = assertions
-                .header_value(identity, &route.audience)
+            assertions
+                .insert(headers, identity, &route.audience)
                 .map_err(|e| GatewayError::Internal(Box::new(e)))?;
-            headers.insert(assertions.header_name().clone(), value);
         }
         if let Some(token) = token {
             if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
