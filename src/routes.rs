@@ -6,6 +6,8 @@ use std::sync::Arc;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
 
+use crate::auth::authenticate::{Anonymous, Authn};
+use crate::auth::Identity;
 use crate::config::{AuthPolicy, RouteConfig};
 use crate::response::GatewayError;
 use crate::upstream::{RouteClients, Upstreams};
@@ -110,6 +112,38 @@ impl Route {
             .authority(target.authority.clone())
             .path_and_query(PathAndQuery::try_from(pq)?)
             .build()
+    }
+}
+
+/// What a route's policy and roles make of a caller: one decision for a
+/// proxied request (the pipeline's authorize phase) and for `/verify`.
+#[derive(Debug)]
+pub enum Access {
+    /// Passes with this identity (and, for `forward_token`, its token).
+    Identified(Arc<Identity>, Option<String>),
+    /// Passes without identity: a public route, or an optional one whose
+    /// caller is anonymous or lacks a listed role.
+    Anonymous,
+    /// 401.
+    Unauthenticated(Anonymous),
+    /// 403: signed in, without a listed role.
+    Forbidden,
+}
+
+impl Access {
+    pub fn decide(policy: AuthPolicy, roles: &[String], authn: Authn) -> Access {
+        match (policy, authn) {
+            (AuthPolicy::Public, _) => Access::Anonymous,
+            (
+                _,
+                Authn::Authenticated {
+                    identity, token, ..
+                },
+            ) if identity.has_any_role(roles) => Access::Identified(identity, token),
+            (AuthPolicy::Required, Authn::Authenticated { .. }) => Access::Forbidden,
+            (AuthPolicy::Required, Authn::Anonymous(why)) => Access::Unauthenticated(why),
+            (AuthPolicy::Optional, _) => Access::Anonymous,
+        }
     }
 }
 

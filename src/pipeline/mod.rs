@@ -27,7 +27,6 @@ pub mod authorize;
 pub mod check;
 pub mod forward;
 pub mod mutate;
-pub mod path;
 pub mod respond;
 pub mod route;
 pub mod websocket;
