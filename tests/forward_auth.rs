@@ -228,6 +228,54 @@ async fn a_silent_refresh_hands_over_the_rotated_cookies_in_both_forms() {
 }
 
 #[tokio::test]
+async fn verify_redirect_refreshes_a_browser_through_a_redirect_to_the_same_url() {
+    let gw = gateway(ENABLED, "").await;
+    let cookies = login(&gw, "alice", "alice-pw").await;
+    gw.clock.advance(Duration::from_secs(16 * 60));
+    let response = client()
+        .get(gw.url("/auth/verify/redirect"))
+        .header("X-Original-URL", "https://app.test/x?y=1")
+        .header(ACCEPT, "text/html")
+        .header(COOKIE, cookie_header(&cookies))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    assert_eq!(response.headers()[LOCATION], "https://app.test/x?y=1");
+    let rotated = set_cookies(response.headers());
+    let fresh = cookie_header(&rotated);
+    assert!(
+        cookie_value(&rotated, "access_token").is_some(),
+        "{rotated:?}"
+    );
+    assert!(
+        cookie_value(&rotated, "refresh_token").is_some(),
+        "{rotated:?}"
+    );
+    // Back on the same URL with the new cookies: 200 as alice.
+    let response = client()
+        .get(gw.url("/auth/verify/redirect"))
+        .header("X-Original-URL", "https://app.test/x?y=1")
+        .header(ACCEPT, "text/html")
+        .header(COOKIE, fresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-auth-user"], "alice");
+    // An API client (no text/html) is answered 200 with the cookies.
+    gw.clock.advance(Duration::from_secs(16 * 60));
+    let response = verify(
+        &gw,
+        "https://app.test/x",
+        &[("Cookie", &cookie_header(&rotated))],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-auth-set-cookie-refresh"));
+}
+
+#[tokio::test]
 async fn verify_redirect_sends_a_browser_to_sign_in_and_back() {
     let gw = gateway(ENABLED, "").await;
     let ask = |accept: &'static str| {

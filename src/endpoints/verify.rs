@@ -149,6 +149,22 @@ pub async fn verify<B>(
     let roles = roles.to_vec();
     ctx.route = route;
     match Access::decide(policy, &roles, authn) {
+        Access::Identified(..)
+            if flavor == Flavor::Redirect
+                && !ctx.set_cookies.is_empty()
+                && sends_to_sign_in(req.headers())
+                && matches!(original.method, Method::GET | Method::HEAD) =>
+        {
+            // A silent refresh, for a proxy that drops the auth answer's
+            // Set-Cookie on a 200 but hands any other answer to the client
+            // (Caddy): the new cookies ride on a redirect back to the same
+            // URL, which then passes on the fresh access cookie. Only a
+            // browser's GET or HEAD: a redirect would lose a body.
+            Ok(sign_in::redirect(
+                StatusCode::FOUND,
+                &original.uri.to_string(),
+            ))
+        }
         Access::Identified(identity, _token) => {
             let mut response = allowed(gw, ctx);
             gw.identity.inject(response.headers_mut(), &identity);
