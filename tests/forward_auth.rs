@@ -127,6 +127,19 @@ async fn the_original_path_is_normalized_before_routing() {
     // Above the root: refused, not guessed at.
     let response = verify(&gw, "http://app.test/../admin", &[("Cookie", &alice)]).await;
     assert_eq!(response.status(), 400);
+    // Envoy's form, the original path appended to /verify, is routed the
+    // same way (and its path wins over a header a client slipped in).
+    let envoy = |cookie: &str| {
+        client()
+            .get(gw.url("/auth/verify/api/%2e%2e/admin/x"))
+            .header("X-Original-URL", "http://app.test/public")
+            .header("Cookie", cookie)
+            .send()
+    };
+    assert_eq!(envoy(&bob).await.unwrap().status(), 403);
+    let response = envoy(&alice).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-auth-user"], "alice");
     // The X-Forwarded-* form is routed the same way.
     let response = client()
         .post(gw.url("/auth/verify"))

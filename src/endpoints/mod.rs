@@ -52,6 +52,10 @@ impl Endpoint {
             _ if !gw.config.forward_auth.enabled => return None,
             _ if path == p.verify => Endpoint::Verify(verify::Flavor::Verify),
             _ if path == p.verify_redirect => Endpoint::Verify(verify::Flavor::Redirect),
+            // Envoy's ext_authz appends the original path to /verify.
+            _ if verify::suffix(&p.verify, path).is_some() => {
+                Endpoint::Verify(verify::Flavor::Verify)
+            }
             _ => return None,
         })
     }

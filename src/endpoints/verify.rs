@@ -10,7 +10,7 @@
 //! ([`crate::path`]), route table, authentication (silent refresh
 //! included), CSRF rule and policy ([`Access`]).
 
-use http::header::{AUTHORIZATION, CACHE_CONTROL};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 
 use super::sign_in;
@@ -55,6 +55,36 @@ impl Original {
     /// `X-Forwarded-Uri` (+ `-Host`, `-Proto`, `-Method`). Without a
     /// method header the asking request's own method stands in: nginx's
     /// auth subrequest keeps the original method.
+    /// As [`Self::from_headers`], but a path (and query) appended to
+    /// `/verify` comes first: Envoy's ext_authz names the original request
+    /// that way, its host in `Host` and its method as the asking method.
+    /// The proxy built that path; a header could be a client's own that
+    /// the proxy let through.
+    pub fn from_request(
+        own_method: &Method,
+        headers: &HeaderMap,
+        suffix: Option<&str>,
+    ) -> Result<Original, GatewayError> {
+        let Some(path) = suffix else {
+            return Self::from_headers(own_method, headers);
+        };
+        let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+        let proto = headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|p| p.split(',').next())
+            .map_or("http", str::trim);
+        let uri = match host {
+            Some(host) => format!("{proto}://{host}{path}").parse(),
+            None => path.parse(),
+        }
+        .map_err(|_| GatewayError::InvalidRequest("The path after /verify is not a URL".into()))?;
+        Ok(Original {
+            method: own_method.clone(),
+            uri,
+        })
+    }
+
     pub fn from_headers(
         own_method: &Method,
         headers: &HeaderMap,
@@ -123,7 +153,9 @@ pub async fn verify<B>(
         tracing::info!(event = "forward_auth_refused", peer = %ctx.peer.ip());
         return Err(GatewayError::Forbidden);
     }
-    let original = Original::from_headers(req.method(), req.headers())?;
+    let own = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let original =
+        Original::from_request(req.method(), req.headers(), suffix(&gw.paths.verify, own))?;
     let path = crate::path::normalized(original.uri.path())?;
     let route = gw.routes.find(original.host(), &path).cloned();
     let (policy, roles): (AuthPolicy, &[String]) = match &route {
@@ -185,6 +217,14 @@ pub async fn verify<B>(
             Err(GatewayError::Unauthenticated(why.challenge()))
         }
     }
+}
+
+/// The original path and query Envoy appended to `verify` (`/verify/app/x`
+/// gives `/app/x`); `None` for `/verify` itself and `/verify/redirect`.
+pub fn suffix<'a>(verify: &str, path: &'a str) -> Option<&'a str> {
+    let rest = path.strip_prefix(verify)?;
+    let is_redirect = rest == "/redirect" || rest.starts_with("/redirect?");
+    (rest.starts_with('/') && !is_redirect).then_some(rest)
 }
 
 /// A browser (it names `text/html`) that sent no `Authorization` header.
