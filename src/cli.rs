@@ -367,7 +367,10 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
             "  {}{} -> {} (auth {:?}{}{}{}{}{})",
             route.host.as_deref().unwrap_or(""),
             route.prefix,
-            route.upstream,
+            route
+                .upstream
+                .as_ref()
+                .map_or("(forward auth only)".to_string(), ToString::to_string),
             route.auth,
             if route.strip_prefix {
                 ", strip_prefix"

@@ -48,11 +48,11 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<ExitCode> {
     config.routes = vec![RouteConfig {
         prefix: "/".into(),
         host: None,
-        upstream: Upstream {
+        upstream: Some(Upstream {
             scheme: http::uri::Scheme::HTTP,
             authority: echo.to_string().parse()?,
             base_path: String::new(),
-        },
+        }),
         auth: AuthPolicy::Required,
         strip_prefix: false,
         preserve_host: true,

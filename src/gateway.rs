@@ -31,6 +31,9 @@ pub struct OwnPaths {
     pub healthz: String,
     pub readyz: String,
     pub jwks: String,
+    /// Forward auth (only with `[forward_auth] enabled`).
+    pub verify: String,
+    pub verify_redirect: String,
 }
 
 impl OwnPaths {
@@ -43,6 +46,8 @@ impl OwnPaths {
             healthz: format!("{prefix}/healthz"),
             readyz: format!("{prefix}/readyz"),
             jwks: "/.well-known/jwks.json".into(),
+            verify: format!("{prefix}/verify"),
+            verify_redirect: format!("{prefix}/verify/redirect"),
         }
     }
 }

@@ -7,12 +7,14 @@
 //! - [`server`]: listener, connection limits, idle shedding, graceful
 //!   shutdown (`mod`, `conn`, `idle`)
 //! - [`tls`]: TLS termination, certificate reload, the https redirect
-//! - [`pipeline`]: the request pipeline, its phases in order: `check`
-//!   (with `path` normalization), `route`, `authorize`, `mutate`,
+//! - [`pipeline`]: the request pipeline, its phases in order: `check`,
+//!   `route`, `authorize`, `mutate`,
 //!   `forward`, `respond`, and the `websocket` upgrade branch
 //! - [`request`]: one request's state ([`request::RequestContext`]), shared
 //!   by the pipeline and the endpoints
-//! - [`routes`]: the route table and its longest-prefix matching
+//! - [`routes`]: the route table and its longest-prefix matching, and
+//!   the policy decision ([`routes::Access`])
+//! - [`path`]: path normalization, shared by the pipeline and `/verify`
 //! - [`headers`]: header rules at the trust boundary: hop-by-hop,
 //!   identity, `X-Forwarded-*`, `X-Request-Id`
 //! - [`client_ip`]: the client's address behind trusted proxies
@@ -20,7 +22,8 @@
 //!   `jwt`, `token_cache`, `password`, `login`, `refresh`, `throttle`,
 //!   `csrf`, the sign-in `redirect` rule, the signed identity `assertion`
 //! - [`endpoints`]: the paths authgate answers itself, one file each:
-//!   `token`, `logout`, `userinfo`, `sign_in` (the pages), `health`, `jwks`
+//!   `token`, `logout`, `userinfo`, `sign_in` (the pages), `health`, `jwks`,
+//!   `verify` (forward auth)
 //! - [`upstream`]: the pooled upstream clients (`http1`: the lean pool)
 //! - [`sessions`]: refresh-token families (memory, Redis)
 //! - [`users`]: user stores (file, PostgreSQL, memory)
@@ -47,6 +50,7 @@ pub mod endpoints;
 pub mod gateway;
 pub mod headers;
 pub mod observe;
+pub mod path;
 pub mod pipeline;
 pub mod request;
 pub mod response;

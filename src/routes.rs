@@ -6,7 +6,10 @@ use std::sync::Arc;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
 
+use crate::auth::authenticate::{Anonymous, Authn};
+use crate::auth::Identity;
 use crate::config::{AuthPolicy, RouteConfig};
+use crate::response::GatewayError;
 use crate::upstream::{RouteClients, Upstreams};
 
 #[derive(Debug)]
@@ -15,9 +18,8 @@ pub struct Route {
     pub name: String,
     pub prefix: String,
     pub host: Option<String>,
-    pub scheme: Scheme,
-    pub authority: Authority,
-    pub base_path: String,
+    /// None: the route exists for `/verify` only (forward auth).
+    pub upstream: Option<Target>,
     pub auth: AuthPolicy,
     pub strip_prefix: bool,
     pub preserve_host: bool,
@@ -26,8 +28,16 @@ pub struct Route {
     pub websocket: bool,
     /// The signed identity assertion's `aud` for this route.
     pub audience: String,
-    pub clients: RouteClients,
     pub metrics: crate::observe::metrics::RouteMetrics,
+}
+
+/// Where a proxied request on the route goes.
+#[derive(Debug)]
+pub struct Target {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    pub base_path: String,
+    pub clients: RouteClients,
 }
 
 impl Route {
@@ -41,9 +51,16 @@ impl Route {
             name,
             prefix: config.prefix.clone(),
             host: config.host.clone(),
-            scheme: config.upstream.scheme.clone(),
-            authority: config.upstream.authority.clone(),
-            base_path: config.upstream.base_path.clone(),
+            upstream: config
+                .upstream
+                .as_ref()
+                .zip(upstreams.for_route(config))
+                .map(|(upstream, clients)| Target {
+                    scheme: upstream.scheme.clone(),
+                    authority: upstream.authority.clone(),
+                    base_path: upstream.base_path.clone(),
+                    clients,
+                }),
             auth: config.auth,
             strip_prefix: config.strip_prefix,
             preserve_host: config.preserve_host,
@@ -51,7 +68,6 @@ impl Route {
             max_body: config.max_body,
             websocket: config.websocket,
             audience: config.audience.clone(),
-            clients: upstreams.for_route(config),
         }
     }
 
@@ -66,8 +82,19 @@ impl Route {
         }
     }
 
+    /// Where a proxied request goes; a route without upstream is only for
+    /// forward auth, and a request proxied to it finds no route.
+    pub fn target(&self) -> Result<&Target, GatewayError> {
+        self.upstream.as_ref().ok_or(GatewayError::NoRoute)
+    }
+
     /// The upstream URI for a normalized path and the original query.
-    pub fn upstream_uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+    pub fn upstream_uri(
+        &self,
+        target: &Target,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Uri, http::Error> {
         let path = if self.strip_prefix && self.prefix != "/" {
             match &path[self.prefix.len()..] {
                 "" => "/",
@@ -76,18 +103,50 @@ impl Route {
         } else {
             path
         };
-        let mut pq = String::with_capacity(self.base_path.len() + path.len() + 64);
-        pq.push_str(&self.base_path);
+        let mut pq = String::with_capacity(target.base_path.len() + path.len() + 64);
+        pq.push_str(&target.base_path);
         pq.push_str(path);
         if let Some(query) = query {
             pq.push('?');
             pq.push_str(query);
         }
         Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
+            .scheme(target.scheme.clone())
+            .authority(target.authority.clone())
             .path_and_query(PathAndQuery::try_from(pq)?)
             .build()
+    }
+}
+
+/// What a route's policy and roles make of a caller: one decision for a
+/// proxied request (the pipeline's authorize phase) and for `/verify`.
+#[derive(Debug)]
+pub enum Access {
+    /// Passes with this identity (and, for `forward_token`, its token).
+    Identified(Arc<Identity>, Option<String>),
+    /// Passes without identity: a public route, or an optional one whose
+    /// caller is anonymous or lacks a listed role.
+    Anonymous,
+    /// 401.
+    Unauthenticated(Anonymous),
+    /// 403: signed in, without a listed role.
+    Forbidden,
+}
+
+impl Access {
+    pub fn decide(policy: AuthPolicy, roles: &[String], authn: Authn) -> Access {
+        match (policy, authn) {
+            (AuthPolicy::Public, _) => Access::Anonymous,
+            (
+                _,
+                Authn::Authenticated {
+                    identity, token, ..
+                },
+            ) if identity.has_any_role(roles) => Access::Identified(identity, token),
+            (AuthPolicy::Required, Authn::Authenticated { .. }) => Access::Forbidden,
+            (AuthPolicy::Required, Authn::Anonymous(why)) => Access::Unauthenticated(why),
+            (AuthPolicy::Optional, _) => Access::Anonymous,
+        }
     }
 }
 
@@ -159,7 +218,11 @@ mod tests {
 
     fn upstream_of(t: &RouteTable, host: Option<&str>, path: &str) -> String {
         let route = t.find(host, path).unwrap();
-        route.upstream_uri(path, Some("q=1")).unwrap().to_string()
+        let target = route.target().unwrap();
+        route
+            .upstream_uri(target, path, Some("q=1"))
+            .unwrap()
+            .to_string()
     }
 
     #[test]

@@ -160,3 +160,52 @@ async fn sign_in_silent_refresh_and_sign_out_in_chromium() {
         assert!(png.starts_with(b"\x89PNG"), "{name} is no PNG");
     }
 }
+
+/// Issue 19: the same flow with Caddy in front in forward-auth mode
+/// (`forward_auth` → `/auth/verify/redirect`, the configuration
+/// docs/forward-auth.md gives): the browser is sent to sign in and back to
+/// the original absolute URL, and the silent refresh reaches it through
+/// the redirect Caddy hands on.
+#[tokio::test]
+async fn sign_in_and_silent_refresh_through_caddy_forward_auth() {
+    let chromium = chromium();
+    ensure_node_modules().await;
+
+    let up = Upstream::start("app").await;
+    let toml = format!(
+        "[jwt]\nsecret_env = \"{}\"\naccess_ttl = \"{}s\"\n\
+         [forward_auth]\nenabled = true\n[auth]\npath_prefix = \"/auth\"\n\
+         [[routes]]\nprefix = \"/\"\n",
+        support::SECRET_ENV,
+        ACCESS_TTL_MS / 1000,
+    );
+    let gw = TestGateway::start(&toml, &[user("alice", "alice-pw", &["dev"])]).await;
+    let caddy = support::front::start_caddy(&gw, &up).await;
+    let clock_url = clock_server(gw.clock.clone()).await;
+    let shots = tempfile::tempdir().unwrap();
+    let out = run(
+        tokio::process::Command::new("node")
+            .arg(Path::new(E2E_DIR).join("signin.mjs"))
+            .arg(caddy.url(""))
+            .arg(shots.path())
+            .env("CHROMIUM", &chromium)
+            .env("ACCESS_TTL_MS", ACCESS_TTL_MS.to_string())
+            .env("CLOCK_URL", &clock_url)
+            .env("E2E_ABSOLUTE_RD", "1")
+            .env("E2E_PAGE", "/page")
+            .env("E2E_AUTH_PREFIX", "/auth"),
+        "node tests/e2e/signin.mjs (through Caddy)",
+    )
+    .await;
+    println!("{out}");
+    assert!(out.contains("all steps passed"), "{out}");
+    // Everything that reached the upstream (the page, and the favicon the
+    // browser asks for once signed in) came with alice's identity.
+    let seen = up.seen();
+    let pages = seen.iter().filter(|s| s.uri == "/page").count();
+    assert!(pages >= 2, "{seen:?}");
+    assert!(
+        seen.iter().all(|s| s.headers["x-auth-user"] == "alice"),
+        "{seen:?}"
+    );
+}

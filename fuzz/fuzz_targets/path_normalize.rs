@@ -3,7 +3,7 @@
 //! control bytes, and a fixed point.
 #![no_main]
 
-use authgate::pipeline::path::normalize;
+use authgate::path::normalize;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -235,3 +235,12 @@ pub const PID_FILE: &str = "authgate.pid";
 pub fn pid_file() -> String {
     PID_FILE.into()
 }
+/// `[forward_auth] allow_from`: loopback only, where a front proxy on the
+/// same host asks from; anything further must be named.
+pub const FORWARD_AUTH_ALLOW_FROM: &[&str] = &["127.0.0.0/8", "::1/128"];
+pub fn forward_auth_allow_from() -> Vec<Spanned<String>> {
+    FORWARD_AUTH_ALLOW_FROM
+        .iter()
+        .map(|net| spanned((*net).to_string()))
+        .collect()
+}

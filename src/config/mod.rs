@@ -75,6 +75,25 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub auth: AuthConfig,
     pub admin: AdminConfig,
+    pub forward_auth: ForwardAuthConfig,
+}
+
+/// `[forward_auth]`: whether `/verify` exists, and who may call it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardAuthConfig {
+    pub enabled: bool,
+    pub allow_from: Vec<ipnet::IpNet>,
+}
+
+impl ForwardAuthConfig {
+    pub fn allows(&self, peer: std::net::IpAddr) -> bool {
+        // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let peer = match peer {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.allow_from.iter().any(|net| net.contains(&peer))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -120,7 +139,8 @@ pub struct RouteConfig {
     /// Normalized: leading slash, no trailing slash except for `/` itself.
     pub prefix: String,
     pub host: Option<String>,
-    pub upstream: Upstream,
+    /// None: a route for `/verify` only; a proxied request to it is 404.
+    pub upstream: Option<Upstream>,
     pub auth: AuthPolicy,
     pub strip_prefix: bool,
     pub preserve_host: bool,
@@ -469,6 +489,7 @@ impl Validator<'_> {
         let sessions = self.sessions(raw.sessions);
         let auth = self.auth(raw.auth);
         let admin = self.admin(raw.admin, &server);
+        let forward_auth = self.forward_auth(raw.forward_auth);
         Config {
             file: file.to_path_buf(),
             base_dir,
@@ -481,6 +502,28 @@ impl Validator<'_> {
             sessions,
             auth,
             admin,
+            forward_auth,
+        }
+    }
+
+    fn forward_auth(&mut self, raw: raw::RawForwardAuth) -> ForwardAuthConfig {
+        let mut allow_from = Vec::new();
+        for (i, entry) in raw.allow_from.iter().enumerate() {
+            match parse_net(entry.get_ref()) {
+                Some(net) => allow_from.push(net),
+                None => self.fail(
+                    entry,
+                    format!("forward_auth.allow_from[{i}]"),
+                    format!(
+                        "{:?} is not an address or CIDR such as \"10.0.0.0/8\"",
+                        entry.get_ref()
+                    ),
+                ),
+            }
+        }
+        ForwardAuthConfig {
+            enabled: raw.enabled,
+            allow_from,
         }
     }
 
@@ -653,8 +696,12 @@ impl Validator<'_> {
                 );
                 continue;
             }
-            let Some(upstream) = self.upstream(&raw.upstream, key("upstream")) else {
-                continue;
+            let upstream = match &raw.upstream {
+                Some(text) => match self.upstream(text, key("upstream")) {
+                    Some(upstream) => Some(upstream),
+                    None => continue,
+                },
+                None => None,
             };
             if raw.auth == AuthPolicy::Public && !raw.roles.is_empty() {
                 self.fail(
@@ -663,15 +710,21 @@ impl Validator<'_> {
                     "roles cannot be required on a public route",
                 );
             }
+            // A route used only by forward-auth has no upstream origin to
+            // default to: its assertion audience is then empty until set.
             let audience = match &raw.audience {
                 Some(aud) if aud.get_ref().is_empty() => {
                     self.fail(aud, key("audience"), "must not be empty");
                     String::new()
                 }
                 Some(aud) => aud.get_ref().clone(),
-                None => format!("{}://{}", upstream.scheme, upstream.authority),
+                None => upstream
+                    .as_ref()
+                    .map(|u| format!("{}://{}", u.scheme, u.authority))
+                    .unwrap_or_default(),
             };
-            if let (Some(ca), false) = (&raw.upstream_ca, upstream.scheme == Scheme::HTTPS) {
+            let https = upstream.as_ref().is_some_and(|u| u.scheme == Scheme::HTTPS);
+            if let (Some(ca), false) = (&raw.upstream_ca, https) {
                 self.fail(
                     ca,
                     key("upstream_ca"),
@@ -1145,6 +1198,29 @@ mod tests {
     }
 
     #[test]
+    fn forward_auth_is_off_and_loopback_only_by_default() {
+        let config = Config::parse(Path::new("gateway.toml"), "").unwrap();
+        let fa = &config.forward_auth;
+        assert!(!fa.enabled);
+        assert!(fa.allows("127.0.0.1".parse().unwrap()));
+        assert!(fa.allows("::1".parse().unwrap()));
+        assert!(fa.allows("::ffff:127.0.0.5".parse().unwrap()));
+        assert!(!fa.allows("10.0.0.1".parse().unwrap()));
+        let p =
+            problems("[forward_auth]\nenabled = true\nallow_from = [\"10.0.0.0/8\", \"nope\"]\n");
+        assert_eq!(p[0].key, "forward_auth.allow_from[1]");
+        assert_eq!(p[0].line, Some(3));
+    }
+
+    #[test]
+    fn a_route_may_omit_its_upstream() {
+        let toml = "[[routes]]\nprefix = \"/admin\"\nroles = [\"admin\"]\n";
+        let config = Config::parse(Path::new("gateway.toml"), toml).unwrap();
+        assert_eq!(config.routes[0].upstream, None);
+        assert_eq!(config.routes[0].roles, ["admin"]);
+    }
+
+    #[test]
     fn unknown_key_names_key_and_line() {
         let p = problems("[server]\nlisten = \"127.0.0.1:1\"\nlistn = \"x\"\n");
         assert_eq!(p[0].line, Some(3));
@@ -1215,7 +1291,7 @@ mod tests {
              [[routes]]\nprefix = \"/\"\nhost = \"api.example.com\"\nupstream = \"http://b/base/\"\n",
         )
         .unwrap();
-        assert_eq!(c.routes[1].upstream.base_path, "/base");
+        assert_eq!(c.routes[1].upstream.as_ref().unwrap().base_path, "/base");
         assert_eq!(c.routes[1].host.as_deref(), Some("api.example.com"));
     }
 

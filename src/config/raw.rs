@@ -35,6 +35,26 @@ pub struct RawConfig {
     pub auth: RawAuth,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub forward_auth: RawForwardAuth,
+}
+
+/// `[forward_auth]`: `/verify` and `/verify/redirect` for a front proxy's
+/// auth request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardAuth {
+    #[serde(default)]
+    pub enabled: bool,
+    /// CIDRs (or bare addresses) of the proxies allowed to ask.
+    #[serde(default = "d::forward_auth_allow_from")]
+    pub allow_from: Vec<Spanned<String>>,
+}
+
+impl Default for RawForwardAuth {
+    fn default() -> Self {
+        toml::from_str("").expect("forward_auth defaults")
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,7 +155,9 @@ pub enum AuthPolicy {
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub prefix: Spanned<String>,
-    pub upstream: Spanned<String>,
+    /// None: the route only answers `/verify` (forward auth).
+    #[serde(default)]
+    pub upstream: Option<Spanned<String>>,
     #[serde(default = "d::auth_policy")]
     pub auth: AuthPolicy,
     #[serde(default)]

@@ -1,6 +1,7 @@
 //! The paths authgate answers itself: `/login`, `/token`, `/logout`,
 //! `/userinfo`, `/healthz`, `/readyz` (all under `[auth] path_prefix`) and
-//! `/.well-known/jwks.json`, one module each. They take precedence over
+//! `/.well-known/jwks.json`, and with `[forward_auth] enabled` `/verify`
+//! and `/verify/redirect`, one module each. They take precedence over
 //! routes. The pipeline hands them the request and its
 //! [`RequestContext`]; they import nothing of the pipeline.
 
@@ -10,6 +11,7 @@ pub mod logout;
 pub mod sign_in;
 pub mod token;
 pub mod userinfo;
+pub mod verify;
 
 use std::collections::HashMap;
 
@@ -32,6 +34,8 @@ pub enum Endpoint {
     Healthz,
     Readyz,
     Jwks,
+    /// Forward auth, when `[forward_auth] enabled`.
+    Verify(verify::Flavor),
 }
 
 impl Endpoint {
@@ -45,6 +49,13 @@ impl Endpoint {
             _ if path == p.healthz => Endpoint::Healthz,
             _ if path == p.readyz => Endpoint::Readyz,
             _ if path == p.jwks => Endpoint::Jwks,
+            _ if !gw.config.forward_auth.enabled => return None,
+            _ if path == p.verify => Endpoint::Verify(verify::Flavor::Verify),
+            _ if path == p.verify_redirect => Endpoint::Verify(verify::Flavor::Redirect),
+            // Envoy's ext_authz appends the original path to /verify.
+            _ if verify::suffix(&p.verify, path).is_some() => {
+                Endpoint::Verify(verify::Flavor::Verify)
+            }
             _ => return None,
         })
     }
@@ -64,7 +75,10 @@ pub async fn serve<B: RequestBody>(
     req: Request<B>,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
-    if !endpoint.methods().contains(req.method()) {
+    // A front proxy asks with the original request's method (nginx's auth
+    // subrequest), whatever it is.
+    let any_method = matches!(endpoint, Endpoint::Verify(_));
+    if !any_method && !endpoint.methods().contains(req.method()) {
         return Err(GatewayError::MethodNotAllowed {
             allow: endpoint.methods(),
         });
@@ -77,6 +91,7 @@ pub async fn serve<B: RequestBody>(
         Endpoint::Healthz => Ok(health::liveness()),
         Endpoint::Readyz => Ok(health::readiness(gw).await),
         Endpoint::Jwks => jwks::jwks(gw),
+        Endpoint::Verify(flavor) => verify::verify(gw, flavor, req, ctx).await,
     }
 }
 

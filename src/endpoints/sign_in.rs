@@ -5,7 +5,7 @@ use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATIO
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use crate::auth::redirect::safe_redirect;
+use crate::auth::redirect::{safe_redirect_to, RedirectHosts};
 use crate::gateway::Gateway;
 use crate::response::{self, Body};
 
@@ -57,7 +57,7 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response<Body> {
     response
 }
 
-/// The sign-in form; `rd` has been checked by `auth::redirect::safe_redirect`.
+/// The sign-in form; `rd` has been checked by `auth::redirect::safe_redirect_to`.
 pub fn sign_in(
     status: StatusCode,
     token_path: &str,
@@ -158,7 +158,10 @@ pub fn login_page<B>(gw: &Gateway, req: &Request<B>) -> Response<Body> {
                 .into_iter()
                 .find_map(|(k, v)| (k == "rd").then_some(v))
         })
-        .and_then(|rd| safe_redirect(&rd))
+        .and_then(|rd| {
+            let hosts = RedirectHosts::new(req.headers(), gw.config.cookies.domain.as_deref());
+            safe_redirect_to(&rd, &hosts)
+        })
         .unwrap_or_else(|| "/".into());
     sign_in(StatusCode::OK, &gw.paths.token, &rd, "", None)
 }

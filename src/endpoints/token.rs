@@ -11,7 +11,7 @@ use serde_json::json;
 use super::{read_fields, refresh_cookie, sign_in};
 use crate::auth::authenticate::{AuthOutcome, Via};
 use crate::auth::login::{self, TokenRequest};
-use crate::auth::redirect::safe_redirect;
+use crate::auth::redirect::{safe_redirect_to, RedirectHosts};
 use crate::auth::refresh::{RefreshError, TokenPair};
 use crate::auth::Identity;
 use crate::gateway::Gateway;
@@ -34,7 +34,10 @@ pub async fn token<B: RequestBody>(
     if browser_html || fields.contains_key("rd") {
         let rd = fields
             .get("rd")
-            .and_then(|rd| safe_redirect(rd))
+            .and_then(|rd| {
+                let hosts = RedirectHosts::new(&parts.headers, gw.config.cookies.domain.as_deref());
+                safe_redirect_to(rd, &hosts)
+            })
             .unwrap_or_else(|| "/".into());
         let username = fields.get("username").cloned().unwrap_or_default();
         return match grant(gw, &parts, fields, ctx).await {

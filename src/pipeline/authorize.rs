@@ -8,11 +8,10 @@ use http::HeaderMap;
 
 use crate::auth::authenticate::{AuthOutcome, Authn};
 use crate::auth::Identity;
-use crate::config::AuthPolicy;
 use crate::gateway::Gateway;
 use crate::request::RequestContext;
 use crate::response::GatewayError;
-use crate::routes::Route;
+use crate::routes::{Access, Route};
 
 /// The right to forward a request, with the identity it carries. Only
 /// [`authorize`] makes one, and the mutate phase requires one.
@@ -28,25 +27,16 @@ pub fn authorize(
     authn: Authn,
     ctx: &mut RequestContext,
 ) -> Result<Permit, GatewayError> {
-    match (route.auth, authn) {
-        (AuthPolicy::Public, _) => Ok(Permit { identity: None }),
-        (
-            _,
-            Authn::Authenticated {
-                identity, token, ..
-            },
-        ) if identity.has_any_role(&route.roles) => Ok(Permit {
+    match Access::decide(route.auth, &route.roles, authn) {
+        Access::Identified(identity, token) => Ok(Permit {
             identity: Some((identity, token)),
         }),
-        (AuthPolicy::Required, Authn::Authenticated { .. }) => {
+        Access::Anonymous => Ok(Permit { identity: None }),
+        Access::Forbidden => {
             ctx.auth = AuthOutcome::Forbidden;
             Err(GatewayError::Forbidden)
         }
-        (AuthPolicy::Required, Authn::Anonymous(why)) => {
-            Err(GatewayError::Unauthenticated(why.challenge()))
-        }
-        // Optional: anonymous, or signed in without a listed role.
-        (AuthPolicy::Optional, _) => Ok(Permit { identity: None }),
+        Access::Unauthenticated(why) => Err(GatewayError::Unauthenticated(why.challenge())),
     }
 }
 

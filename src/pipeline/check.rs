@@ -5,7 +5,6 @@ use std::borrow::Cow;
 
 use http::{Method, Request, Uri};
 
-use super::path::{self, PathError};
 use crate::response::GatewayError;
 
 /// What a route answers to, as a 405 for CONNECT or TRACE says (any other
@@ -57,10 +56,7 @@ pub fn method(method: &Method) -> Result<(), GatewayError> {
 
 /// The normalized path that endpoints and routes are matched on.
 pub fn path(uri: &Uri) -> Result<Cow<'_, str>, GatewayError> {
-    path::normalize(uri.path()).map_err(|e| match e {
-        PathError::EscapesRoot => GatewayError::BadRequest("Path escapes the root"),
-        PathError::Malformed => GatewayError::BadRequest("Malformed path"),
-    })
+    crate::path::normalized(uri.path())
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ pub async fn forward(
                 tracing::warn!(
                     event = "upstream_tls_failed",
                     route = %route.name,
-                    upstream = %route.authority,
+                    upstream = %route.upstream.as_ref().map_or("-", |t| t.authority.as_str()),
                     reason = %tls,
                     request_id = ctx.request_id.to_str().unwrap_or("-"),
                     "the upstream's TLS handshake failed (certificate not trusted or invalid?); answering 502",

@@ -27,7 +27,6 @@ pub mod authorize;
 pub mod check;
 pub mod forward;
 pub mod mutate;
-pub mod path;
 pub mod respond;
 pub mod route;
 pub mod websocket;
@@ -81,6 +80,9 @@ async fn process<B: RequestBody>(
         return Box::pin(endpoints::serve(gw, endpoint, req, ctx)).await;
     }
     let route = route::route(&gw.routes, &req, &path)?;
+    // A route without upstream answers only `/verify`: 404 before any
+    // authentication, as for a path no route covers.
+    let target = route.target()?;
     ctx.route = Some(route.clone());
     let upgrade = websocket::requested(&req);
     if upgrade && !route.websocket {
@@ -116,7 +118,7 @@ async fn process<B: RequestBody>(
         .await;
     }
     let upstream_request = mutate(gw, &route, req, &path, permit, ctx)?;
-    forward(gw, &route, &route.clients.request, upstream_request, ctx).await
+    forward(gw, &route, &target.clients.request, upstream_request, ctx).await
 }
 
 /// The pipeline end to end, without sockets: a gateway built in memory and
@@ -220,6 +222,19 @@ mod tests {
         assert_eq!(
             handle(gw, api, peer()).await.status(),
             StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[tokio::test]
+    async fn a_route_without_upstream_is_404_to_a_proxied_request() {
+        let routes = "[[routes]]\nprefix = \"/admin\"\nauth = \"public\"\n";
+        let gw = Arc::new(gateway(routes).await);
+        let req = Request::get("/admin/x")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        assert_eq!(
+            handle(gw, req, peer()).await.status(),
+            StatusCode::NOT_FOUND
         );
     }
 

@@ -26,6 +26,7 @@ pub fn mutate<B: RequestBody>(
     permit: Permit,
     ctx: &mut RequestContext,
 ) -> Result<Request<Body>, GatewayError> {
+    let target = route.target()?;
     let (mut parts, body) = req.into_parts();
     if let Some(limit) = route.max_body {
         let declared = parts
@@ -80,12 +81,12 @@ pub fn mutate<B: RequestBody>(
     headers::set_forwarded(headers, ctx.peer.ip(), gw.scheme);
     headers.insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
     if !route.preserve_host || !headers.contains_key(HOST) {
-        if let Ok(host) = HeaderValue::from_str(route.authority.as_str()) {
+        if let Ok(host) = HeaderValue::from_str(target.authority.as_str()) {
             headers.insert(HOST, host);
         }
     }
     parts.uri = route
-        .upstream_uri(path, parts.uri.query())
+        .upstream_uri(target, path, parts.uri.query())
         .map_err(|_| GatewayError::BadRequest("Malformed request target"))?;
     parts.version = Version::HTTP_11;
     // Marked before the limit wraps it (the limit's own error stays
@@ -93,7 +94,7 @@ pub fn mutate<B: RequestBody>(
     // from the upstream failing: the upstream client reports both alike.
     // The legacy client's HTTP/2 side drops the body's error, hence the
     // flag.
-    let body_failed = matches!(route.clients.request, UpstreamClient::Legacy(_))
+    let body_failed = matches!(target.clients.request, UpstreamClient::Legacy(_))
         .then(upstream::ClientBodyFailed::default);
     if let Some(flag) = &body_failed {
         parts.extensions.insert(flag.clone());

@@ -66,7 +66,7 @@ mod tests {
         let req = builder.body(()).unwrap();
         let path = req.uri().path().to_string();
         route(&table(), &req, &path)
-            .map(|r| r.authority.to_string())
+            .map(|r| r.target().unwrap().authority.to_string())
             .map_err(|e| e.status())
     }
 

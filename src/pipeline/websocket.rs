@@ -110,8 +110,14 @@ pub(super) async fn proxy<B: crate::response::RequestBody>(
     let client_side = hyper::upgrade::on(&mut req);
     let mut upstream_request = super::mutate(gw, route, req, path, permit, ctx)?;
     set_upgrade_headers(upstream_request.headers_mut());
-    let mut response =
-        super::forward(gw, route, &route.clients.upgrade, upstream_request, ctx).await?;
+    let mut response = super::forward(
+        gw,
+        route,
+        &route.target()?.clients.upgrade,
+        upstream_request,
+        ctx,
+    )
+    .await?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(response);
     }

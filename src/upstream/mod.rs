@@ -157,8 +157,7 @@ impl Upstreams {
         let mut http1 = HashMap::new();
         let mut ca_certificates = HashMap::new();
         for (i, route) in routes.iter().enumerate() {
-            if plain_http1(route) {
-                let authority = &route.upstream.authority;
+            if let Some(authority) = plain_http1(route) {
                 http1.entry(authority.clone()).or_insert_with(|| {
                     running
                         .and_then(|running| running.http1.get(authority).cloned())
@@ -207,7 +206,9 @@ impl Upstreams {
         }
     }
 
-    pub fn for_route(&self, route: &RouteConfig) -> RouteClients {
+    /// None for a route without upstream (forward auth only).
+    pub fn for_route(&self, route: &RouteConfig) -> Option<RouteClients> {
+        let upstream = route.upstream.as_ref()?;
         let ca = route.upstream_ca.as_ref().map(|ca| ca.value.clone());
         let get = |http2: bool| {
             self.clients
@@ -215,10 +216,10 @@ impl Upstreams {
                 .expect("built for every route by from_routes")
                 .clone()
         };
-        let request = if plain_http1(route) {
+        let request = if plain_http1(route).is_some() {
             UpstreamClient::Http1(
                 self.http1
-                    .get(&route.upstream.authority)
+                    .get(&upstream.authority)
                     .expect("built for every plain HTTP/1.1 route by from_routes")
                     .clone(),
             )
@@ -230,13 +231,15 @@ impl Upstreams {
             UpstreamClient::Http1(pool) => UpstreamClient::Http1(pool.clone()),
             UpstreamClient::Legacy(_) => UpstreamClient::Legacy(Box::new(get(false))),
         };
-        RouteClients { request, upgrade }
+        Some(RouteClients { request, upgrade })
     }
 }
 
-/// Whether the route's requests go through the lean HTTP/1.1 pool.
-fn plain_http1(route: &RouteConfig) -> bool {
-    route.upstream.scheme == Scheme::HTTP && !route.upstream_http2
+/// The upstream's host:port when the route's requests go through the lean
+/// HTTP/1.1 pool.
+fn plain_http1(route: &RouteConfig) -> Option<&Authority> {
+    let upstream = route.upstream.as_ref()?;
+    (upstream.scheme == Scheme::HTTP && !route.upstream_http2).then_some(&upstream.authority)
 }
 
 /// The operating system's trusted roots, else the Mozilla set.

@@ -8,7 +8,10 @@
 // access_ttl = ACCESS_TTL_MS (default 2 s), non-Secure cookies, and the user
 // E2E_USER / E2E_PASSWORD (default alice / alice-pw). With CLOCK_URL (the
 // Rust test's clock server), the gateway's clock is moved past the access
-// TTL instead of waiting it out.
+// TTL instead of waiting it out. With E2E_ABSOLUTE_RD (a front proxy in
+// forward-auth mode), rd is expected as the absolute URL of the page;
+// E2E_PAGE (default /app/page) and E2E_AUTH_PREFIX (default none) name the
+// protected page and where the sign-in pages are.
 // Exits 0 when every step passed; otherwise prints the failed step and exits 1.
 
 import assert from 'node:assert/strict';
@@ -27,6 +30,12 @@ const username = process.env.E2E_USER ?? 'alice';
 const password = process.env.E2E_PASSWORD ?? 'alice-pw';
 const accessTtlMs = Number(process.env.ACCESS_TTL_MS ?? 2000);
 const clockUrl = process.env.CLOCK_URL;
+// Behind a front proxy asking /verify/redirect, rd is the original
+// absolute URL rather than a path.
+const rdFor = (path) => (process.env.E2E_ABSOLUTE_RD ? `${base}${path}` : path);
+// The protected page, and where authgate's own pages are ([auth] path_prefix).
+const pagePath = process.env.E2E_PAGE ?? '/app/page';
+const authPrefix = process.env.E2E_AUTH_PREFIX ?? '';
 
 // Lets the access token expire: the gateway's clock moves when the test
 // runs one that can be moved, else real time passes.
@@ -73,7 +82,7 @@ async function sessionCookies(context) {
 
 function assertOnSignIn(page, rd) {
   const url = new URL(page.url());
-  assert.equal(url.pathname, '/login', `expected the sign-in page, at ${page.url()}`);
+  assert.equal(url.pathname, `${authPrefix}/login`, `expected the sign-in page, at ${page.url()}`);
   assert.equal(url.searchParams.get('rd'), rd, 'rd names the page asked for');
 }
 
@@ -102,8 +111,8 @@ try {
   });
 
   await step('a protected page sends the browser to the sign-in page', async () => {
-    await page.goto(`${base}/app/page`);
-    assertOnSignIn(page, '/app/page');
+    await page.goto(`${base}${pagePath}`);
+    assertOnSignIn(page, rdFor(pagePath));
     assert.equal(await page.title(), 'Sign in');
     // Reached by their accessible names: the labels are wired to the inputs.
     await page.getByLabel('Username').waitFor();
@@ -131,7 +140,7 @@ try {
   await step('the right password leads back to the page, signed in', async () => {
     await page.getByLabel('Password').fill(password);
     await page.getByRole('button', { name: 'Sign in' }).click();
-    await page.waitForURL(`${base}/app/page`);
+    await page.waitForURL(`${base}${pagePath}`);
     assert.equal(await page.locator('#user').innerText(), `Signed in as ${username}`);
     const cookies = await sessionCookies(context);
     assert.ok(cookies.access_token && cookies.refresh_token, 'both session cookies are set');
@@ -143,7 +152,7 @@ try {
     await pastAccessTtl(page);
     const response = await page.reload();
     assert.equal(response.status(), 200);
-    assert.equal(page.url(), `${base}/app/page`);
+    assert.equal(page.url(), `${base}${pagePath}`);
     assert.equal(await page.locator('#user').innerText(), `Signed in as ${username}`);
     const cookies = await sessionCookies(context);
     assert.ok(cookies.access_token, 'a new access cookie was set');
@@ -152,15 +161,15 @@ try {
   });
 
   await step('GET /logout shows the signed-out page and clears the cookies', async () => {
-    const response = await page.goto(`${base}/logout`);
+    const response = await page.goto(`${base}${authPrefix}/logout`);
     assert.equal(response.status(), 200);
     assert.equal(await page.getByRole('heading').innerText(), 'Signed out');
     assert.deepEqual(await sessionCookies(context), {}, 'the session cookies are gone');
   });
 
   await step('after signing out the page sends the browser to the sign-in page again', async () => {
-    await page.goto(`${base}/app/page`);
-    assertOnSignIn(page, '/app/page');
+    await page.goto(`${base}${pagePath}`);
+    assertOnSignIn(page, rdFor(pagePath));
   });
 
   assert.deepEqual(cspViolations, [], 'the pages cause no Content-Security-Policy violation');

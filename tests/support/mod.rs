@@ -2,6 +2,7 @@
 //! HTTP server that records what reaches it, users files, Redis prefixes.
 #![allow(dead_code)]
 
+pub mod front;
 pub mod postgres;
 pub mod process;
 

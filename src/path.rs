@@ -10,6 +10,8 @@
 
 use std::borrow::Cow;
 
+use crate::response::GatewayError;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathError {
     /// `..` above the root.
@@ -17,6 +19,16 @@ pub enum PathError {
     /// Not an origin-form path, bad percent-encoding, NUL, or an ambiguous
     /// dot segment.
     Malformed,
+}
+
+/// [`normalize`], its refusal as the 400 the client gets. The pipeline
+/// (a request's own path) and `/verify` (the original request's path)
+/// share it, so both route on the same path.
+pub fn normalized(path: &str) -> Result<Cow<'_, str>, GatewayError> {
+    normalize(path).map_err(|e| match e {
+        PathError::EscapesRoot => GatewayError::BadRequest("Path escapes the root"),
+        PathError::Malformed => GatewayError::BadRequest("Malformed path"),
+    })
 }
 
 /// Normalizes an origin-form path (without the query).
