@@ -272,3 +272,53 @@ fn check_config_refuses_the_assertion_without_a_usable_key() {
         "{stdout}"
     );
 }
+
+/// A forward-auth answer carries the assertion too, for the front proxy to
+/// copy: made for the route's audience, or, on a route with no upstream of
+/// authgate's, for the origin the original request went to.
+#[tokio::test]
+async fn a_forward_auth_answer_carries_an_assertion_for_its_audience() {
+    let up = Upstream::start("api").await;
+    let gw = gateway(
+        &up,
+        "ec.pem",
+        "[forward_auth]\nenabled = true\n[[routes]]\nprefix = \"/fa\"\n",
+    )
+    .await;
+    let token = gw.access_token("alice", "alice-pw").await;
+    let ask = |original: &'static str| {
+        client()
+            .get(gw.url("/verify"))
+            .header("X-Original-URL", original)
+            .bearer_auth(&token)
+            .send()
+    };
+    for (original, audience) in [
+        (
+            "https://app.example.com/fa/x",
+            "https://app.example.com".to_string(),
+        ),
+        ("https://app.example.com/api/x", origin(&up)),
+        ("https://app.example.com/other/x", "api://other".to_string()),
+    ] {
+        let answer = ask(original).await.unwrap();
+        assert_eq!(answer.status(), 200, "{original}");
+        let assertion = answer.headers()["x-auth-assertion"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let claims = verify(&gw, &assertion, &audience).await.unwrap();
+        assert_eq!(claims["sub"], "alice", "{original}");
+        assert_eq!(claims["aud"], audience.as_str(), "{original}");
+    }
+    // Anonymous on a public route: no identity, so no assertion.
+    let answer = client()
+        .get(gw.url("/verify"))
+        .header("X-Original-URL", "https://app.example.com/pub/x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer.headers().get("x-auth-assertion").is_none());
+    assert_eq!(up.count(), 0, "forward-auth forwards nothing");
+}

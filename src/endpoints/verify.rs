@@ -200,6 +200,12 @@ pub async fn verify<B>(
         Access::Identified(identity, _token) => {
             let mut response = allowed(gw, ctx);
             gw.identity.inject(response.headers_mut(), &identity);
+            if let Some(assertions) = &gw.assertions {
+                let audience = assertion_audience(ctx.route.as_deref(), &original);
+                assertions
+                    .insert(response.headers_mut(), &identity, &audience)
+                    .map_err(|e| GatewayError::Internal(Box::new(e)))?;
+            }
             Ok(response)
         }
         Access::Anonymous => Ok(allowed(gw, ctx)),
@@ -216,6 +222,20 @@ pub async fn verify<B>(
             }
             Err(GatewayError::Unauthenticated(why.challenge()))
         }
+    }
+}
+
+/// Whom the assertion of a forward-auth answer is for: the route's
+/// `audience` when it has one (set, or its upstream's origin), else the
+/// origin the original request was sent to, which is what the upstream
+/// behind the front proxy serves.
+fn assertion_audience(route: Option<&crate::routes::Route>, original: &Original) -> String {
+    match route {
+        Some(route) if !route.audience.is_empty() => route.audience.clone(),
+        _ => match (original.uri.scheme_str(), original.uri.authority()) {
+            (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
+            _ => String::new(),
+        },
     }
 }
 
