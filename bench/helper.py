@@ -188,6 +188,7 @@ ROWS = [
     ("1", "raw-floor", "tokio + httparse, no hyper, nothing else (bench/floor_raw.rs)"),
     ("1", "authgate", "authgate HS256 Bearer"),
     ("1", "authgate-logs", "authgate HS256 Bearer, access log on"),
+    ("1", "authgate-assert", "authgate HS256 Bearer, signed identity assertion on"),
     ("2", "authgate-cookie", "authgate HS256 access cookie"),
     ("3", "authgate-es256", "authgate ES256 Bearer"),
     ("3", "authgate-eddsa", "authgate EdDSA Bearer"),

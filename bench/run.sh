@@ -27,7 +27,7 @@ OUT=${BENCH_OUT:-$ROOT/bench/results/latest.md}
 HELPER="python3 $ROOT/bench/helper.py"
 
 P_UP=18001 P_NGINX=18010 P_NGINX64=18011 P_HAPROXY=18020
-P_AG=18030 P_AG_LOGS=18031 P_AG_ES=18032 P_AG_ED=18033 P_FLOOR=18040 P_RAW=18041 P_REDIS=16379
+P_AG=18030 P_AG_LOGS=18031 P_AG_ES=18032 P_AG_ED=18033 P_AG_AS=18034 P_FLOOR=18040 P_RAW=18041 P_REDIS=16379
 
 has() { [[ "$CASES" == *" $1 "* ]]; }
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -137,6 +137,9 @@ HS='algorithm = "HS256"
 secret_env = "BENCH_JWT_SECRET"'
 authgate_config "$WORK/hs256.toml" $P_AG "$HS"
 authgate_config "$WORK/logs.toml" $P_AG_LOGS "$HS"
+authgate_config "$WORK/assert.toml" $P_AG_AS "$HS"
+# The assertion's cost: what the same request pays with it on (case 1).
+printf '\n[identity]\nassertion = true\nassertion_key = "ec.pem"\n' >>"$WORK/assert.toml"
 authgate_config "$WORK/es256.toml" $P_AG_ES "algorithm = \"ES256\"
 private_key = \"ec.pem\""
 authgate_config "$WORK/eddsa.toml" $P_AG_ED "algorithm = \"EdDSA\"
@@ -226,9 +229,10 @@ start floor "$FLOOR" "127.0.0.1:$P_FLOOR" "127.0.0.1:$P_UP"
 start floor-raw "$FLOOR_RAW" "127.0.0.1:$P_RAW" "127.0.0.1:$P_UP"
 RUST_LOG=warn start authgate "$AUTHGATE" -c "$WORK/hs256.toml" serve
 RUST_LOG=info start authgate-logs "$AUTHGATE" -c "$WORK/logs.toml" serve
+RUST_LOG=warn start authgate-assert "$AUTHGATE" -c "$WORK/assert.toml" serve
 RUST_LOG=warn start authgate-es256 "$AUTHGATE" -c "$WORK/es256.toml" serve
 RUST_LOG=warn start authgate-eddsa "$AUTHGATE" -c "$WORK/eddsa.toml" serve
-for p in $P_REDIS $P_UP $P_NGINX $P_NGINX64 $P_HAPROXY $P_FLOOR $P_RAW $P_AG $P_AG_LOGS $P_AG_ES $P_AG_ED; do
+for p in $P_REDIS $P_UP $P_NGINX $P_NGINX64 $P_HAPROXY $P_FLOOR $P_RAW $P_AG $P_AG_LOGS $P_AG_AS $P_AG_ES $P_AG_ED; do
   wait_port "$p"
 done
 # A process that exited at once most likely found its port taken: whatever
@@ -242,7 +246,7 @@ TOKEN=$($HELPER mint --secret "$SECRET")
 EXPIRED=$($HELPER mint --secret "$SECRET" --exp-in -60)
 TOKEN_ES=$($HELPER login --port $P_AG_ES --user bench --password "$PASSWORD")
 TOKEN_ED=$($HELPER login --port $P_AG_ED --user bench --password "$PASSWORD")
-for p in $P_NGINX $P_HAPROXY $P_AG; do # the HS256 token passes all three
+for p in $P_NGINX $P_HAPROXY $P_AG $P_AG_AS; do # the HS256 token passes all four
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$p/")
   [[ $code == 200 ]] || { log "port $p answered $code to the bench token"; exit 1; }
 done
@@ -264,6 +268,7 @@ run_target() { # target round duration
   raw-floor) "${WRK[@]}" -d"$d" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_RAW/" ;;
   authgate) "${WRK[@]}" -d"$d" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG/" ;;
   authgate-logs) "${WRK[@]}" -d"$d" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG_LOGS/" ;;
+  authgate-assert) "${WRK[@]}" -d"$d" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_AG_AS/" ;;
   authgate-cookie) "${WRK[@]}" -d"$d" -H "Cookie: theme=dark; access_token=$TOKEN" "http://127.0.0.1:$P_AG/" ;;
   authgate-es256) "${WRK[@]}" -d"$d" -H "Authorization: Bearer $TOKEN_ES" "http://127.0.0.1:$P_AG_ES/" ;;
   authgate-eddsa) "${WRK[@]}" -d"$d" -H "Authorization: Bearer $TOKEN_ED" "http://127.0.0.1:$P_AG_ED/" ;;
@@ -275,7 +280,7 @@ run_target() { # target round duration
 }
 
 TARGETS=()
-has 1 && TARGETS+=(nginx haproxy hyper-floor raw-floor authgate authgate-logs)
+has 1 && TARGETS+=(nginx haproxy hyper-floor raw-floor authgate authgate-logs authgate-assert)
 has 2 && TARGETS+=(authgate-cookie)
 has 3 && TARGETS+=(authgate-es256 authgate-eddsa)
 has 4 && TARGETS+=(authgate-refresh)
