@@ -17,7 +17,7 @@
 //! receives an assertion with at least a quarter of its lifetime left.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::RwLock;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -26,6 +26,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::token_cache::{shard_index, KeyHasher};
 use super::Identity;
 use crate::clock::Clock;
 use crate::config::{AssertionConfig, Problem};
@@ -241,22 +242,6 @@ fn cache_key(identity: &Identity, audience: &str) -> Key {
     hash.finalize().into()
 }
 
-/// The key is already a SHA-256: its first bytes are as good a hash as any.
-#[derive(Debug, Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        if let Some(head) = bytes.first_chunk::<8>() {
-            self.0 = u64::from_le_bytes(*head);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 #[derive(Debug)]
 struct Entry {
     value: HeaderValue,
@@ -283,8 +268,7 @@ impl Default for AssertionCache {
 
 impl AssertionCache {
     fn shard(&self, key: &Key) -> &RwLock<Shard> {
-        // The last byte: the first eight are the hash within the shard.
-        &self.shards[usize::from(key[31]) % SHARDS]
+        &self.shards[shard_index(key, SHARDS)]
     }
 
     fn get(&self, key: &Key, now: u64) -> Option<HeaderValue> {

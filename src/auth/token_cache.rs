@@ -49,8 +49,15 @@ struct Entry {
 
 /// The key is already a SHA-256: its first bytes are as good a hash as
 /// any, and SipHash over all 32 would be wasted work on every request.
+/// Shared with the identity assertion's cache, keyed the same way.
 #[derive(Debug, Default)]
-struct KeyHasher(u64);
+pub(super) struct KeyHasher(u64);
+
+/// Which of `shards` a SHA-256 key lives in: its last byte, since the
+/// first eight are [`KeyHasher`]'s hash within the shard.
+pub(super) fn shard_index(key: &[u8; 32], shards: usize) -> usize {
+    usize::from(key[31]) % shards
+}
 
 impl Hasher for KeyHasher {
     // An array hashes its length first, then its bytes: the last write wins.
@@ -97,8 +104,7 @@ impl TokenCache {
     }
 
     fn shard(&self, key: &TokenKey) -> &RwLock<Shard> {
-        // The last byte: the first eight are the hash within the shard.
-        &self.shards[usize::from(key[31]) % SHARDS]
+        &self.shards[shard_index(key, SHARDS)]
     }
 
     /// The identity of a token verified before, while `now < exp`.
