@@ -90,6 +90,17 @@ pub enum UsersCommand {
     List,
     /// Create or upgrade the PostgreSQL schema (backend = "postgres").
     Migrate,
+    /// A user's second factor (TOTP).
+    #[command(subcommand)]
+    Totp(TotpCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TotpCommand {
+    /// Generate a secret, show it (URI and QR code), confirm a code, save it.
+    Enroll { username: String },
+    /// Remove a user's second factor.
+    Remove { username: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -317,17 +328,53 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    if let Err(e) = crate::gateway::FilesAndSecrets::read(&config, &crate::clock::Clock::system()) {
-        eprintln!("{e}");
-        return Ok(ExitCode::FAILURE);
-    }
+    let secrets =
+        match crate::gateway::FilesAndSecrets::read(&config, &crate::clock::Clock::system()) {
+            Ok(secrets) => secrets,
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
     // The database's rows are checked as they are read, at login; the
     // file is checked whole, as `serve` does before it starts.
-    if config.users.backend == UsersBackend::File {
-        if let Err(e) = users::file::read_users_file(&config.users.path) {
-            eprintln!("{e}");
-            return Ok(ExitCode::FAILURE);
-        }
+    let totp_env = &config.users.totp_key_env;
+    let second_factors = match config.users.backend {
+        UsersBackend::File => match users::file::read_users_file(&config.users.path) {
+            Ok(users) => {
+                let mut users: Vec<User> = users.into_values().collect();
+                users.sort_by(|a, b| a.username.cmp(&b.username));
+                Some(users)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        // Second factors in the database are checked when it answers.
+        UsersBackend::Postgres => match runtime(Some(1))?
+            .block_on(async { anyhow::Ok(users::open(&config).await?.list().await?) })
+        {
+            Ok(users) => Some(users),
+            Err(e) => {
+                println!("second factors: not checked ({e:#})");
+                None
+            }
+        },
+    };
+    if let Some(Err(message)) = second_factors
+        .as_ref()
+        .map(|users| crate::totp::check_users(users, secrets.totp.as_ref(), &totp_env.value))
+    {
+        let problem = totp_env.problem(message);
+        eprintln!(
+            "{}",
+            crate::config::ConfigError {
+                file: config.file.clone(),
+                problems: vec![problem],
+            }
+        );
+        return Ok(ExitCode::FAILURE);
     }
     println!("configuration {} is valid", path.display());
     match &config.server.tls {
@@ -438,7 +485,10 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
         println!("{}", users::postgres::migrate(config).await?);
         return Ok(ExitCode::SUCCESS);
     }
-    let store = users::open(config, false).await?;
+    if let UsersCommand::Totp(command) = command {
+        return totp_command(config, command).await;
+    }
+    let store = users::open(config).await?;
     if !matches!(command, UsersCommand::List) {
         // Before any password prompt.
         store.writable()?;
@@ -490,18 +540,99 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
         UsersCommand::List => store.list().await.map(|users| {
             for user in users {
                 println!(
-                    "{}\t{}\t{}{}",
+                    "{}\t{}\t{}{}{}",
                     user.username,
                     user.email.as_deref().unwrap_or("-"),
                     user.roles.join(","),
-                    if user.disabled { "\tdisabled" } else { "" }
+                    if user.disabled { "\tdisabled" } else { "" },
+                    if user.totp.is_some() { "\ttotp" } else { "" }
                 );
             }
         }),
-        UsersCommand::Migrate => unreachable!("handled before the store is opened"),
+        UsersCommand::Migrate | UsersCommand::Totp(_) => {
+            unreachable!("handled before the store is opened")
+        }
     };
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `users totp enroll` and `users totp remove`.
+async fn totp_command(config: &Config, command: TotpCommand) -> anyhow::Result<ExitCode> {
+    if let (UsersBackend::Postgres, Some(table)) =
+        (config.users.backend, &config.users.postgres.table)
+    {
+        anyhow::bail!(
+            "users.table maps the existing table {table}, which has no place for a second factor: \
+             TOTP needs authgate's own table (users.table unset, `authgate users migrate`)"
+        );
+    }
+    let store = users::open(config).await?;
+    store.writable()?;
+    match command {
+        TotpCommand::Enroll { username } => {
+            let env = &config.users.totp_key_env;
+            let key = crate::totp::TotpKey::from_env(env)
+                .map_err(|p| anyhow::anyhow!("{}", p.message))?
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "environment variable {} (or its .env entry) is not set: it must hold the key \
+                         second-factor secrets are sealed with, 32 random bytes in base64 \
+                         (e.g. `head -c 32 /dev/urandom | base64`)",
+                        env.value
+                    )
+                })?;
+            let user = store
+                .find(&username)
+                .await?
+                .ok_or_else(|| UserStoreError::NotFound(username.clone()))?;
+            if user.totp.is_some() {
+                anyhow::bail!(
+                    "{username} already has a second factor: remove it first (`authgate users totp remove {username}`)"
+                );
+            }
+            let secret = crate::totp::Secret::generate();
+            let uri = secret.uri(&config.jwt.issuer, &username);
+            if let Some(qr) = crate::totp::qr_text(&uri) {
+                println!("{qr}");
+            }
+            println!("{uri}");
+            use std::io::Write;
+            std::io::stdout().flush()?;
+            let code = read_code()?;
+            let now = crate::clock::Clock::system().unix_secs();
+            if secret.verify(&code, now).is_none() {
+                anyhow::bail!(
+                    "the code does not match: nothing saved (is the phone's clock right?); run enroll again"
+                );
+            }
+            store
+                .set_totp(&username, Some(&key.seal(&username, &secret)))
+                .await?;
+            println!("enrolled a second factor for {username}");
+        }
+        TotpCommand::Remove { username } => {
+            store.set_totp(&username, None).await?;
+            println!("removed the second factor of {username}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The confirming code: asked for on a terminal, else one line of stdin.
+fn read_code() -> anyhow::Result<String> {
+    use std::io::BufRead;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Code from the authenticator app: ");
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    let code = line.trim().to_string();
+    if code.is_empty() {
+        anyhow::bail!("no code given: nothing saved");
+    }
+    Ok(code)
 }
 
 async fn sessions_command(config: &Config, command: SessionsCommand) -> anyhow::Result<ExitCode> {

@@ -9,6 +9,7 @@ use crate::auth::csrf::CsrfGuard;
 use crate::auth::jwt::JwtService;
 use crate::auth::password::Passwords;
 use crate::auth::refresh::SessionService;
+use crate::auth::second_factor::SecondFactor;
 use crate::auth::throttle::Throttle;
 use crate::client_ip::TrustedProxies;
 use crate::clock::Clock;
@@ -18,6 +19,7 @@ use crate::headers::IdentityHeaders;
 use crate::routes::RouteTable;
 use crate::sessions::{self, SessionStore};
 use crate::tls::Tls;
+use crate::totp::TotpKey;
 use crate::upstream::Upstreams;
 use crate::users::{self, UserStore};
 
@@ -70,6 +72,8 @@ pub struct Gateway {
     pub cookies: CookieJar,
     pub identity: IdentityHeaders,
     pub throttle: Throttle,
+    /// The one-time code of users with a second factor.
+    pub second_factor: SecondFactor,
     pub csrf: CsrfGuard,
     /// `"http"` or `"https"`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
@@ -101,6 +105,8 @@ pub struct FilesAndSecrets {
     assertions: Option<Assertions>,
     tls: Option<Arc<Tls>>,
     upstreams: Upstreams,
+    /// The key of second-factor secrets; `None` when its variable is unset.
+    pub totp: Option<TotpKey>,
 }
 
 impl FilesAndSecrets {
@@ -135,6 +141,10 @@ impl FilesAndSecrets {
             ),
             None => Some(None),
         };
+        let totp = keep(
+            TotpKey::from_env(&config.users.totp_key_env).map_err(|p| vec![p]),
+            &mut problems,
+        );
         if config.users.backend == UsersBackend::Postgres {
             if let Err(e) = users::postgres::connect_config(config) {
                 problems.extend(e.problems);
@@ -162,8 +172,10 @@ impl FilesAndSecrets {
             ),
             &mut problems,
         );
-        match (jwt, assertions, tls, upstreams) {
-            (Some(jwt), Some(assertions), Some(tls), Some(upstreams)) if problems.is_empty() => {
+        match (jwt, assertions, tls, upstreams, totp) {
+            (Some(jwt), Some(assertions), Some(tls), Some(upstreams), Some(totp))
+                if problems.is_empty() =>
+            {
                 if let Some(kept) = kept_tls {
                     kept.reload_logged();
                 }
@@ -172,6 +184,7 @@ impl FilesAndSecrets {
                     assertions,
                     tls,
                     upstreams,
+                    totp,
                 })
             }
             _ => Err(ConfigError {
@@ -260,6 +273,7 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
         assertions,
         tls,
         upstreams,
+        totp,
     } = FilesAndSecrets::read_for(&config, running, &clock)?;
     let jwks = crate::endpoints::jwks::document(&jwt, assertions.as_ref());
     let jwt = Arc::new(jwt);
@@ -273,7 +287,7 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
         Basis::Fresh { users, .. } => {
             let users = match users {
                 Some(users) => users,
-                None => users::open(&config, true).await?,
+                None => users::open_for_serve(&config, totp.clone()).await?,
             };
             let sessions = sessions::open(&config.sessions, clock.clone()).await?;
             (
@@ -313,6 +327,7 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
             &config.auth.throttle,
             TrustedProxies::new(&config.server.trusted_proxies),
         ),
+        second_factor: SecondFactor::new(totp, sessions.clone(), clock.clone()),
         scheme,
         tls,
         own_metrics,

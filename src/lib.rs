@@ -27,6 +27,8 @@
 //! - [`upstream`]: the pooled upstream clients (`http1`: the lean pool)
 //! - [`sessions`]: refresh-token families (memory, Redis)
 //! - [`users`]: user stores (file, PostgreSQL, memory)
+//! - [`totp`]: the second factor: RFC 6238 codes, the key sealing their
+//!   secrets, the sign-in ticket
 //! - [`cookies`]: reading `Cookie`, writing authgate's `Set-Cookie`s
 //! - [`response`]: the request-time error type and its HTTP rendering
 //! - [`gateway`]: configuration compiled into the running gateway, one
@@ -58,5 +60,6 @@ pub mod routes;
 pub mod server;
 pub mod sessions;
 pub mod tls;
+pub mod totp;
 pub mod upstream;
 pub mod users;

@@ -92,6 +92,14 @@ pub enum GatewayError {
         status: StatusCode,
         detail: &'static str,
     },
+    /// `/token`: the password was right, but the user has a second factor
+    /// and no `otp` came with it (401). The sign-in page asks for the code.
+    #[error("one-time code required")]
+    OtpRequired,
+    /// `/token`: the password was right, the one-time code was wrong,
+    /// malformed or already used (401).
+    #[error("invalid one-time code")]
+    OtpInvalid,
     #[error("invalid token request: {0}")]
     InvalidRequest(String),
     #[error("unsupported grant type")]
@@ -115,7 +123,9 @@ impl GatewayError {
             }
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated(_) | Self::OtpRequired | Self::OtpInvalid => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::Forbidden | Self::Csrf => StatusCode::FORBIDDEN,
             Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -139,7 +149,7 @@ impl GatewayError {
             Self::Csrf => "csrf",
             Self::UpstreamUnreachable(_) => "bad_gateway",
             Self::UpstreamTimeout => "gateway_timeout",
-            Self::InvalidGrant { .. } => "invalid_grant",
+            Self::InvalidGrant { .. } | Self::OtpRequired | Self::OtpInvalid => "invalid_grant",
             Self::InvalidRequest(_) => "invalid_request",
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::TooManyRequests { .. } => "too_many_requests",
@@ -164,6 +174,8 @@ impl GatewayError {
             Self::UpstreamUnreachable(_) => "Upstream unreachable".into(),
             Self::UpstreamTimeout => "Upstream did not answer in time".into(),
             Self::InvalidGrant { detail, .. } => (*detail).into(),
+            Self::OtpRequired => "one-time code required".into(),
+            Self::OtpInvalid => "invalid one-time code".into(),
             Self::InvalidRequest(why) => why.clone(),
             Self::UnsupportedGrantType => {
                 "grant_type must be \"password\" or \"refresh_token\"".into()
@@ -175,12 +187,18 @@ impl GatewayError {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        let mut response = json(
-            self.status(),
-            &serde_json::json!({ "error": self.code(), "detail": self.detail() }),
-        );
+        let mut body = serde_json::json!({ "error": self.code(), "detail": self.detail() });
+        if matches!(self, Self::OtpRequired | Self::OtpInvalid) {
+            // OAuth2's own field (RFC 6749 §5.2), which clients of a
+            // second factor read; `detail` stays for every other answer.
+            body["error_description"] = self.detail().into();
+        }
+        let mut response = json(self.status(), &body);
         let headers = response.headers_mut();
         match &self {
+            Self::OtpRequired | Self::OtpInvalid => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
             Self::Unauthenticated(failure) => {
                 headers.insert(WWW_AUTHENTICATE, www_authenticate(*failure));
             }
@@ -204,6 +222,8 @@ impl GatewayError {
         if matches!(
             self,
             Self::InvalidGrant { .. }
+                | Self::OtpRequired
+                | Self::OtpInvalid
                 | Self::InvalidRequest(_)
                 | Self::UnsupportedGrantType
                 | Self::TooManyRequests { .. }

@@ -10,7 +10,9 @@ fuzz_target!(|data: &[u8]| {
         let Ok(parsed) = fields(kind, data) else {
             continue;
         };
-        if let Ok(TokenRequest::Password { username, password }) = token_request(parsed) {
+        if let Ok(TokenRequest::Password {
+            username, password, ..
+        }) = token_request(parsed) {
             assert!(!username.is_empty() && username.len() <= 256);
             assert!(!password.is_empty() && password.len() <= 1024);
         }

@@ -19,14 +19,17 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenRequest {
+    /// `otp`: the one-time code of a user with a second factor.
     Password {
         username: String,
         password: String,
+        otp: Option<String>,
     },
+    /// The sign-in page's second step: a ticket saying the password was
+    /// right (`crate::totp::TotpKey::ticket`) and the code.
+    Ticket { ticket: String, otp: Option<String> },
     /// `refresh_token` is `None` when the client relies on the cookie.
-    Refresh {
-        refresh_token: Option<String>,
-    },
+    Refresh { refresh_token: Option<String> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +92,16 @@ pub fn token_request(mut fields: HashMap<String, String>) -> Result<TokenRequest
         .unwrap_or_else(|| "password".into());
     match grant.as_str() {
         "password" => {
+            let otp = fields.remove("otp").filter(|otp| !otp.is_empty());
+            if otp.as_ref().is_some_and(|otp| otp.len() > 64) {
+                return Err(invalid("otp too long"));
+            }
+            if let Some(ticket) = fields.remove("ticket").filter(|t| !t.is_empty()) {
+                if ticket.len() > 1024 {
+                    return Err(invalid("ticket too long"));
+                }
+                return Ok(TokenRequest::Ticket { ticket, otp });
+            }
             let username = fields.remove("username").unwrap_or_default();
             let password = fields.remove("password").unwrap_or_default();
             if username.is_empty() || password.is_empty() {
@@ -97,7 +110,11 @@ pub fn token_request(mut fields: HashMap<String, String>) -> Result<TokenRequest
             if username.len() > 256 || password.len() > 1024 {
                 return Err(invalid("username or password too long"));
             }
-            Ok(TokenRequest::Password { username, password })
+            Ok(TokenRequest::Password {
+                username,
+                password,
+                otp,
+            })
         }
         "refresh_token" => Ok(TokenRequest::Refresh {
             refresh_token: fields.remove("refresh_token").filter(|t| !t.is_empty()),
@@ -140,9 +157,38 @@ mod tests {
                 .unwrap(),
             TokenRequest::Password {
                 username: "alice".into(),
-                password: "p&w".into()
+                password: "p&w".into(),
+                otp: None,
             }
         );
+    }
+
+    #[test]
+    fn otp_as_form_field_or_json_key() {
+        let expected = TokenRequest::Password {
+            username: "alice".into(),
+            password: "pw".into(),
+            otp: Some("012345".into()),
+        };
+        assert_eq!(
+            form("username=alice&password=pw&otp=012345").unwrap(),
+            expected
+        );
+        let f = fields(
+            BodyKind::Json,
+            br#"{"username":"alice","password":"pw","otp":"012345"}"#,
+        )
+        .unwrap();
+        assert_eq!(token_request(f).unwrap(), expected);
+        // An empty field is no code.
+        assert!(matches!(
+            form("username=a&password=b&otp="),
+            Ok(TokenRequest::Password { otp: None, .. })
+        ));
+        assert!(matches!(
+            form("ticket=abc&otp=123456&rd=%2F"),
+            Ok(TokenRequest::Ticket { .. })
+        ));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod login;
 pub mod password;
 pub mod redirect;
 pub mod refresh;
+pub mod second_factor;
 pub mod throttle;
 pub mod token_cache;
 

@@ -146,6 +146,11 @@ impl Attempt<'_> {
         Ok(())
     }
 
+    /// The password was right and a second factor is still to come: the
+    /// username's attempt stays counted (a code guesser who knows the
+    /// password gets no fresh budget), the address is not charged.
+    pub fn second_step(self) {}
+
     /// The password was right: clear the username's count.
     pub async fn succeeded(self) -> Result<(), GatewayError> {
         if let Some(user) = &self.user {

@@ -48,6 +48,9 @@ pub const BCRYPT_COST: u32 = 12;
 pub const MAX_CONCURRENT_HASHES: usize = 0;
 /// `[users] url_env`.
 pub const URL_ENV: &str = "AUTHGATE_DATABASE_URL";
+/// `[users] totp_key_env`: the env var holding the key that encrypts
+/// second-factor secrets (32 bytes, base64).
+pub const TOTP_KEY_ENV: &str = "AUTHGATE_TOTP_KEY";
 /// `[users] schema`.
 pub const PG_SCHEMA: &str = "authgate";
 /// `[users] pool_size`: 8 PostgreSQL connections.
@@ -163,6 +166,9 @@ pub fn max_concurrent_hashes() -> usize {
 }
 pub fn url_env() -> Spanned<String> {
     spanned(URL_ENV.into())
+}
+pub fn totp_key_env() -> Spanned<String> {
+    spanned(TOTP_KEY_ENV.into())
 }
 pub fn pg_schema() -> Spanned<String> {
     spanned(PG_SCHEMA.into())

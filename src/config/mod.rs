@@ -227,6 +227,8 @@ pub struct UsersConfig {
     pub path: PathBuf,
     pub bcrypt_cost: u32,
     pub max_concurrent_hashes: usize,
+    /// The env var holding the key of second-factor secrets (see `crate::totp`).
+    pub totp_key_env: Located<String>,
     pub postgres: PostgresConfig,
 }
 
@@ -941,6 +943,7 @@ impl Validator<'_> {
             path: base_dir.join(raw.path),
             bcrypt_cost: cost,
             max_concurrent_hashes: raw.max_concurrent_hashes,
+            totp_key_env: self.locate(raw.totp_key_env, "users.totp_key_env"),
             postgres: PostgresConfig {
                 url_env: self.locate(raw.url_env, "users.url_env"),
                 schema,

@@ -269,6 +269,8 @@ pub struct RawUsers {
     pub columns: RawColumns,
     #[serde(default = "d::max_concurrent_hashes")]
     pub max_concurrent_hashes: usize,
+    #[serde(default = "d::totp_key_env")]
+    pub totp_key_env: Spanned<String>,
 }
 
 impl Default for RawUsers {

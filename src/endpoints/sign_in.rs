@@ -84,6 +84,37 @@ pub fn sign_in(
     page(status, "Sign in", &body)
 }
 
+/// The second step for a user with a second factor: the one-time code.
+/// `ticket` proves the password was right (sealed, short-lived, bound to
+/// the user and their password: see `crate::totp`), so the password is
+/// not kept in the page.
+pub fn code_page(
+    status: StatusCode,
+    token_path: &str,
+    rd: &str,
+    ticket: &str,
+    error: Option<&str>,
+) -> Response<Body> {
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    let body = format!(
+        "<h1>Sign in</h1>{error}\
+         <p class=\"note\">Enter the 6-digit code from your authenticator app.</p>\
+         <form method=\"post\" action=\"{action}\">\
+         <input type=\"hidden\" name=\"rd\" value=\"{rd}\">\
+         <input type=\"hidden\" name=\"ticket\" value=\"{ticket}\">\
+         <label for=\"otp\">One-time code</label>\
+         <input id=\"otp\" name=\"otp\" inputmode=\"numeric\" autocomplete=\"one-time-code\" \
+         pattern=\"[0-9 ]{{6,7}}\" maxlength=\"7\" required autofocus>\
+         <button type=\"submit\">Verify</button></form>",
+        action = escape(token_path),
+        rd = escape(rd),
+        ticket = escape(ticket),
+    );
+    page(status, "Sign in", &body)
+}
+
 pub fn signed_out(login_path: &str) -> Response<Body> {
     let body = format!(
         "<h1>Signed out</h1><p>You have been signed out.</p>\

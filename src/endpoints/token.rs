@@ -13,12 +13,13 @@ use crate::auth::authenticate::{AuthOutcome, Via};
 use crate::auth::login::{self, TokenRequest};
 use crate::auth::redirect::{safe_redirect_to, RedirectHosts};
 use crate::auth::refresh::{RefreshError, TokenPair};
+use crate::auth::throttle::Attempt;
 use crate::auth::Identity;
 use crate::gateway::Gateway;
 use crate::observe::metrics;
 use crate::request::RequestContext;
 use crate::response::{self, Body, GatewayError, RequestBody};
-use crate::users::UserStoreError;
+use crate::users::{User, UserStoreError};
 
 pub async fn token<B: RequestBody>(
     gw: &Gateway,
@@ -40,10 +41,33 @@ pub async fn token<B: RequestBody>(
             })
             .unwrap_or_else(|| "/".into());
         let username = fields.get("username").cloned().unwrap_or_default();
-        return match grant(gw, &parts, fields, ctx).await {
+        let presented_ticket = fields.get("ticket").cloned();
+        let mut second_step = None;
+        return match grant(gw, &parts, fields, ctx, &mut second_step).await {
             Ok(pair) => {
                 ctx.set_session_cookies(gw, &pair);
                 Ok(sign_in::redirect(StatusCode::SEE_OTHER, &rd))
+            }
+            // The password was right: ask for the code, carrying a ticket
+            // rather than the password.
+            Err(GatewayError::OtpRequired) if second_step.is_some() => Ok(sign_in::code_page(
+                StatusCode::OK,
+                &gw.paths.token,
+                &rd,
+                second_step.as_deref().unwrap_or_default(),
+                None,
+            )),
+            // A wrong code on the second step: ask again, same ticket.
+            Err(error @ (GatewayError::OtpInvalid | GatewayError::OtpRequired))
+                if presented_ticket.is_some() =>
+            {
+                Ok(sign_in::code_page(
+                    error.status(),
+                    &gw.paths.token,
+                    &rd,
+                    presented_ticket.as_deref().unwrap_or_default(),
+                    Some(&error.detail()),
+                ))
             }
             Err(error) => {
                 let mut page = sign_in::sign_in(
@@ -61,19 +85,26 @@ pub async fn token<B: RequestBody>(
             }
         };
     }
-    let pair = grant(gw, &parts, fields, ctx).await?;
+    let pair = grant(gw, &parts, fields, ctx, &mut None).await?;
     Ok(token_response(gw, &pair, ctx))
 }
 
-/// Runs a password or refresh grant.
+/// Runs a password or refresh grant. When a password was right but the
+/// user's code is still to come, `second_step` receives a sign-in ticket
+/// for the page that asks for it.
 async fn grant(
     gw: &Gateway,
     parts: &http::request::Parts,
     fields: HashMap<String, String>,
     ctx: &mut RequestContext,
+    second_step: &mut Option<String>,
 ) -> Result<TokenPair, GatewayError> {
     let pair = match login::token_request(fields)? {
-        TokenRequest::Password { username, password } => {
+        TokenRequest::Password {
+            username,
+            password,
+            otp,
+        } => {
             let attempt = gw
                 .throttle
                 .begin(&username, &parts.headers, ctx.peer)
@@ -96,14 +127,36 @@ async fn grant(
                     detail: "Incorrect username or password",
                 });
             };
-            attempt.succeeded().await?;
-            metrics::get().login("success");
-            ctx.user = Some(Arc::new(Identity::named(&user.username)));
-            ctx.auth = AuthOutcome::LoggedIn;
-            gw.session_service
-                .start(user)
+            if user.totp.is_some() && otp.is_none() {
+                *second_step = gw.second_factor.ticket(&user);
+            }
+            log_in(gw, attempt, user, otp.as_deref(), ctx).await?
+        }
+        TokenRequest::Ticket { ticket, otp } => {
+            let expired = GatewayError::InvalidGrant {
+                status: StatusCode::UNAUTHORIZED,
+                detail: "The sign-in has expired; sign in again",
+            };
+            let Some(ticket) = gw.second_factor.redeem(&ticket) else {
+                return Err(expired);
+            };
+            let attempt = gw
+                .throttle
+                .begin(&ticket.username, &parts.headers, ctx.peer)
+                .await?;
+            // The user as they are now: still there, enabled, same password.
+            let user = gw
+                .users
+                .find(&ticket.username)
                 .await
-                .map_err(|e| refresh_error(gw, e, ctx))?
+                .map_err(users_unavailable)?
+                .filter(|user| !user.disabled && ticket.matches(user));
+            let Some(user) = user else {
+                attempt.failed().await?;
+                ctx.auth = AuthOutcome::LoginFailed;
+                return Err(expired);
+            };
+            log_in(gw, attempt, user, otp.as_deref(), ctx).await?
         }
         TokenRequest::Refresh { refresh_token } => {
             let presented = match refresh_token {
@@ -123,6 +176,52 @@ async fn grant(
         }
     };
     Ok(pair)
+}
+
+/// Finishes a login whose password was right: the second factor (when
+/// the user has one), then the session.
+async fn log_in(
+    gw: &Gateway,
+    attempt: Attempt<'_>,
+    user: User,
+    otp: Option<&str>,
+    ctx: &mut RequestContext,
+) -> Result<TokenPair, GatewayError> {
+    match gw.second_factor.check(&user, otp).await {
+        Ok(()) => {}
+        Err(GatewayError::OtpRequired) => {
+            attempt.second_step();
+            ctx.auth = AuthOutcome::LoginFailed;
+            tracing::info!(
+                event = "login_otp_required",
+                user = %user.username,
+                peer = %ctx.peer.ip(),
+                request_id = ctx.request_id.to_str().unwrap_or("-"),
+            );
+            return Err(GatewayError::OtpRequired);
+        }
+        Err(GatewayError::OtpInvalid) => {
+            attempt.failed().await?;
+            metrics::get().login("failure");
+            ctx.auth = AuthOutcome::LoginFailed;
+            tracing::warn!(
+                event = "login_otp_invalid",
+                user = %user.username,
+                peer = %ctx.peer.ip(),
+                request_id = ctx.request_id.to_str().unwrap_or("-"),
+            );
+            return Err(GatewayError::OtpInvalid);
+        }
+        Err(other) => return Err(other),
+    }
+    attempt.succeeded().await?;
+    metrics::get().login("success");
+    ctx.user = Some(Arc::new(Identity::named(&user.username)));
+    ctx.auth = AuthOutcome::LoggedIn;
+    gw.session_service
+        .start(user)
+        .await
+        .map_err(|e| refresh_error(gw, e, ctx))
 }
 
 fn users_unavailable(e: UserStoreError) -> GatewayError {

@@ -37,6 +37,8 @@ struct State {
     failures: HashMap<String, (u64, u64)>,
     /// Banned keys: key → banned until ms.
     bans: HashMap<String, u64>,
+    /// Last accepted one-time-code step: key → (step, kept until ms).
+    otp_steps: HashMap<String, (u64, u64)>,
     operations: u64,
 }
 
@@ -54,6 +56,7 @@ impl State {
         }
         self.failures.retain(|_, (_, until)| *until > now_ms);
         self.bans.retain(|_, until| *until > now_ms);
+        self.otp_steps.retain(|_, (_, until)| *until > now_ms);
     }
 
     fn family(&mut self, id: &FamilyId, now_ms: u64) -> Option<&mut Family> {
@@ -257,5 +260,21 @@ impl SessionStore for MemorySessionStore {
     async fn reset_failures(&self, key: &str) -> Result<(), StoreError> {
         self.lock().failures.remove(key);
         Ok(())
+    }
+
+    async fn use_otp_step(&self, key: &str, step: u64, ttl: Duration) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let now = self.clock.unix_millis();
+        state.sweep(now);
+        let used = state
+            .otp_steps
+            .get(key)
+            .is_some_and(|(last, until)| *until > now && *last >= step);
+        if !used {
+            state
+                .otp_steps
+                .insert(key.to_string(), (step, now + millis(ttl)));
+        }
+        Ok(!used)
     }
 }

@@ -116,6 +116,13 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     async fn ban_remaining(&self, key: &str) -> Result<Option<Duration>, StoreError>;
     /// Clears the count of `key` (not a ban).
     async fn reset_failures(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Records that a one-time code of time step `step` was accepted for
+    /// `key` (a user): `false`, and nothing recorded, when that step or a
+    /// later one already was, so each code is accepted once and an older
+    /// one never after a newer. The record lasts `ttl`, longer than any
+    /// step it refuses stays acceptable.
+    async fn use_otp_step(&self, key: &str, step: u64, ttl: Duration) -> Result<bool, StoreError>;
 }
 
 /// What [`SessionStore::count_attempt`] counts against.

@@ -11,6 +11,8 @@
 //! - `P tries:{K}` — hash: attempts `n` of throttle key K (hashed) in the
 //!   window ending at `until` (TTL = window)
 //! - `P ban:{K}`  — a banned throttle key: when the ban ends (TTL = the ban)
+//! - `P otp:{K}`  — the last one-time-code step accepted for user key K
+//!   (hashed), refusing that step and older ones (TTL: past the step's window)
 //!
 //! The `{f:F}` hash tag puts every key a rotation touches in one Cluster slot,
 //! so the rotation script runs atomically on Cluster too.
@@ -134,6 +136,15 @@ redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
 return tonumber(ARGV[6])
 "#;
 
+/// KEYS: the user's last accepted step. ARGV: step, ttl ms. 1: accepted
+/// and recorded; 0: that step or a later one was already accepted.
+const USE_OTP_STEP: &str = r#"
+local last = redis.call('GET', KEYS[1])
+if last and tonumber(last) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
 /// One connection type for single-server and Cluster deployments, so
 /// commands and scripts are written once.
 #[derive(Clone)]
@@ -205,6 +216,7 @@ pub struct RedisSessionStore {
     revoke_with_token: Script,
     revoke_family: Script,
     count_attempt: Script,
+    use_otp_step: Script,
 }
 
 impl std::fmt::Debug for RedisSessionStore {
@@ -276,6 +288,7 @@ impl RedisSessionStore {
             revoke_with_token: Script::new(REVOKE_WITH_TOKEN),
             revoke_family: Script::new(REVOKE_FAMILY),
             count_attempt: Script::new(COUNT_ATTEMPT),
+            use_otp_step: Script::new(USE_OTP_STEP),
         })
     }
 
@@ -373,15 +386,26 @@ impl RedisSessionStore {
     }
 
     /// The counter and the ban of a throttle key share a Cluster slot (the
-    /// hash tag), so the counting script may touch both. The key is hashed:
-    /// usernames stay out of Redis, and a `{` in one cannot move the tag.
+    /// hash tag), so the counting script may touch both.
     fn failure_keys(&self, key: &str) -> [String; 2] {
-        use sha2::{Digest, Sha256};
-        let id = hex(&Sha256::digest(key.as_bytes())[..16]);
+        let id = key_id(key);
         [
             format!("{}tries:{{{id}}}", self.prefix),
             format!("{}ban:{{{id}}}", self.prefix),
         ]
+    }
+}
+
+/// A key's stand-in in Redis key names: usernames stay out of Redis, and a
+/// `{` in one cannot move a hash tag.
+fn key_id(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(key.as_bytes())[..16])
+}
+
+impl RedisSessionStore {
+    fn otp_key(&self, key: &str) -> String {
+        format!("{}otp:{{{}}}", self.prefix, key_id(key))
     }
 }
 
@@ -639,5 +663,20 @@ impl SessionStore for RedisSessionStore {
         let [count, _] = self.failure_keys(key);
         self.run(async |c| redis::cmd("DEL").arg(&count).query_async(c).await)
             .await
+    }
+
+    async fn use_otp_step(&self, key: &str, step: u64, ttl: Duration) -> Result<bool, StoreError> {
+        let otp = self.otp_key(key);
+        let accepted: u8 = self
+            .run(async |c| {
+                self.use_otp_step
+                    .key(&otp)
+                    .arg(step)
+                    .arg(millis(ttl).max(1))
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        Ok(accepted == 1)
     }
 }

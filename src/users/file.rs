@@ -16,6 +16,7 @@ use serde::Deserialize;
 use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
 
 use super::{validate_user, User, UserProblem, UserStore, UserStoreError};
+use crate::totp::TotpKey;
 
 /// How often the file's modification time is checked.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -34,6 +35,15 @@ pub struct FileUserStore {
     path: PathBuf,
     users: RwLock<Users>,
     stamp: RwLock<Option<(SystemTime, u64)>>,
+    /// For the gateway: every second factor must open with this key (or
+    /// its absence), at start and at each reload. The CLI does not check.
+    totp: Option<TotpCheck>,
+}
+
+#[derive(Debug)]
+struct TotpCheck {
+    key: Option<TotpKey>,
+    env: String,
 }
 
 fn stamp_of(path: &Path) -> Option<(SystemTime, u64)> {
@@ -55,6 +65,9 @@ pub enum UsersFileError {
     NotBcrypt { index: usize, user: String },
     #[error("users[{index}].username: user {user:?} is listed twice")]
     Duplicate { index: usize, user: String },
+    /// A second factor the gateway could not check (see `crate::totp`).
+    #[error("{0}")]
+    SecondFactor(String),
 }
 
 /// Parses and checks a users file's text.
@@ -103,7 +116,37 @@ impl FileUserStore {
             path: path.to_path_buf(),
             users: RwLock::new(Arc::new(users)),
             stamp: RwLock::new(stamp_of(path)),
+            totp: None,
         })
+    }
+
+    /// [`Self::open`] for the gateway: refuses a file with a second factor
+    /// that `key` (from `env`) cannot open, now and at every reload.
+    pub fn open_checked(
+        path: &Path,
+        key: Option<TotpKey>,
+        env: &str,
+    ) -> Result<FileUserStore, UserStoreError> {
+        let mut store = Self::open(path)?;
+        store.totp = Some(TotpCheck {
+            key,
+            env: env.into(),
+        });
+        let users = store.snapshot();
+        store
+            .check_second_factors(&users)
+            .map_err(|problem| store.file_problem(problem))?;
+        Ok(store)
+    }
+
+    fn check_second_factors(&self, users: &HashMap<String, User>) -> Result<(), UsersFileError> {
+        let Some(check) = &self.totp else {
+            return Ok(());
+        };
+        let mut sorted: Vec<&User> = users.values().collect();
+        sorted.sort_by(|a, b| a.username.cmp(&b.username));
+        crate::totp::check_users(sorted, check.key.as_ref(), &check.env)
+            .map_err(UsersFileError::SecondFactor)
     }
 
     fn snapshot(&self) -> Users {
@@ -125,7 +168,8 @@ impl FileUserStore {
         // users already loaded stay.
         let result = std::fs::read_to_string(&self.path)
             .map_err(UsersFileError::Unreadable)
-            .and_then(|text| parse(&text));
+            .and_then(|text| parse(&text))
+            .and_then(|users| self.check_second_factors(&users).map(|()| users));
         match result {
             Ok(users) => {
                 tracing::info!(event = "users_reloaded", path = %self.path.display(), users = users.len());
@@ -278,6 +322,23 @@ impl UserStore for FileUserStore {
             let i = position(users, username)
                 .ok_or_else(|| UserStoreError::NotFound(username.into()))?;
             users.remove(i);
+            Ok(())
+        })
+    }
+
+    async fn set_totp(&self, username: &str, sealed: Option<&str>) -> Result<(), UserStoreError> {
+        self.edit(|users| {
+            let i = position(users, username)
+                .ok_or_else(|| UserStoreError::NotFound(username.into()))?;
+            let table = users.get_mut(i).expect("position is in range");
+            match sealed {
+                Some(sealed) => {
+                    table.insert("totp", value(sealed));
+                }
+                None => {
+                    table.remove("totp");
+                }
+            }
             Ok(())
         })
     }

@@ -69,6 +69,15 @@ impl UserStore for MemoryUserStore {
             .ok_or_else(|| UserStoreError::NotFound(username.into()))
     }
 
+    async fn set_totp(&self, username: &str, sealed: Option<&str>) -> Result<(), UserStoreError> {
+        let mut users = self.users.write().expect("users lock");
+        let user = users
+            .get_mut(username)
+            .ok_or_else(|| UserStoreError::NotFound(username.into()))?;
+        user.totp = sealed.map(str::to_string);
+        Ok(())
+    }
+
     async fn check(&self) -> Result<(), UserStoreError> {
         Ok(())
     }

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::{Config, UsersBackend};
+use crate::config::{Config, ConfigError, UsersBackend};
+use crate::totp::TotpKey;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +28,9 @@ pub struct User {
     /// Further claims put into this user's access tokens.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub claims: Map<String, Value>,
+    /// The second factor's secret, sealed (`crate::totp`): `v1:...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,8 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
     async fn add(&self, user: User) -> Result<(), UserStoreError>;
     async fn set_password(&self, username: &str, hash: &str) -> Result<(), UserStoreError>;
     async fn delete(&self, username: &str) -> Result<(), UserStoreError>;
+    /// Sets (`Some`, sealed) or removes (`None`) a user's second factor.
+    async fn set_totp(&self, username: &str, sealed: Option<&str>) -> Result<(), UserStoreError>;
     /// Fails when the store can only be read.
     fn writable(&self) -> Result<(), UserStoreError> {
         Ok(())
@@ -73,17 +79,52 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
     fn reload(&self) {}
 }
 
-/// Opens the configured store. For the CLI the file store does not watch.
-pub async fn open(config: &Config, watch: bool) -> anyhow::Result<Arc<dyn UserStore>> {
+/// Opens the configured store for the CLI: the file store does not watch,
+/// and second factors are not checked.
+pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn UserStore>> {
+    Ok(match config.users.backend {
+        UsersBackend::File => Arc::new(file::FileUserStore::open(&config.users.path)?),
+        UsersBackend::Postgres => Arc::new(postgres::PostgresUserStore::open(config, false).await?),
+    })
+}
+
+/// Opens the configured store for the gateway: the file store watches its
+/// file, and every second factor must open with `totp` (the key of
+/// `[users] totp_key_env`, `None` when unset). A database that does not
+/// answer yet is not checked (its rows are, one by one, at login).
+pub async fn open_for_serve(
+    config: &Config,
+    totp: Option<TotpKey>,
+) -> anyhow::Result<Arc<dyn UserStore>> {
+    let env = &config.users.totp_key_env;
+    let problem = |message: String| ConfigError {
+        file: config.file.clone(),
+        problems: vec![env.problem(message)],
+    };
     Ok(match config.users.backend {
         UsersBackend::File => {
-            let store = Arc::new(file::FileUserStore::open(&config.users.path)?);
-            if watch {
-                store.clone().watch();
+            let store = Arc::new(file::FileUserStore::open_checked(
+                &config.users.path,
+                totp,
+                &env.value,
+            )?);
+            store.clone().watch();
+            store
+        }
+        UsersBackend::Postgres => {
+            let store = Arc::new(postgres::PostgresUserStore::open(config, true).await?);
+            match store.list().await {
+                Ok(users) => {
+                    crate::totp::check_users(&users, totp.as_ref(), &env.value).map_err(problem)?
+                }
+                Err(e) => tracing::warn!(
+                    event = "totp_check_skipped",
+                    error = %e,
+                    "second factors not checked at start: the user store does not answer"
+                ),
             }
             store
         }
-        UsersBackend::Postgres => Arc::new(postgres::PostgresUserStore::open(config, watch).await?),
     })
 }
 

@@ -147,6 +147,7 @@ struct Sql {
     list: String,
     insert: String,
     set_password: String,
+    set_totp: String,
     delete: String,
 }
 
@@ -159,11 +160,18 @@ impl Sql {
         );
         let c = &config.columns;
         let username = quote_ident(&c.username);
+        // A mapped table has no second factor (it is only read; its
+        // owner's schema has no place for one).
+        let totp = if config.table.is_some() {
+            "NULL::text"
+        } else {
+            "totp_secret"
+        };
         // Casts let a mapped table use varchar, citext, varchar[] or an
         // integer flag; NULL roles or flags mean none and false.
         let select = format!(
             "SELECT {username}::text, {}::text, {}::text, coalesce({}::text[], '{{}}'), \
-             coalesce({}::boolean, false) FROM {table}",
+             coalesce({}::boolean, false), {totp} FROM {table}",
             quote_ident(&c.password_hash),
             quote_ident(&c.email),
             quote_ident(&c.roles),
@@ -178,6 +186,7 @@ impl Sql {
                  VALUES ($1, $2, $3, $4, $5)"
             ),
             set_password: format!("UPDATE {table} SET hashed_password = $2 WHERE username = $1"),
+            set_totp: format!("UPDATE {table} SET totp_secret = $2 WHERE username = $1"),
             delete: format!("DELETE FROM {table} WHERE username = $1"),
         }
     }
@@ -191,6 +200,7 @@ enum Query<'a> {
     List,
     Insert(&'a User),
     SetPassword(&'a str, &'a str),
+    SetTotp(&'a str, Option<&'a str>),
     Delete(&'a str),
 }
 
@@ -434,6 +444,7 @@ impl PostgresUserStore {
                 ],
             ),
             Query::SetPassword(username, hash) => (&sql.set_password, vec![username, hash]),
+            Query::SetTotp(username, sealed) => (&sql.set_totp, vec![username, sealed]),
             Query::Delete(username) => (&sql.delete, vec![username]),
         };
         let statement = client.prepare_cached(text).await?;
@@ -480,6 +491,7 @@ fn user_of(row: &Row) -> Result<User, UserStoreError> {
         email: row.try_get(2).map_err(invalid)?,
         roles: roles.into_iter().flatten().collect(),
         disabled: row.try_get(4).map_err(invalid)?,
+        totp: row.try_get(5).map_err(invalid)?,
         ..User::default()
     })
 }
@@ -528,6 +540,19 @@ impl UserStore for PostgresUserStore {
     async fn delete(&self, username: &str) -> Result<(), UserStoreError> {
         self.writable()?;
         match self.count(Query::Delete(username)).await? {
+            0 => Err(UserStoreError::NotFound(username.into())),
+            _ => Ok(()),
+        }
+    }
+
+    async fn set_totp(&self, username: &str, sealed: Option<&str>) -> Result<(), UserStoreError> {
+        if let Some(table) = &self.mapped {
+            return Err(UserStoreError::ReadOnly(format!(
+                "users.table maps the existing table {table}, which has no place for a second factor: \
+                 TOTP needs authgate's own table (users.table unset, `authgate users migrate`)"
+            )));
+        }
+        match self.count(Query::SetTotp(username, sealed)).await? {
             0 => Err(UserStoreError::NotFound(username.into())),
             _ => Ok(()),
         }
@@ -594,7 +619,7 @@ mod tests {
         assert_eq!(
             sql.find,
             "SELECT \"login\"::text, \"pw\"::text, \"mail\"::text, coalesce(\"groups\"::text[], '{}'), \
-             coalesce(\"locked\"::boolean, false) FROM \"App\".\"accounts\" WHERE \"login\" = $1"
+             coalesce(\"locked\"::boolean, false), NULL::text FROM \"App\".\"accounts\" WHERE \"login\" = $1"
         );
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }

@@ -27,11 +27,18 @@ impl Migration {
 }
 
 /// Every migration, in order; versions are 1, 2, 3, ...
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "users",
-    sql: include_str!("../../../migrations/0001_users.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "users",
+        sql: include_str!("../../../migrations/0001_users.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "totp",
+        sql: include_str!("../../../migrations/0002_totp.sql"),
+    },
+];
 
 /// The version a schema must be at for this authgate.
 pub fn latest() -> i32 {
