@@ -336,15 +336,21 @@ pub fn check_users<'a>(
                 user.username
             ));
         };
-        if let Err(e) = key.open(&user.username, stored) {
-            return Err(format!(
-                "the second-factor secret of user {:?} {}: is {env} the key it was sealed with?",
-                user.username,
-                match e {
-                    SealError::Format => "is not in a known format",
-                    SealError::Key => "does not open with the key in",
-                }
-            ));
+        match key.open(&user.username, stored) {
+            Ok(_) => {}
+            Err(SealError::Format) => {
+                return Err(format!(
+                    "user {:?}: the second-factor secret is not in a known format (expected \"v1:...\")",
+                    user.username
+                ))
+            }
+            Err(SealError::Key) => {
+                return Err(format!(
+                    "user {:?}: the second-factor secret does not open with the key in {env} \
+                     (was it sealed with another key, or for another user?)",
+                    user.username
+                ))
+            }
         }
     }
     Ok(())

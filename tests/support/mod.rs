@@ -32,12 +32,27 @@ pub const SECRET: &str = "test-secret-that-is-long-enough-0123456789";
 pub const OLD_SECRET_ENV: &str = "AUTHGATE_TEST_OLD_SECRET";
 pub const OLD_SECRET: &str = "old-test-secret-that-is-long-enough-987654";
 
+/// The key of second-factor secrets in tests (`[users] totp_key_env`).
+pub const TOTP_KEY_ENV: &str = "AUTHGATE_TEST_TOTP_KEY";
+/// 32 bytes, base64.
+pub const TOTP_KEY: &str = "dGVzdC10b3RwLWtleS0zMi1ieXRlcy1sb25nLTAxMjM=";
+
+/// The test key, as the gateway reads it.
+pub fn totp_key() -> authgate::totp::TotpKey {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(TOTP_KEY)
+        .unwrap();
+    authgate::totp::TotpKey::new(&bytes.try_into().unwrap(), TOTP_KEY_ENV)
+}
+
 /// Sets the test secrets once, before any test reads them.
 pub fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         std::env::set_var(SECRET_ENV, SECRET);
         std::env::set_var(OLD_SECRET_ENV, OLD_SECRET);
+        std::env::set_var(TOTP_KEY_ENV, TOTP_KEY);
         let _ = rustls::crypto::ring::default_provider().install_default();
         if std::env::var("TEST_LOG").is_ok() {
             let _ = tracing_subscriber::fmt()
@@ -277,8 +292,13 @@ impl TestGateway {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, toml: &str, users: &[TestUser]) -> TestGateway {
-        init();
         std::fs::write(dir.path().join("users.toml"), users_toml(users)).unwrap();
+        Self::start_keeping_users(dir, toml).await
+    }
+
+    /// [`Self::start_in`] with the users file `dir` already holds.
+    pub async fn start_keeping_users(dir: tempfile::TempDir, toml: &str) -> TestGateway {
+        init();
         let toml = complete_config(toml);
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, &toml).unwrap();
@@ -378,7 +398,9 @@ fn complete_config(toml: &str) -> String {
         text.push_str(&format!("\n[jwt]\nsecret_env = \"{SECRET_ENV}\"\n"));
     }
     if !toml.contains("[users]") {
-        text.push_str("\n[users]\npath = \"users.toml\"\nbcrypt_cost = 4\n");
+        text.push_str(&format!(
+            "\n[users]\npath = \"users.toml\"\nbcrypt_cost = 4\ntotp_key_env = \"{TOTP_KEY_ENV}\"\n"
+        ));
     }
     if !toml.contains("[cookies]") {
         text.push_str("\n[cookies]\nsecure = false\n");

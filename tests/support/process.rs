@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
-use super::{binary, client, SECRET, SECRET_ENV};
+use super::{binary, client, SECRET, SECRET_ENV, TOTP_KEY, TOTP_KEY_ENV};
 
 /// The test secret under the default `jwt.secret_env` and under
 /// [`SECRET_ENV`], so a config written for `TestGateway` runs unchanged.
@@ -14,6 +14,7 @@ fn with_test_env(command: &mut std::process::Command) -> &mut std::process::Comm
     command
         .env("AUTHGATE_JWT_SECRET", SECRET)
         .env(SECRET_ENV, SECRET)
+        .env(TOTP_KEY_ENV, TOTP_KEY)
         .env("RUST_LOG", "warn")
 }
 
