@@ -11,10 +11,13 @@
 // TTL instead of waiting it out. With E2E_ABSOLUTE_RD (a front proxy in
 // forward-auth mode), rd is expected as the absolute URL of the page;
 // E2E_PAGE (default /app/page) and E2E_AUTH_PREFIX (default none) name the
-// protected page and where the sign-in pages are.
+// protected page and where the sign-in pages are. With E2E_TOTP_SECRET (base32),
+// the user has a second factor: the code step is checked, its codes
+// computed here at the gateway's time (CLOCK_URL's /now, else this clock).
 // Exits 0 when every step passed; otherwise prints the failed step and exits 1.
 
 import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -36,6 +39,34 @@ const rdFor = (path) => (process.env.E2E_ABSOLUTE_RD ? `${base}${path}` : path);
 // The protected page, and where authgate's own pages are ([auth] path_prefix).
 const pagePath = process.env.E2E_PAGE ?? '/app/page';
 const authPrefix = process.env.E2E_AUTH_PREFIX ?? '';
+const totpSecret = process.env.E2E_TOTP_SECRET;
+
+function base32Decode(text) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = '';
+  for (const c of text.replace(/=+$/, '').toUpperCase()) {
+    bits += alphabet.indexOf(c).toString(2).padStart(5, '0');
+  }
+  const bytes = [];
+  for (let i = 0; i + 8 <= bits.length; i += 8) bytes.push(parseInt(bits.slice(i, i + 8), 2));
+  return Buffer.from(bytes);
+}
+
+/** RFC 6238: HMAC-SHA1, 6 digits, of time step `step`. */
+function totp(secret, step) {
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(step));
+  const h = createHmac('sha1', base32Decode(secret)).update(counter).digest();
+  const o = h[h.length - 1] & 0x0f;
+  const bin = ((h[o] & 0x7f) << 24) | (h[o + 1] << 16) | (h[o + 2] << 8) | h[o + 3];
+  return String(bin % 1_000_000).padStart(6, '0');
+}
+
+/** The gateway's current time step (30 s). */
+async function gatewayStep() {
+  const now = clockUrl ? Number(await (await fetch(`${clockUrl}/now`)).text()) : Date.now();
+  return Math.floor(now / 30_000);
+}
 
 // Lets the access token expire: the gateway's clock moves when the test
 // runs one that can be moved, else real time passes.
@@ -137,16 +168,54 @@ try {
   });
 
   let firstRefresh;
-  await step('the right password leads back to the page, signed in', async () => {
-    await page.getByLabel('Password').fill(password);
-    await page.getByRole('button', { name: 'Sign in' }).click();
+  async function signedIn() {
     await page.waitForURL(`${base}${pagePath}`);
     assert.equal(await page.locator('#user').innerText(), `Signed in as ${username}`);
     const cookies = await sessionCookies(context);
     assert.ok(cookies.access_token && cookies.refresh_token, 'both session cookies are set');
     assert.ok(cookies.refresh_token.httpOnly && cookies.access_token.httpOnly, 'cookies are HttpOnly');
     firstRefresh = cookies.refresh_token.value;
-  });
+  }
+
+  await step(
+    totpSecret ? 'the right password asks for the code next, rd kept' : 'the right password leads back to the page, signed in',
+    async () => {
+      await page.getByLabel('Password').fill(password);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      if (!totpSecret) return signedIn();
+      await page.getByLabel('One-time code').waitFor();
+      assert.equal(await page.title(), 'Sign in');
+      assert.equal(await page.locator('input[name="rd"]').inputValue(), rdFor(pagePath), 'rd is kept');
+      assert.ok(!(await page.content()).includes(password), 'the password is not in the page');
+      assert.equal(await page.locator('script').count(), 0, 'the page needs no JavaScript');
+      assert.equal(Object.keys(await sessionCookies(context)).length, 0, 'no session cookie yet');
+      await screenshot(page, 'signin-code.png');
+    },
+  );
+
+  if (totpSecret) {
+    await step('a wrong code shows the code page again with the error (401)', async () => {
+      const now = await gatewayStep();
+      const valid = [now - 1, now, now + 1, now + 2].map((s) => totp(totpSecret, s));
+      let wrong = Number(valid[1]);
+      do wrong = (wrong + 1) % 1_000_000;
+      while (valid.includes(String(wrong).padStart(6, '0')));
+      await page.getByLabel('One-time code').fill(String(wrong).padStart(6, '0'));
+      const answer = page.waitForResponse((r) => r.request().method() === 'POST');
+      await page.getByRole('button', { name: 'Verify' }).click();
+      assert.equal((await answer).status(), 401);
+      await page.waitForLoadState();
+      assert.match(await page.getByRole('alert').innerText(), /invalid one-time code/);
+      assert.equal(await page.locator('input[name="rd"]').inputValue(), rdFor(pagePath), 'rd is kept');
+      assert.equal(Object.keys(await sessionCookies(context)).length, 0, 'no session cookie yet');
+    });
+
+    await step('the current code leads back to the page, signed in', async () => {
+      await page.getByLabel('One-time code').fill(totp(totpSecret, await gatewayStep()));
+      await page.getByRole('button', { name: 'Verify' }).click();
+      await signedIn();
+    });
+  }
 
   await step('past the access TTL a reload still shows the page (silent refresh)', async () => {
     await pastAccessTtl(page);
