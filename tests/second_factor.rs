@@ -520,3 +520,109 @@ async fn a_mapped_table_refuses_enrollment() {
     assert!(!out.status.success());
     assert!(stderr.contains("no place for a second factor"), "{stderr}");
 }
+
+/// The value of the hidden `ticket` field of a code page.
+fn ticket_of(html: &str) -> String {
+    let start = html.find("name=\"ticket\" value=\"").expect("a code page") + 21;
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+async fn form_page(gw: &TestGateway, fields: &[(&str, &str)]) -> (u16, String) {
+    let response = client()
+        .post(gw.url("/token"))
+        .header("accept", "text/html")
+        .form(fields)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// The sign-in form's second step carries a sealed ticket, not the
+/// password; the ticket lasts five minutes and no longer than the password.
+#[tokio::test]
+async fn the_sign_in_ticket_expires_and_follows_the_password() {
+    support::init();
+    let secret = Secret::generate();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("users.toml"), sealed_users(&secret)).unwrap();
+    let gw = TestGateway::start_keeping_users(dir, "").await;
+    let first = [
+        ("username", "alice"),
+        ("password", "alice-pw"),
+        ("rd", "/app/x"),
+    ];
+    let (status, page) = form_page(&gw, &first).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("One-time code"), "{page}");
+    assert!(!page.contains("alice-pw"), "{page}");
+    assert!(page.contains("name=\"rd\" value=\"/app/x\""), "{page}");
+    let ticket = ticket_of(&page);
+
+    // A wrong code: the code page again, same ticket, the error shown.
+    let step = settle(&gw.clock);
+    let wrong = wrong_code(&secret, step);
+    let (status, page) = form_page(
+        &gw,
+        &[("ticket", &ticket), ("otp", &wrong), ("rd", "/app/x")],
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(page.contains("invalid one-time code"), "{page}");
+    assert_eq!(ticket_of(&page), ticket);
+
+    // Five minutes later the ticket is refused, even with the right code.
+    gw.clock.advance(Duration::from_secs(5 * 60));
+    let step = settle(&gw.clock);
+    let right = code(&secret, step);
+    let (status, page) = form_page(
+        &gw,
+        &[("ticket", &ticket), ("otp", &right), ("rd", "/app/x")],
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(page.contains("The sign-in has expired"), "{page}");
+    assert!(
+        page.contains("id=\"password\""),
+        "back to the first step: {page}"
+    );
+
+    // A fresh ticket works, once the code is right: 303 to rd.
+    let (_, page) = form_page(&gw, &first).await;
+    let ticket = ticket_of(&page);
+    let response = client()
+        .post(gw.url("/token"))
+        .header("accept", "text/html")
+        .form(&[
+            ("ticket", ticket.as_str()),
+            ("otp", &right),
+            ("rd", "/app/x"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/app/x");
+
+    // A password changed since the ticket was issued voids it.
+    let (_, page) = form_page(&gw, &first).await;
+    let ticket = ticket_of(&page);
+    let store = gw.gateway.load().users.clone();
+    store
+        .set_password("alice", &bcrypt::hash("new-pw", 4).unwrap())
+        .await
+        .unwrap();
+    gw.clock.advance(Duration::from_secs(totp::PERIOD));
+    let step = settle(&gw.clock);
+    let (status, page) = form_page(
+        &gw,
+        &[
+            ("ticket", &ticket),
+            ("otp", &code(&secret, step)),
+            ("rd", "/app/x"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(page.contains("The sign-in has expired"), "{page}");
+}
