@@ -35,6 +35,8 @@ pub struct RestartSettings {
     key_prefix: Option<String>,
     users_backend: UsersBackend,
     users_path: Option<PathBuf>,
+    /// The user store checks second factors with this key from its start.
+    totp_key_env: String,
     postgres: Option<PostgresStore>,
 }
 
@@ -72,6 +74,7 @@ impl RestartSettings {
             key_prefix: redis.then(|| sessions.key_prefix.clone()),
             users_backend: users.backend,
             users_path: (users.backend == UsersBackend::File).then(|| users.path.clone()),
+            totp_key_env: users.totp_key_env.value.clone(),
             postgres: (users.backend == UsersBackend::Postgres).then(|| PostgresStore {
                 url_env: pg.url_env.value.clone(),
                 schema: pg.schema.clone(),
@@ -103,6 +106,7 @@ impl RestartSettings {
             key_prefix,
             users_backend,
             users_path,
+            totp_key_env,
             postgres,
         } = self;
         let same_sessions_backend = *sessions_backend == other.sessions_backend;
@@ -157,6 +161,7 @@ impl RestartSettings {
                 "users.path",
                 same_users_backend && *users_path != other.users_path,
             ),
+            ("users.totp_key_env", *totp_key_env != other.totp_key_env),
             (
                 "users.url_env",
                 postgres_differs(|a, b| a.url_env != b.url_env),
@@ -212,6 +217,7 @@ impl Config {
         let users = &mut self.users;
         users.backend = running.users.backend;
         users.path = running.users.path.clone();
+        users.totp_key_env = running.users.totp_key_env.clone();
         users.postgres = running.users.postgres.clone();
         debug_assert_eq!(RestartSettings::of(self), RestartSettings::of(running));
         changed
