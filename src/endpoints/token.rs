@@ -48,25 +48,25 @@ pub async fn token<B: RequestBody>(
                 ctx.set_session_cookies(gw, &pair);
                 Ok(sign_in::redirect(StatusCode::SEE_OTHER, &rd))
             }
-            // The password was right: ask for the code, carrying a ticket
-            // rather than the password.
-            Err(GatewayError::OtpRequired) if second_step.is_some() => Ok(sign_in::code_page(
-                StatusCode::OK,
-                &gw.paths.token,
-                &rd,
-                second_step.as_deref().unwrap_or_default(),
-                None,
-            )),
-            // A wrong code on the second step: ask again, same ticket.
-            Err(error @ (GatewayError::OtpInvalid | GatewayError::OtpRequired))
-                if presented_ticket.is_some() =>
+            // The password was right: ask for the code, with a ticket
+            // rather than the password; after a wrong code, ask again with
+            // the same ticket and the error.
+            Err(error @ (GatewayError::OtpRequired | GatewayError::OtpInvalid))
+                if second_step.is_some() || presented_ticket.is_some() =>
             {
+                let first_ask = second_step.is_some();
+                let ticket = second_step.or(presented_ticket).unwrap_or_default();
+                let (status, message) = if first_ask {
+                    (StatusCode::OK, None)
+                } else {
+                    (error.status(), Some(error.detail()))
+                };
                 Ok(sign_in::code_page(
-                    error.status(),
+                    status,
                     &gw.paths.token,
                     &rd,
-                    presented_ticket.as_deref().unwrap_or_default(),
-                    Some(&error.detail()),
+                    &ticket,
+                    message.as_deref(),
                 ))
             }
             Err(error) => {
