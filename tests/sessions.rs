@@ -76,6 +76,7 @@ for_both_backends!(
     rotation_is_atomic_under_parallelism,
     sessions_expire_by_the_clock,
     throttle_windows_and_bans_end_by_the_clock,
+    one_time_code_steps_are_used_once_per_key,
 );
 
 // ---------------------------------------------------------------- set-up
@@ -1166,6 +1167,27 @@ async fn throttle_windows_and_bans_end_by_the_clock(backend: Backend) {
     clock.advance(Duration::from_secs(61));
     assert_eq!(ban_left().await, None);
     assert_eq!(attempt().await, None);
+}
+
+/// The replay record of one-time codes: a step once per key, never an
+/// older one after a newer; keys apart; forgotten after its ttl.
+async fn one_time_code_steps_are_used_once_per_key(backend: Backend) {
+    let clock = Clock::manual();
+    let store = store_on(backend, "otp", &clock).await;
+    let ttl = Duration::from_millis(300);
+    let used = async |key: &str, step: u64| store.use_otp_step(key, step, ttl).await.unwrap();
+    assert!(used("otp:dora", 100).await);
+    assert!(!used("otp:dora", 100).await);
+    assert!(!used("otp:dora", 99).await);
+    assert!(used("otp:eve", 100).await);
+    assert!(used("otp:dora", 101).await);
+    assert!(!used("otp:dora", 100).await);
+    // The record is only kept as long as a step can still be presented:
+    // memory judges by the gateway's clock, Redis by the key's PX (its own
+    // clock, hence the short real wait).
+    clock.advance(Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(used("otp:dora", 101).await);
 }
 
 // ------------------------------------------------------------ redis only
