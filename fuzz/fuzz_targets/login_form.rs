@@ -12,7 +12,8 @@ fuzz_target!(|data: &[u8]| {
         };
         if let Ok(TokenRequest::Password {
             username, password, ..
-        }) = token_request(parsed) {
+        }) = token_request(parsed)
+        {
             assert!(!username.is_empty() && username.len() <= 256);
             assert!(!password.is_empty() && password.len() <= 1024);
         }
