@@ -5,6 +5,8 @@
 pub mod front;
 pub mod postgres;
 pub mod process;
+pub mod redis;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
