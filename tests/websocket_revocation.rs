@@ -12,7 +12,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use support::process::run_authgate;
+use futures_util::StreamExt;
+
+use support::process::{run_authgate, AuthgateProcess};
 use support::redis::PrivateRedis;
 use support::ws::*;
 use support::*;
@@ -239,4 +241,76 @@ async fn a_redis_outage_keeps_sockets_open_and_the_catch_up_closes_revoked_ones(
     logout(&gw, &fresh).await;
     assert_eq!(close_code(&mut third).await, Some(CloseCode::Policy));
     round_trip(&mut other).await;
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The measure of issue 21: `WS_SOCKETS` sockets (default 9,000), each
+/// with a session of its own, open on one authgate process on a private
+/// Redis; prints the Redis commands per second they cause over
+/// `WS_WINDOW` seconds (default 10). `AUTHGATE_BIN` measures another
+/// build. 9,000 because the process holds two descriptors a socket and
+/// the hard limit of open files here is 20,000.
+///
+/// `cargo test --release --test websocket_revocation soak -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measure: thousands of sockets for a minute or two"]
+async fn soak_open_sockets_redis_commands() {
+    let count: usize = env_or("WS_SOCKETS", 9000);
+    let window = Duration::from_secs(env_or("WS_WINDOW", 10));
+    let redis = PrivateRedis::start();
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("users.toml"), users_toml(&users())).unwrap();
+    let port = closed_port();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{}\n[users]\npath = \"users.toml\"\nbcrypt_cost = 4\n\n[cookies]\nsecure = false\n",
+            redis_config(&redis, &echo)
+        ),
+    )
+    .unwrap();
+    let gw = AuthgateProcess::start(&config, port).await;
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let start = Instant::now();
+    let token_url = gw.url("/token");
+    let logins: Vec<Vec<String>> = futures_util::stream::iter(0..count)
+        .map(|_| async {
+            let response = password_grant(&token_url, "alice", "pw-alice").await;
+            assert_eq!(response.status(), 200);
+            set_cookies(response.headers())
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut sockets: Vec<Socket> = futures_util::stream::iter(logins)
+        .map(|cookies| async move {
+            open_ws_at(addr, "/ws/echo", ("cookie", cookie_header(&cookies)))
+                .await
+                .0
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    eprintln!(
+        "{count} sessions and sockets opened in {:?}",
+        start.elapsed()
+    );
+    some_checks().await;
+    let rate = redis.commands_per_second(window).await;
+    let stats = redis.cli(&["info", "commandstats"]);
+    println!(
+        "{count} open sockets on one instance: {rate:.1} Redis commands/s over {window:?}\n{stats}"
+    );
+    round_trip(&mut sockets[0]).await;
+    if std::env::var_os("AUTHGATE_BIN").is_none() {
+        assert!(rate <= 20.0, "{rate} Redis commands/s");
+    }
 }

@@ -111,8 +111,17 @@ pub async fn open_ws(
     path: &str,
     header: (&str, String),
 ) -> (tokio_tungstenite::WebSocketStream<TcpStream>, Handshake) {
-    let url = format!("ws://{}{path}", gw.addr);
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    open_ws_at(gw.addr, path, header).await
+}
+
+/// [`open_ws`] to a gateway listening on `addr`.
+pub async fn open_ws_at(
+    addr: SocketAddr,
+    path: &str,
+    header: (&str, String),
+) -> (tokio_tungstenite::WebSocketStream<TcpStream>, Handshake) {
+    let url = format!("ws://{addr}{path}");
+    let stream = TcpStream::connect(addr).await.unwrap();
     tokio_tungstenite::client_async(ws_request(&url, Some(header)), stream)
         .await
         .unwrap()
