@@ -130,6 +130,11 @@ async fn a_revocation_message_alone_closes_the_sockets_of_its_session() {
     );
     closes_within(&mut ws, Duration::from_millis(900)).await;
     round_trip(&mut other).await;
+    let metrics = authgate::observe::metrics::get().encode();
+    assert!(
+        metrics.contains("authgate_websocket_revocations_total{via=\"message\"}"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -220,7 +220,8 @@ impl Inner {
     }
 
     fn revoked(&self, family: &FamilyId) {
-        self.lock().end_family(family, SESSION_ENDED);
+        let closed = self.lock().end_family(family, SESSION_ENDED);
+        crate::observe::metrics::get().websocket_revocations("message", closed);
     }
 
     /// Ends the Bearer sockets whose token has expired, then checks every
@@ -247,9 +248,14 @@ impl Inner {
             Ok(alive) => {
                 self.recovered();
                 let mut sockets = self.lock();
-                for (family, _) in families.iter().zip(alive).filter(|(_, alive)| !alive) {
-                    sockets.end_family(family, SESSION_ENDED);
-                }
+                let closed: usize = families
+                    .iter()
+                    .zip(alive)
+                    .filter(|(_, alive)| !alive)
+                    .map(|(family, _)| sockets.end_family(family, SESSION_ENDED))
+                    .sum();
+                drop(sockets);
+                crate::observe::metrics::get().websocket_revocations("check", closed);
             }
             Err(e) => self.failed("check", &e),
         }
