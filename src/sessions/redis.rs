@@ -166,8 +166,10 @@ return 1
 );
 
 /// Families per `MGET` of the WebSocket safety net: 10,000 open families
-/// cost two commands, each reading a few hundred kilobytes.
-const CHECK_CHUNK: usize = 5000;
+/// cost five commands a second. Redis runs one command at a time, and an
+/// `MGET` takes about a microsecond a key, so a larger chunk would hold
+/// up every other client (logins, refreshes) for longer.
+const CHECK_CHUNK: usize = 2000;
 
 /// KEYS: counter, ban. ARGV: now ms, window end ms, window ms, limit, ban
 /// end ms, ban ms. Returns the ms a ban still runs, or 0 when the attempt
