@@ -391,6 +391,7 @@ async fn sentinel_master_survives_a_failover() {
     }
 
     let up = Upstream::start("api").await;
+    let echo = support::ws::Echo::start().await;
     std::fs::write(
         dir.path().join("users.toml"),
         support::users_toml(&[support::user("alice", "alice-pw", &[])]),
@@ -401,10 +402,11 @@ async fn sentinel_master_survives_a_failover() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[[routes]]\nprefix = \"/api\"\nupstream = \"{}\"\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[[routes]]\nprefix = \"/api\"\nupstream = \"{}\"\n{}\
              [users]\npath = \"users.toml\"\nbcrypt_cost = 4\n[cookies]\nsecure = false\n\
              [sessions]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{sentinel_port}\"\nsentinel_master = \"authgate\"\n",
-            up.url()
+            up.url(),
+            echo.route("/ws")
         ),
     )
     .unwrap();
@@ -414,6 +416,15 @@ async fn sentinel_master_survives_a_failover() {
     let token = tokens(refresh_grant(gw.url("/token"), &login.refresh).await)
         .await
         .refresh;
+    // A WebSocket of a session begun before the failover.
+    let cookies = set_cookies(
+        password_grant(gw.url("/token"), "alice", "alice-pw")
+            .await
+            .headers(),
+    );
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let header = ("cookie", support::ws::cookie_header(&cookies));
+    let (mut ws, _) = support::ws::open_ws_at(addr, "/ws/echo", header).await;
     // Let the replica catch up, then fail over.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(redis_cli(sentinel_port, &["sentinel", "failover", "authgate"]).contains("OK"));
@@ -444,6 +455,19 @@ async fn sentinel_master_survives_a_failover() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(status, 200);
+    // A logout after the failover still closes the socket.
+    let refresh = cookie_value(&cookies, "refresh_token").unwrap();
+    let out = client()
+        .post(gw.url("/logout"))
+        .form(&[("refresh_token", refresh.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    assert_eq!(
+        support::ws::close_code(&mut ws).await,
+        Some(tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Policy)
+    );
     drop(gw);
     for child in [&mut sentinel, &mut replica, &mut master] {
         let _ = child.kill();
