@@ -31,12 +31,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::Mutex;
-
-use futures_util::StreamExt;
 
 use super::{
     hex, millis, oldest_first, unhex, FailureLimits, FamilyId, FamilyInfo, Revocations,
@@ -153,14 +152,13 @@ if not fam[1] then
   return 0
 end
 local ttl = redis.call('PTTL', KEYS[1])
-if ttl <= 0 then return fam[2] ~= '1' and 1 or 0 end
 if fam[2] == '1' then
-  redis.call('SET', KEYS[2], 'revoked', 'PX', ttl)
+  if ttl > 0 then redis.call('SET', KEYS[2], 'revoked', 'PX', ttl) end
   return 0
 end
 if expired(fam[3]) then return 0 end
 -- A record without its instant ends with its TTL.
-redis.call('SET', KEYS[2], fam[3] or tostring(now + ttl), 'PX', ttl)
+if ttl > 0 then redis.call('SET', KEYS[2], fam[3] or tostring(now + ttl), 'PX', ttl) end
 return 1
 "#
 );
