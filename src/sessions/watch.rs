@@ -324,3 +324,61 @@ async fn next(messages: &mut Option<Revocations>) -> Option<FamilyId> {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sessions::memory::MemorySessionStore;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    async fn session(store: &MemorySessionStore, clock: &Clock, id: u8) -> FamilyId {
+        let family = [id; 16];
+        let ttl = Duration::from_secs(3600);
+        store
+            .create(&family, "alice", &[id; 32], clock.unix_millis(), ttl)
+            .await
+            .unwrap();
+        family
+    }
+
+    #[tokio::test]
+    async fn a_revocation_ends_its_familys_sockets_and_no_other() {
+        let clock = Clock::manual();
+        let store = Arc::new(MemorySessionStore::new(clock.clone()));
+        let watch = SocketWatch::start(store.clone(), clock.clone());
+        let (one, two) = (
+            session(&store, &clock, 1).await,
+            session(&store, &clock, 2).await,
+        );
+        let mut first = watch.watch(Some(one), None);
+        let mut second = watch.watch(Some(one), None);
+        let mut other = watch.watch(Some(two), None);
+        // Let the task subscribe before the revocation.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(store.revoke(&one, &[1; 32]).await.unwrap());
+        for watched in [&mut first, &mut second] {
+            let reason = tokio::time::timeout(WAIT, watched.ended()).await;
+            assert_eq!(reason.unwrap(), SESSION_ENDED);
+        }
+        let still = tokio::time::timeout(SAFETY_NET_INTERVAL * 2, other.ended()).await;
+        assert!(still.is_err(), "another session's socket ended");
+        assert_eq!(watch.len(), 1);
+        drop(other);
+        assert!(watch.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_bearer_socket_ends_at_its_exp_by_the_clock() {
+        let clock = Clock::manual();
+        let store = Arc::new(MemorySessionStore::new(clock.clone()));
+        let watch = SocketWatch::start(store, clock.clone());
+        let exp = clock.unix_secs() + 60;
+        let mut bearer = watch.watch(None, Some(exp));
+        let early = tokio::time::timeout(SAFETY_NET_INTERVAL * 2, bearer.ended()).await;
+        assert!(early.is_err(), "ended before its exp");
+        clock.advance(Duration::from_secs(61));
+        let reason = tokio::time::timeout(WAIT, bearer.ended()).await;
+        assert_eq!(reason.unwrap(), TOKEN_EXPIRED);
+    }
+}
