@@ -62,7 +62,8 @@ macro_rules! lua_revoke {
 local function revoke(fam, mark, channel, id)
   redis.call('HSET', fam, 'revoked', '1')
   local ttl = redis.call('PTTL', fam)
-  if ttl > 0 then redis.call('SET', mark, 'revoked', 'PX', ttl) else redis.call('SET', mark, 'revoked') end
+  -- No key without a TTL: a missing mark sends the check to the record.
+  if ttl > 0 then redis.call('SET', mark, 'revoked', 'PX', ttl) else redis.call('DEL', mark) end
   redis.call('PUBLISH', channel, id)
 end
 "#
