@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigError, Problem, RestartSettings, UsersBackend}
 use crate::cookies::CookieJar;
 use crate::headers::IdentityHeaders;
 use crate::routes::RouteTable;
+use crate::sessions::watch::SocketWatch;
 use crate::sessions::{self, SessionStore};
 use crate::tls::Tls;
 use crate::totp::TotpKey;
@@ -67,6 +68,8 @@ pub struct Gateway {
     pub jwks: Option<bytes::Bytes>,
     pub users: Arc<dyn UserStore>,
     pub sessions: Arc<dyn SessionStore>,
+    /// The open WebSockets and their sessions, kept across reloads.
+    pub sockets: SocketWatch,
     pub session_service: SessionService,
     pub passwords: Passwords,
     pub cookies: CookieJar,
@@ -278,10 +281,11 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
     let jwks = crate::endpoints::jwks::document(&jwt, assertions.as_ref());
     let jwt = Arc::new(jwt);
     let assertions = assertions.map(Arc::new);
-    let (users, sessions, own_metrics) = match basis {
+    let (users, sessions, sockets, own_metrics) = match basis {
         Basis::Running(gw) => (
             gw.users.clone(),
             gw.sessions.clone(),
+            gw.sockets.clone(),
             gw.own_metrics.clone(),
         ),
         Basis::Fresh { users, .. } => {
@@ -292,7 +296,8 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
             let sessions = sessions::open(&config.sessions, clock.clone()).await?;
             (
                 users,
-                sessions,
+                sessions.clone(),
+                SocketWatch::start(sessions, clock.clone()),
                 crate::observe::metrics::get().route("(gateway)"),
             )
         }
@@ -337,6 +342,7 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
         jwks,
         users,
         sessions,
+        sockets,
         session_service,
         passwords,
         config,

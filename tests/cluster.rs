@@ -271,6 +271,52 @@ async fn rotation_and_reuse_detection_across_two_instances_on_a_cluster() {
     assert_eq!(refresh_grant(b.url("/token"), &token).await.status(), 400);
 }
 
+/// Issue 21 on a Cluster: a logout's message reaches the sockets, and the
+/// batched check (an `MGET` the client splits by slot) catches a
+/// revocation that sent none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_close_on_revocation_on_a_cluster() {
+    use base64::Engine;
+    use support::ws::{close_code, cookie_header, logout, open_ws, round_trip, Echo};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let cluster = Cluster::start();
+    let echo = Echo::start().await;
+    let gw = support::TestGateway::start(
+        &format!(
+            "[sessions]\nbackend = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"ws:\"\n{}",
+            cluster.url(),
+            echo.route("/ws")
+        ),
+        &[support::user("alice", "alice-pw", &[])],
+    )
+    .await;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let (_, cookies) = gw.login("alice", "alice-pw").await;
+        let (ws, _) = open_ws(&gw, "/ws/echo", ("cookie", cookie_header(&cookies))).await;
+        sockets.push((cookies, ws));
+    }
+    let (cookies, mut ws) = sockets.pop().unwrap();
+    logout(&gw, &cookies).await;
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::Policy));
+
+    let (cookies, mut ws) = sockets.pop().unwrap();
+    let refresh = cookie_value(&cookies, "refresh_token").unwrap();
+    let family = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(refresh)
+        .unwrap();
+    let end = format!("ws:{{f:{}}}:end", authgate::sessions::hex(&family[..16]));
+    let port = cluster.nodes[0].0.to_string();
+    let out = Command::new("redis-cli")
+        .args(["-c", "-p", &port, "set", &end, "revoked", "keepttl"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::Policy));
+    round_trip(&mut sockets.pop().unwrap().1).await;
+}
+
 fn spawn_redis(dir: &std::path::Path, args: &[&str]) -> Child {
     Command::new("redis-server")
         .args(args)
@@ -345,6 +391,7 @@ async fn sentinel_master_survives_a_failover() {
     }
 
     let up = Upstream::start("api").await;
+    let echo = support::ws::Echo::start().await;
     std::fs::write(
         dir.path().join("users.toml"),
         support::users_toml(&[support::user("alice", "alice-pw", &[])]),
@@ -355,10 +402,11 @@ async fn sentinel_master_survives_a_failover() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[[routes]]\nprefix = \"/api\"\nupstream = \"{}\"\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[[routes]]\nprefix = \"/api\"\nupstream = \"{}\"\n{}\
              [users]\npath = \"users.toml\"\nbcrypt_cost = 4\n[cookies]\nsecure = false\n\
              [sessions]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{sentinel_port}\"\nsentinel_master = \"authgate\"\n",
-            up.url()
+            up.url(),
+            echo.route("/ws")
         ),
     )
     .unwrap();
@@ -368,6 +416,15 @@ async fn sentinel_master_survives_a_failover() {
     let token = tokens(refresh_grant(gw.url("/token"), &login.refresh).await)
         .await
         .refresh;
+    // A WebSocket of a session begun before the failover.
+    let cookies = set_cookies(
+        password_grant(gw.url("/token"), "alice", "alice-pw")
+            .await
+            .headers(),
+    );
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let header = ("cookie", support::ws::cookie_header(&cookies));
+    let (mut ws, _) = support::ws::open_ws_at(addr, "/ws/echo", header).await;
     // Let the replica catch up, then fail over.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(redis_cli(sentinel_port, &["sentinel", "failover", "authgate"]).contains("OK"));
@@ -398,6 +455,19 @@ async fn sentinel_master_survives_a_failover() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(status, 200);
+    // A logout after the failover still closes the socket.
+    let refresh = cookie_value(&cookies, "refresh_token").unwrap();
+    let out = client()
+        .post(gw.url("/logout"))
+        .form(&[("refresh_token", refresh.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    assert_eq!(
+        support::ws::close_code(&mut ws).await,
+        Some(tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Policy)
+    );
     drop(gw);
     for child in [&mut sentinel, &mut replica, &mut master] {
         let _ = child.kill();

@@ -33,6 +33,11 @@ struct Kind {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Via {
+    via: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~13 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
@@ -49,6 +54,7 @@ pub struct Metrics {
     store_errors: Family<Kind, Counter>,
     upstream_errors: Family<Kind, Counter>,
     pub open_connections: Gauge,
+    websocket_revocations: Family<Via, Counter>,
     /// The auth outcome counters, resolved once: a family lookup hashes
     /// its labels under a lock, and this one is bumped on every request.
     auth_counters: Vec<(&'static str, Counter)>,
@@ -117,6 +123,7 @@ impl Metrics {
             store_errors:      registered(r, "store_errors", "Session or user store errors by store", Family::default()),
             upstream_errors:   registered(r, "upstream_errors", "Upstream failures by kind: connect, timeout", Family::default()),
             open_connections:  registered(r, "open_connections", "Open client connections", Gauge::default()),
+            websocket_revocations: registered(r, "websocket_revocations", "WebSockets closed because their session ended, by how it was learnt: message, check", Family::default()),
             auth_counters: Vec::new(),
             registry,
         };
@@ -166,6 +173,16 @@ impl Metrics {
 
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors.get_or_create(&Kind { kind }).inc();
+    }
+
+    /// `sockets` closed because their session ended, learnt `via` a
+    /// revocation message or the batched check.
+    pub fn websocket_revocations(&self, via: &'static str, sockets: usize) {
+        if sockets > 0 {
+            self.websocket_revocations
+                .get_or_create(&Via { via })
+                .inc_by(sockets as u64);
+        }
     }
 
     pub fn encode(&self) -> String {

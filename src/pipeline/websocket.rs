@@ -3,16 +3,15 @@
 //! when the upstream answers 101, the two upgraded connections are spliced
 //! until either side closes.
 //!
-//! A socket lives no longer than the session that opened it: every
-//! [`SESSION_CHECK_INTERVAL`] the session (refresh-token family) is looked
-//! up, and a Bearer-only socket is also bounded by its token's `exp`. When
-//! either ends, authgate finishes the frame in flight in each direction,
-//! sends both sides a close frame with code 1008 (policy violation), and
-//! drops the connections.
+//! A socket lives no longer than the session that opened it, and a Bearer
+//! socket no longer than its token's `exp`: the instance's
+//! [`SocketWatch`](crate::sessions::watch) tells it when either ends (a
+//! revocation message, or its batched check). Then authgate finishes the
+//! frame in flight in each direction, sends both sides a close frame with
+//! code 1008 (policy violation), and drops the connections.
 
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{CONNECTION, UPGRADE};
@@ -23,14 +22,11 @@ use tokio::sync::watch;
 
 use super::{Permit, RequestContext};
 use crate::auth::authenticate::{Authn, Via};
-use crate::clock::Clock;
 use crate::gateway::Gateway;
 use crate::response::{Body, GatewayError};
 use crate::routes::Route;
-use crate::sessions::{FamilyId, SessionStore};
-
-/// How often an open socket's session is checked.
-pub const SESSION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+use crate::sessions::watch::SocketWatch;
+use crate::sessions::FamilyId;
 /// After the session ends, how long a frame in flight may take to finish
 /// before the connections are dropped without a close frame.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -124,7 +120,7 @@ pub(super) async fn proxy<B: crate::response::RequestBody>(
     set_upgrade_headers(response.headers_mut());
     let upstream_side = hyper::upgrade::on(&mut response);
     let request_id = ctx.request_id.to_str().unwrap_or("-").to_string();
-    let ended = session_ended(lifetime, gw.sessions.clone(), gw.clock.clone());
+    let ended = session_ended(lifetime, &gw.sockets);
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client_side, upstream_side) {
             Ok(both) => both,
@@ -140,41 +136,18 @@ pub(super) async fn proxy<B: crate::response::RequestBody>(
 }
 
 /// Resolves, with the reason, when the socket must close; never for an
-/// unbounded one. A store that cannot answer keeps the socket open (and
-/// says so once): new requests are refused meanwhile, existing sockets are
-/// not cut by an outage.
-async fn session_ended(
+/// unbounded one. Watched from now on, so a revocation during the
+/// upstream's handshake is not missed.
+fn session_ended(
     lifetime: Lifetime,
-    sessions: Arc<dyn SessionStore>,
-    clock: Clock,
-) -> &'static str {
-    if lifetime == Lifetime::default() {
-        return std::future::pending().await;
-    }
-    let mut tick = tokio::time::interval(SESSION_CHECK_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut store_failing = false;
-    loop {
-        tick.tick().await;
-        if lifetime.expires.is_some_and(|exp| clock.unix_secs() > exp) {
-            return "token_expired";
-        }
-        let Some(family) = &lifetime.session else {
-            continue;
-        };
-        match sessions.family_alive(family).await {
-            Ok(true) => store_failing = false,
-            Ok(false) => return "session_ended",
-            Err(e) => {
-                if !store_failing {
-                    tracing::warn!(
-                        event = "websocket_session_check_failed",
-                        error = %e,
-                        "keeping the socket open until the store answers"
-                    );
-                }
-                store_failing = true;
-            }
+    sockets: &SocketWatch,
+) -> impl Future<Output = &'static str> + Send + 'static {
+    let watched = (lifetime != Lifetime::default())
+        .then(|| sockets.watch(lifetime.session, lifetime.expires));
+    async move {
+        match watched {
+            Some(mut watched) => watched.ended().await,
+            None => std::future::pending().await,
         }
     }
 }

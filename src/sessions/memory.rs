@@ -6,10 +6,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
 
 use super::{
-    hex, millis, oldest_first, FailureLimits, FamilyId, FamilyInfo, RotateRequest, Rotation,
-    SealedSuccessor, SessionStore, StoreError, TokenHash,
+    hex, millis, oldest_first, FailureLimits, FamilyId, FamilyInfo, Revocations, RotateRequest,
+    Rotation, SealedSuccessor, SessionStore, StoreError, TokenHash,
 };
 use crate::clock::Clock;
 
@@ -66,10 +68,15 @@ impl State {
     }
 }
 
+/// How many revocations a slow subscriber may fall behind before its
+/// stream ends (and it catches up by checking its families).
+const REVOCATION_BACKLOG: usize = 1024;
+
 #[derive(Debug)]
 pub struct MemorySessionStore {
     state: Mutex<State>,
     clock: Clock,
+    revoked: broadcast::Sender<FamilyId>,
 }
 
 impl MemorySessionStore {
@@ -77,7 +84,13 @@ impl MemorySessionStore {
         MemorySessionStore {
             state: Mutex::default(),
             clock,
+            revoked: broadcast::channel(REVOCATION_BACKLOG).0,
         }
+    }
+
+    /// Tells the subscribers; none listening is not an error.
+    fn announce(&self, family: &FamilyId) {
+        let _ = self.revoked.send(*family);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -162,9 +175,10 @@ impl SessionStore for MemorySessionStore {
             }
             Some(_) => {
                 family.revoked = true;
-                Ok(Rotation::Reused {
-                    username: family.username.clone(),
-                })
+                let username = family.username.clone();
+                drop(state);
+                self.announce(r.family);
+                Ok(Rotation::Reused { username })
             }
         }
     }
@@ -175,6 +189,8 @@ impl SessionStore for MemorySessionStore {
         match state.family(family, now) {
             Some(f) if f.tokens.get(token).is_some_and(|t| t.expires_ms > now) => {
                 f.revoked = true;
+                drop(state);
+                self.announce(family);
                 Ok(true)
             }
             _ => Ok(false),
@@ -184,14 +200,18 @@ impl SessionStore for MemorySessionStore {
     async fn revoke_user(&self, username: &str) -> Result<usize, StoreError> {
         let mut state = self.lock();
         let now = self.clock.unix_millis();
-        let mut count = 0;
-        for family in state.families.values_mut() {
+        let mut revoked = Vec::new();
+        for (id, family) in state.families.iter_mut() {
             if family.username == username && !family.revoked && family.expires_ms > now {
                 family.revoked = true;
-                count += 1;
+                revoked.push(*id);
             }
         }
-        Ok(count)
+        drop(state);
+        for family in &revoked {
+            self.announce(family);
+        }
+        Ok(revoked.len())
     }
 
     async fn list_user(&self, username: &str) -> Result<Vec<FamilyInfo>, StoreError> {
@@ -217,6 +237,16 @@ impl SessionStore for MemorySessionStore {
             .lock()
             .family(family, self.clock.unix_millis())
             .is_some())
+    }
+
+    async fn revocations(&self) -> Result<Revocations, StoreError> {
+        // A subscriber that fell behind gets an ended stream, as after a
+        // lost Redis subscription: it subscribes again and catches up.
+        let stream = futures_util::stream::unfold(self.revoked.subscribe(), |mut rx| async {
+            let family = rx.recv().await.ok()?;
+            Some((family, rx))
+        });
+        Ok(stream.boxed())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

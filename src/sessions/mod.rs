@@ -8,11 +8,13 @@
 
 pub mod memory;
 pub mod redis;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::stream::BoxStream;
 use serde::Serialize;
 
 use crate::clock::Clock;
@@ -99,6 +101,24 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// Whether the family is still valid (not revoked, not expired).
     async fn family_alive(&self, family: &FamilyId) -> Result<bool, StoreError>;
 
+    /// [`Self::family_alive`] for each of `families`, in order: the safety
+    /// net behind [`Self::revocations`] for every open WebSocket of an
+    /// instance, so a store should answer in a few round trips however
+    /// many there are.
+    async fn families_alive(&self, families: &[FamilyId]) -> Result<Vec<bool>, StoreError> {
+        let mut alive = Vec::with_capacity(families.len());
+        for family in families {
+            alive.push(self.family_alive(family).await?);
+        }
+        Ok(alive)
+    }
+
+    /// The families revoked from now on (logout, `sessions revoke`, reuse
+    /// detection), by this instance or any other. The stream ends when the
+    /// subscription is lost: subscribe again, then check with
+    /// [`Self::families_alive`] what was missed meanwhile.
+    async fn revocations(&self) -> Result<Revocations, StoreError>;
+
     /// Fails while the store cannot answer (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -124,6 +144,9 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// step it refuses stays acceptable.
     async fn use_otp_step(&self, key: &str, step: u64, ttl: Duration) -> Result<bool, StoreError>;
 }
+
+/// Revoked families as they are revoked (see [`SessionStore::revocations`]).
+pub type Revocations = BoxStream<'static, FamilyId>;
 
 /// What [`SessionStore::count_attempt`] counts against.
 #[derive(Debug, Clone, Copy)]

@@ -6,6 +6,9 @@
 //!   (TTL = refresh TTL)
 //! - `P{f:F}:t:H` — hash of token hash H: state (live/used), used_at, succ,
 //!   expires
+//! - `P{f:F}:end` — string: the family's `expires`, or `revoked`; written
+//!   with the family, so open WebSockets' sessions are checked with one
+//!   `MGET` for thousands of families (see [`super::watch`])
 //! - `P u:USER`   — set of the user's family ids (for `sessions list/revoke`),
 //!   expiring with the user's longest-lived family (extended at each rotation)
 //! - `P tries:{K}` — hash: attempts `n` of throttle key K (hashed) in the
@@ -17,6 +20,9 @@
 //! The `{f:F}` hash tag puts every key a rotation touches in one Cluster slot,
 //! so the rotation script runs atomically on Cluster too.
 //!
+//! Every revocation PUBLISHes the family id (hex) on the channel `Prevoked`,
+//! from inside the script that revokes, so no revocation goes unannounced.
+//!
 //! Every expiry is decided by the gateway's [`Clock`] against the instant
 //! stored in the record (`expires`, `until`, the ban's end), so a test that
 //! moves the clock sees records expire; the Redis TTLs only clean up. A
@@ -27,14 +33,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::Mutex;
 
 use super::{
-    hex, millis, oldest_first, unhex, FailureLimits, FamilyId, FamilyInfo, RotateRequest, Rotation,
-    SessionStore, StoreError, TokenHash,
+    hex, millis, oldest_first, unhex, FailureLimits, FamilyId, FamilyInfo, Revocations,
+    RotateRequest, Rotation, SessionStore, StoreError, TokenHash,
 };
 use crate::clock::Clock;
 
@@ -49,12 +56,30 @@ macro_rules! lua_expired {
     };
 }
 
-/// KEYS: family, presented token, successor token. ARGV: now ms, grace ms,
-/// ttl ms, sealed successor, the share of the ttl after which the user's
-/// index is extended again ([`INDEX_SLACK`]), now + ttl ms.
+/// Revokes family `fam` (a script's local), marks its end key `mark` and
+/// announces it on `channel` as `id`. The mark lives as long as the family.
+macro_rules! lua_revoke {
+    () => {
+        r#"
+local function revoke(fam, mark, channel, id)
+  redis.call('HSET', fam, 'revoked', '1')
+  local ttl = redis.call('PTTL', fam)
+  -- No key without a TTL: a missing mark sends the check to the record.
+  if ttl > 0 then redis.call('SET', mark, 'revoked', 'PX', ttl) else redis.call('DEL', mark) end
+  redis.call('PUBLISH', channel, id)
+end
+"#
+    };
+}
+
+/// KEYS: family, presented token, successor token, family end. ARGV: now
+/// ms, grace ms, ttl ms, sealed successor, the share of the ttl after which
+/// the user's index is extended again ([`INDEX_SLACK`]), now + ttl ms,
+/// revocation channel, family id.
 const ROTATE: &str = concat!(
     "local now = tonumber(ARGV[1])\n",
     lua_expired!(),
+    lua_revoke!(),
     r#"
 local fam = redis.call('HMGET', KEYS[1], 'user', 'revoked', 'indexed_at', 'expires')
 if not fam[1] or fam[2] == '1' or expired(fam[4]) then return {'invalid'} end
@@ -64,6 +89,7 @@ if tok[1] == 'live' then
   redis.call('HSET', KEYS[2], 'state', 'used', 'used_at', ARGV[1], 'succ', ARGV[4])
   redis.call('HSET', KEYS[3], 'state', 'live', 'expires', ARGV[6])
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  redis.call('SET', KEYS[4], ARGV[6], 'PX', ARGV[3])
   local reindex = '0'
   if now - tonumber(fam[3] or '0') > tonumber(ARGV[3]) * ARGV[5] then
     reindex = '1'
@@ -77,39 +103,74 @@ end
 if tonumber(ARGV[1]) - tonumber(tok[2]) <= tonumber(ARGV[2]) then
   return {'successor', fam[1], tok[2], tok[3]}
 end
-redis.call('HSET', KEYS[1], 'revoked', '1')
+revoke(KEYS[1], KEYS[4], ARGV[7], ARGV[8])
 return {'reused', fam[1]}
 "#
 );
 
-/// KEYS: family, token. ARGV: now ms.
+/// KEYS: family, token, family end. ARGV: now ms, revocation channel,
+/// family id.
 const REVOKE_WITH_TOKEN: &str = concat!(
     "local now = tonumber(ARGV[1])\n",
     lua_expired!(),
+    lua_revoke!(),
     r#"
 local fam = redis.call('HMGET', KEYS[1], 'user', 'revoked', 'expires')
 local tok = redis.call('HMGET', KEYS[2], 'state', 'expires')
 if fam[1] and fam[2] ~= '1' and not expired(fam[3]) and tok[1] and not expired(tok[2]) then
-  redis.call('HSET', KEYS[1], 'revoked', '1')
+  revoke(KEYS[1], KEYS[3], ARGV[2], ARGV[3])
   return 1
 end
 return 0
 "#
 );
 
-/// KEYS: family. ARGV: now ms. Counts only a family that was live.
+/// KEYS: family, family end. ARGV: now ms, revocation channel, family id.
+/// Counts only a family that was live.
 const REVOKE_FAMILY: &str = concat!(
     "local now = tonumber(ARGV[1])\n",
     lua_expired!(),
+    lua_revoke!(),
     r#"
 local fam = redis.call('HMGET', KEYS[1], 'user', 'revoked', 'expires')
 if fam[1] and fam[2] ~= '1' and not expired(fam[3]) then
-  redis.call('HSET', KEYS[1], 'revoked', '1')
+  revoke(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
   return 1
 end
 return 0
 "#
 );
+
+/// KEYS: family, family end. ARGV: now ms. Whether the family is valid,
+/// from its record; writes the end key from the record too, for a family
+/// written by an earlier version or whose end key is stale (rotated by an
+/// earlier version), so the next batched check finds it right.
+const SYNC_END: &str = concat!(
+    "local now = tonumber(ARGV[1])\n",
+    lua_expired!(),
+    r#"
+local fam = redis.call('HMGET', KEYS[1], 'user', 'revoked', 'expires')
+if not fam[1] then
+  redis.call('DEL', KEYS[2])
+  return 0
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if fam[2] == '1' then
+  if ttl > 0 then redis.call('SET', KEYS[2], 'revoked', 'PX', ttl) end
+  return 0
+end
+if expired(fam[3]) then return 0 end
+-- A record without its instant ends with its TTL.
+if ttl > 0 then redis.call('SET', KEYS[2], fam[3] or tostring(now + ttl), 'PX', ttl) end
+return 1
+"#
+);
+
+/// Families per `MGET` of the WebSocket safety net: 10,000 open families
+/// cost five commands a second. Redis runs one command at a time, and an
+/// `MGET` takes about a microsecond a key, so a larger chunk would hold
+/// up every other client (logins, refreshes) for longer.
+const CHECK_CHUNK: usize = 2000;
 
 /// KEYS: counter, ban. ARGV: now ms, window end ms, window ms, limit, ban
 /// end ms, ban ms. Returns the ms a ban still runs, or 0 when the attempt
@@ -215,8 +276,15 @@ pub struct RedisSessionStore {
     rotate: Arc<Script>,
     revoke_with_token: Script,
     revoke_family: Script,
+    sync_end: Script,
     count_attempt: Script,
     use_otp_step: Script,
+    /// Where to subscribe to revocations: the server, or each Cluster node
+    /// in turn (a Cluster delivers a PUBLISH to every node); empty behind
+    /// Sentinel, where the master is asked for.
+    subscribe_to: Vec<redis::Client>,
+    /// `Prevoked`.
+    channel: String,
 }
 
 impl std::fmt::Debug for RedisSessionStore {
@@ -249,6 +317,7 @@ impl RedisSessionStore {
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .collect();
+        let subscribe_to;
         let target = if let Some(master) = sentinel_master {
             let client = redis::sentinel::SentinelClient::build(
                 urls.clone(),
@@ -256,6 +325,7 @@ impl RedisSessionStore {
                 None,
                 redis::sentinel::SentinelServerType::Master,
             )?;
+            subscribe_to = Vec::new();
             Target::Sentinel(Box::new(SentinelTarget {
                 client: Mutex::new(client),
                 master: Mutex::new(None),
@@ -265,6 +335,10 @@ impl RedisSessionStore {
                 .iter()
                 .map(|u| u.replace("?cluster=true", ""))
                 .collect();
+            subscribe_to = urls
+                .iter()
+                .map(|u| redis::Client::open(u.as_str()))
+                .collect::<Result<_, _>>()?;
             let client = redis::cluster::ClusterClientBuilder::new(urls)
                 .connection_timeout(OP_TIMEOUT)
                 .response_timeout(OP_TIMEOUT)
@@ -275,6 +349,7 @@ impl RedisSessionStore {
             }))
         } else {
             let client = redis::Client::open(urls[0])?;
+            subscribe_to = vec![client.clone()];
             Target::Single(ConnectionManager::new_lazy_with_config(
                 client,
                 manager_config(),
@@ -287,8 +362,11 @@ impl RedisSessionStore {
             rotate: Arc::new(Script::new(ROTATE)),
             revoke_with_token: Script::new(REVOKE_WITH_TOKEN),
             revoke_family: Script::new(REVOKE_FAMILY),
+            sync_end: Script::new(SYNC_END),
             count_attempt: Script::new(COUNT_ATTEMPT),
             use_otp_step: Script::new(USE_OTP_STEP),
+            subscribe_to,
+            channel: format!("{prefix}revoked"),
         })
     }
 
@@ -351,6 +429,58 @@ impl RedisSessionStore {
 
     fn family_key(&self, family: &FamilyId) -> String {
         format!("{}{{f:{}}}:fam", self.prefix, hex(family))
+    }
+
+    fn end_key(&self, family: &FamilyId) -> String {
+        format!("{}{{f:{}}}:end", self.prefix, hex(family))
+    }
+
+    /// Whether the family is valid, by its record, and its end key set
+    /// from the record.
+    async fn sync_end(&self, family: &FamilyId) -> Result<bool, StoreError> {
+        let fam = self.family_key(family);
+        let end = self.end_key(family);
+        let alive: i64 = self
+            .run(async |c| {
+                self.sync_end
+                    .key(&fam)
+                    .key(&end)
+                    .arg(self.clock.unix_millis())
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        Ok(alive == 1)
+    }
+
+    /// A connection to subscribe on: the server, the first Cluster node
+    /// that answers, or the master Sentinel names.
+    async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
+        let mut last = None;
+        for client in &self.subscribe_to {
+            match tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await {
+                Ok(Ok(pubsub)) => return Ok(pubsub),
+                Ok(Err(e)) => last = Some(unavailable(e)),
+                Err(elapsed) => last = Some(unavailable(elapsed)),
+            }
+        }
+        if let Some(e) = last {
+            return Err(e);
+        }
+        let Target::Sentinel(sentinel) = &self.target else {
+            return Err(StoreError::Unsupported("no Redis server to subscribe to"));
+        };
+        let master = {
+            let mut client = sentinel.client.lock().await;
+            tokio::time::timeout(OP_TIMEOUT, client.async_get_client())
+                .await
+                .map_err(unavailable)?
+                .map_err(unavailable)?
+        };
+        tokio::time::timeout(OP_TIMEOUT, master.get_async_pubsub())
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)
     }
 
     fn token_key(&self, family: &FamilyId, token: &TokenHash) -> String {
@@ -434,6 +564,7 @@ impl SessionStore for RedisSessionStore {
     ) -> Result<(), StoreError> {
         let fam = self.family_key(family);
         let tok = self.token_key(family, token);
+        let end = self.end_key(family);
         let expires = (now_ms + millis(ttl)).to_string();
         self.run(async |c| {
             redis::pipe()
@@ -451,6 +582,7 @@ impl SessionStore for RedisSessionStore {
                 .pexpire(&fam, millis(ttl) as i64)
                 .hset_multiple(&tok, &[("state", "live"), ("expires", &expires)])
                 .pexpire(&tok, millis(ttl) as i64)
+                .pset_ex(&end, &expires, millis(ttl))
                 .query_async::<()>(c)
                 .await
         })
@@ -463,6 +595,7 @@ impl SessionStore for RedisSessionStore {
             self.family_key(r.family),
             self.token_key(r.family, r.presented),
             self.token_key(r.family, r.successor),
+            self.end_key(r.family),
         ];
         let script = self.rotate.clone();
         let reply: Vec<String> = self
@@ -471,12 +604,15 @@ impl SessionStore for RedisSessionStore {
                     .key(&keys[0])
                     .key(&keys[1])
                     .key(&keys[2])
+                    .key(&keys[3])
                     .arg(r.now_ms)
                     .arg(millis(r.grace))
                     .arg(millis(r.ttl))
                     .arg(hex(r.sealed_successor))
                     .arg(INDEX_SLACK)
                     .arg(r.now_ms + millis(r.ttl))
+                    .arg(&self.channel)
+                    .arg(hex(r.family))
                     .invoke_async(c)
                     .await
             })
@@ -519,7 +655,10 @@ impl SessionStore for RedisSessionStore {
                 self.revoke_with_token
                     .key(&fam)
                     .key(&tok)
+                    .key(self.end_key(family))
                     .arg(self.clock.unix_millis())
+                    .arg(&self.channel)
+                    .arg(hex(family))
                     .invoke_async(c)
                     .await
             })
@@ -539,7 +678,10 @@ impl SessionStore for RedisSessionStore {
                 .run(async |c| {
                     self.revoke_family
                         .key(&fam)
+                        .key(self.end_key(&family))
                         .arg(self.clock.unix_millis())
+                        .arg(&self.channel)
+                        .arg(hex(&family))
                         .invoke_async(c)
                         .await
                 })
@@ -608,6 +750,47 @@ impl SessionStore for RedisSessionStore {
         let now = self.clock.unix_millis();
         Ok(matches!(fields.as_slice(),
             [Some(_), revoked, expires] if revoked.as_deref() != Some("1") && !expired(expires, now)))
+    }
+
+    /// One `MGET` of end keys per [`CHECK_CHUNK`] families; only a family
+    /// whose end key is missing or past is looked up on its own.
+    async fn families_alive(&self, families: &[FamilyId]) -> Result<Vec<bool>, StoreError> {
+        let mut alive = Vec::with_capacity(families.len());
+        for chunk in families.chunks(CHECK_CHUNK) {
+            let keys: Vec<String> = chunk.iter().map(|f| self.end_key(f)).collect();
+            let ends: Vec<Option<String>> = self
+                .run(async |c| redis::cmd("MGET").arg(&keys).query_async(c).await)
+                .await?;
+            let now = self.clock.unix_millis();
+            for (family, end) in chunk.iter().zip(ends) {
+                let live = match end.as_deref() {
+                    Some("revoked") => false,
+                    Some(at) if at.parse::<u64>().is_ok_and(|at| at > now) => true,
+                    // Expired by now, or written by an earlier version
+                    // (which rotates without moving the end key): the
+                    // record decides.
+                    _ => self.sync_end(family).await?,
+                };
+                alive.push(live);
+            }
+        }
+        Ok(alive)
+    }
+
+    async fn revocations(&self) -> Result<Revocations, StoreError> {
+        let mut pubsub = self.pubsub().await?;
+        tokio::time::timeout(OP_TIMEOUT, pubsub.subscribe(&self.channel))
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)?;
+        let families = pubsub.into_on_message().filter_map(|message| {
+            let family = message
+                .get_payload::<String>()
+                .ok()
+                .and_then(|id| unhex::<16>(&id));
+            std::future::ready(family)
+        });
+        Ok(families.boxed())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

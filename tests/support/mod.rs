@@ -5,6 +5,8 @@
 pub mod front;
 pub mod postgres;
 pub mod process;
+pub mod redis;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -482,9 +484,15 @@ pub fn cookie_value(set_cookies: &[String], name: &str) -> Option<String> {
     })
 }
 
-/// Path of the authgate binary built for these tests.
+/// Path of the authgate binary built for these tests, or of the one
+/// `AUTHGATE_BIN` names (to measure another build with the same test).
 pub fn binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_authgate"))
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        std::env::var_os("AUTHGATE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_authgate")))
+    })
 }
 
 /// Signs arbitrary claims with the test secret (for crafted tokens).
