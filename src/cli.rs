@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::auth::password::hash_blocking;
 use crate::config::{Config, SessionsBackend, UsersBackend};
 use crate::gateway::Gateway;
+use crate::observe::audit::{Audit, AuditEvent, Record};
 use crate::users::{self, User, UserStoreError};
 
 #[derive(Debug, Parser)]
@@ -304,7 +305,11 @@ fn spawn_reload_on_hangup(shared: crate::gateway::SharedGateway) {
                     tls.reload_logged();
                 }
             }
-            shared.load().users.reload();
+            let gw = shared.load();
+            gw.users.reload();
+            // logrotate renamed the files: the next lines go to new ones.
+            gw.access_log.reopen();
+            gw.audit.reopen();
         }
     });
 }
@@ -439,6 +444,7 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
         return Ok(ExitCode::SUCCESS);
     }
     let store = users::open(config, false).await?;
+    let audit = Audit::open_for_cli(&config.audit)?;
     if !matches!(command, UsersCommand::List) {
         // Before any password prompt.
         store.writable()?;
@@ -464,10 +470,10 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
             users::validate_user(&user)?;
             let password = read_password(password_stdin, true)?;
             user.password_hash = hash(password).await?;
-            store
-                .add(user)
-                .await
-                .map(|()| println!("added user {username}"))
+            store.add(user).await.map(|()| {
+                audit.record(Record::new(AuditEvent::UserCreated).user(&username));
+                println!("added user {username}");
+            })
         }
         UsersCommand::Passwd {
             username,
@@ -478,15 +484,19 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
             }
             let password = read_password(password_stdin, true)?;
             let hash = hash(password).await?;
-            store
-                .set_password(&username, &hash)
-                .await
-                .map(|()| println!("changed the password of {username}"))
+            store.set_password(&username, &hash).await.map(|()| {
+                audit.record(
+                    Record::new(AuditEvent::UserChanged)
+                        .user(&username)
+                        .reason("password"),
+                );
+                println!("changed the password of {username}");
+            })
         }
-        UsersCommand::Del { username } => store
-            .delete(&username)
-            .await
-            .map(|()| println!("deleted user {username}")),
+        UsersCommand::Del { username } => store.delete(&username).await.map(|()| {
+            audit.record(Record::new(AuditEvent::UserDeleted).user(&username));
+            println!("deleted user {username}");
+        }),
         UsersCommand::List => store.list().await.map(|users| {
             for user in users {
                 println!(
@@ -500,6 +510,7 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
         }),
         UsersCommand::Migrate => unreachable!("handled before the store is opened"),
     };
+    audit.flush();
     result?;
     Ok(ExitCode::SUCCESS)
 }
@@ -532,6 +543,13 @@ async fn sessions_command(config: &Config, command: SessionsCommand) -> anyhow::
         }
         SessionsCommand::Revoke { username } => {
             let n = store.revoke_user(&username).await?;
+            let audit = Audit::open_for_cli(&config.audit)?;
+            audit.record(
+                Record::new(AuditEvent::SessionsRevoked)
+                    .user(&username)
+                    .reason(&format!("{n} session(s)")),
+            );
+            audit.flush();
             println!("revoked {n} session(s) of {username}");
         }
     }

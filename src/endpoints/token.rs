@@ -10,11 +10,12 @@ use serde_json::json;
 
 use super::{read_fields, refresh_cookie, sign_in};
 use crate::auth::authenticate::{AuthOutcome, Via};
-use crate::auth::login::{self, TokenRequest};
+use crate::auth::login::{self, LoginFailure, TokenRequest};
 use crate::auth::redirect::{safe_redirect_to, RedirectHosts};
 use crate::auth::refresh::{RefreshError, TokenPair};
 use crate::auth::Identity;
 use crate::gateway::Gateway;
+use crate::observe::audit::{AuditEvent, Record};
 use crate::observe::metrics;
 use crate::request::RequestContext;
 use crate::response::{self, Body, GatewayError, RequestBody};
@@ -65,7 +66,7 @@ pub async fn token<B: RequestBody>(
     Ok(token_response(gw, &pair, ctx))
 }
 
-/// Runs a password or refresh grant.
+/// Runs a password or refresh grant; each outcome is an audit event.
 async fn grant(
     gw: &Gateway,
     parts: &http::request::Parts,
@@ -74,36 +75,53 @@ async fn grant(
 ) -> Result<TokenPair, GatewayError> {
     let pair = match login::token_request(fields)? {
         TokenRequest::Password { username, password } => {
-            let attempt = gw
-                .throttle
-                .begin(&username, &parts.headers, ctx.peer)
-                .await?;
-            let user = login::check_password(&*gw.users, &gw.passwords, &username, password)
+            let attempt = match gw.throttle.begin(&username, &parts.headers, ctx.peer).await {
+                Ok(attempt) => attempt,
+                Err(error) => {
+                    if let GatewayError::TooManyRequests { .. } = error {
+                        login_failed(gw, parts, ctx, &username, LoginFailure::Throttled);
+                    }
+                    return Err(error);
+                }
+            };
+            let checked = login::check_password(&*gw.users, &gw.passwords, &username, password)
                 .await
                 .map_err(users_unavailable)?;
-            let Some(user) = user else {
-                attempt.failed().await?;
-                metrics::get().login("failure");
-                ctx.auth = AuthOutcome::LoginFailed;
-                tracing::warn!(
-                    event = "login_failed",
-                    user = %username,
-                    peer = %ctx.peer.ip(),
-                    request_id = ctx.request_id.to_str().unwrap_or("-"),
-                );
-                return Err(GatewayError::InvalidGrant {
-                    status: StatusCode::UNAUTHORIZED,
-                    detail: "Incorrect username or password",
-                });
+            let user = match checked {
+                Ok(user) => user,
+                Err(failure) => {
+                    attempt.failed().await?;
+                    metrics::get().login("failure");
+                    ctx.auth = AuthOutcome::LoginFailed;
+                    tracing::warn!(
+                        event = "login_failed",
+                        user = %username,
+                        peer = %ctx.peer.ip(),
+                        request_id = ctx.request_id.to_str().unwrap_or("-"),
+                    );
+                    login_failed(gw, parts, ctx, &username, failure);
+                    return Err(GatewayError::InvalidGrant {
+                        status: StatusCode::UNAUTHORIZED,
+                        detail: "Incorrect username or password",
+                    });
+                }
             };
             attempt.succeeded().await?;
             metrics::get().login("success");
             ctx.user = Some(Arc::new(Identity::named(&user.username)));
             ctx.auth = AuthOutcome::LoggedIn;
-            gw.session_service
+            let pair = gw
+                .session_service
                 .start(user)
                 .await
-                .map_err(|e| refresh_error(gw, e, ctx))?
+                .map_err(|e| refresh_error(gw, parts, e, ctx))?;
+            gw.audit.record(
+                Record::new(AuditEvent::LoginSucceeded)
+                    .user(&pair.user.username)
+                    .session(&pair.family)
+                    .origin(ctx.origin(gw, &parts.headers)),
+            );
+            pair
         }
         TokenRequest::Refresh { refresh_token } => {
             let presented = match refresh_token {
@@ -116,13 +134,36 @@ async fn grant(
                 .session_service
                 .refresh(&presented)
                 .await
-                .map_err(|e| refresh_error(gw, e, ctx))?;
+                .map_err(|e| refresh_error(gw, parts, e, ctx))?;
             ctx.user = Some(Arc::new(Identity::named(&pair.user.username)));
             ctx.auth = AuthOutcome::Authenticated(Via::Refresh);
+            gw.audit.record(
+                Record::new(AuditEvent::TokenRefreshed)
+                    .user(&pair.user.username)
+                    .session(&pair.family)
+                    .reason("explicit")
+                    .origin(ctx.origin(gw, &parts.headers)),
+            );
             pair
         }
     };
     Ok(pair)
+}
+
+/// The `login_failed` audit event; `username` is the one tried.
+fn login_failed(
+    gw: &Gateway,
+    parts: &http::request::Parts,
+    ctx: &RequestContext,
+    username: &str,
+    failure: LoginFailure,
+) {
+    gw.audit.record(
+        Record::new(AuditEvent::LoginFailed)
+            .user(username)
+            .reason(failure.audit_reason())
+            .origin(ctx.origin(gw, &parts.headers)),
+    );
 }
 
 fn users_unavailable(e: UserStoreError) -> GatewayError {
@@ -132,7 +173,12 @@ fn users_unavailable(e: UserStoreError) -> GatewayError {
     }
 }
 
-fn refresh_error(gw: &Gateway, error: RefreshError, ctx: &mut RequestContext) -> GatewayError {
+fn refresh_error(
+    gw: &Gateway,
+    parts: &http::request::Parts,
+    error: RefreshError,
+    ctx: &mut RequestContext,
+) -> GatewayError {
     if error.is_unavailable() {
         return GatewayError::Unavailable(Box::new(error));
     }
@@ -140,6 +186,7 @@ fn refresh_error(gw: &Gateway, error: RefreshError, ctx: &mut RequestContext) ->
         return GatewayError::Internal(Box::new(error));
     }
     tracing::info!(event = "refresh_failed", reason = %error, request_id = ctx.request_id.to_str().unwrap_or("-"));
+    error.audit(&gw.audit, ctx.origin(gw, &parts.headers));
     ctx.auth = AuthOutcome::RefreshFailed;
     ctx.clear_session_cookies(gw);
     GatewayError::InvalidGrant {
