@@ -117,7 +117,10 @@ async fn logins_are_audited_with_who_where_and_why() {
         let failed = events(&gw, "login_failed");
         assert_eq!(failed.len(), i + 1, "{failed:#?}");
         let line = &failed[i];
-        assert_eq!((&line["user"], &line["reason"]), (&username.into(), &reason.into()));
+        assert_eq!(
+            (&line["user"], &line["reason"]),
+            (&username.into(), &reason.into())
+        );
         assert_from_request(line, &refused);
         assert!(line.get("session").is_none());
         bodies.push(refused.text().await.unwrap());
@@ -128,7 +131,11 @@ async fn logins_are_audited_with_who_where_and_why() {
     // any password check.
     let mut throttled = None;
     for _ in 0..5 {
-        let response = grant(&gw, &[("username", "alice"), ("password", "wrong-password-2")]).await;
+        let response = grant(
+            &gw,
+            &[("username", "alice"), ("password", "wrong-password-2")],
+        )
+        .await;
         if response.status() == 429 {
             throttled = Some(response);
             break;
@@ -160,17 +167,26 @@ async fn refreshes_reuse_and_logout_are_audited_with_their_session() {
     // An explicit refresh grant.
     let refreshed = grant(
         &gw,
-        &[("grant_type", "refresh_token"), ("refresh_token", &first.refresh)],
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &first.refresh),
+        ],
     )
     .await;
     assert_eq!(refreshed.status(), 200);
     let headers = refreshed.headers().clone();
     let second = tokens(refreshed).await;
     let line = only(&gw, "token_refreshed");
-    assert_eq!((&line["user"], &line["reason"]), (&"alice".into(), &"explicit".into()));
+    assert_eq!(
+        (&line["user"], &line["reason"]),
+        (&"alice".into(), &"explicit".into())
+    );
     assert_eq!(session_of(&line), session);
     assert_eq!(line["client_ip"], CLIENT_IP);
-    assert_eq!(line["request_id"], headers["x-request-id"].to_str().unwrap());
+    assert_eq!(
+        line["request_id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
 
     // A silent refresh: the access cookie has expired, the refresh cookie
     // renews it behind a proxied request.
@@ -181,7 +197,10 @@ async fn refreshes_reuse_and_logout_are_audited_with_their_session() {
         .header("x-forwarded-for", CLIENT_IP)
         .header(
             "cookie",
-            format!("access_token={}; refresh_token={}", second.access, second.refresh),
+            format!(
+                "access_token={}; refresh_token={}",
+                second.access, second.refresh
+            ),
         )
         .send()
         .await
@@ -199,7 +218,10 @@ async fn refreshes_reuse_and_logout_are_audited_with_their_session() {
     // revoked, once.
     let replay = grant(
         &gw,
-        &[("grant_type", "refresh_token"), ("refresh_token", &first.refresh)],
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &first.refresh),
+        ],
     )
     .await;
     assert_eq!(replay.status(), 400);
@@ -211,7 +233,8 @@ async fn refreshes_reuse_and_logout_are_audited_with_their_session() {
     assert_eq!(events(&gw, "token_refreshed").len(), 2);
 
     // A new session, ended by logout.
-    let again = tokens(grant(&gw, &[("username", "alice"), ("password", "alice-pw-1")]).await).await;
+    let again =
+        tokens(grant(&gw, &[("username", "alice"), ("password", "alice-pw-1")]).await).await;
     let logins = events(&gw, "login_succeeded");
     let new_session = session_of(&logins[1]).to_string();
     assert_ne!(new_session, session);
@@ -233,7 +256,11 @@ async fn refreshes_reuse_and_logout_are_audited_with_their_session() {
     assert_eq!(events(&gw, "logout").len(), 1);
     // The renewed token of the revoked family is refused without an event
     // of its own: the family is already gone.
-    let _ = grant(&gw, &[("grant_type", "refresh_token"), ("refresh_token", &renewed)]).await;
+    let _ = grant(
+        &gw,
+        &[("grant_type", "refresh_token"), ("refresh_token", &renewed)],
+    )
+    .await;
     assert_eq!(events(&gw, "refresh_reuse_detected").len(), 1);
 }
 
@@ -303,26 +330,44 @@ async fn cli_commands_write_to_the_configured_trail_and_events_are_counted() {
     std::fs::write(dir.path().join("users.toml"), users_toml(&users())).unwrap();
     let (port, admin) = (closed_port(), closed_port());
     let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, process_config(port, admin, &redis_prefix("audit-cli"))).unwrap();
+    std::fs::write(
+        &config,
+        process_config(port, admin, &redis_prefix("audit-cli")),
+    )
+    .unwrap();
     let audit = dir.path().join("audit.log");
 
-    let added = run_with_stdin(&config, &["users", "add", "erin", "--password-stdin"], "erin-pw-123\n");
+    let added = run_with_stdin(
+        &config,
+        &["users", "add", "erin", "--password-stdin"],
+        "erin-pw-123\n",
+    );
     assert!(added.status.success(), "{added:?}");
-    let changed = run_with_stdin(&config, &["users", "passwd", "erin", "--password-stdin"], "erin-pw-456\n");
+    let changed = run_with_stdin(
+        &config,
+        &["users", "passwd", "erin", "--password-stdin"],
+        "erin-pw-456\n",
+    );
     assert!(changed.status.success(), "{changed:?}");
     let lines = file_lines(&audit);
     let names: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
     assert_eq!(names, ["user_created", "user_changed"]);
-    assert!(lines.iter().all(|l| l["user"] == "erin" && l.get("client_ip").is_none()));
+    assert!(lines
+        .iter()
+        .all(|l| l["user"] == "erin" && l.get("client_ip").is_none()));
 
     // The gateway: a login, a failed one, then the metric counts each once.
     let mut gw = AuthgateProcess::start(&config, port).await;
     assert_eq!(
-        support::password_grant(gw.url("/token"), "erin", "erin-pw-456").await.status(),
+        support::password_grant(gw.url("/token"), "erin", "erin-pw-456")
+            .await
+            .status(),
         200
     );
     assert_eq!(
-        support::password_grant(gw.url("/token"), "erin", "erin-pw-123").await.status(),
+        support::password_grant(gw.url("/token"), "erin", "erin-pw-123")
+            .await
+            .status(),
         401
     );
     let metrics = client()
