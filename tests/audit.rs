@@ -245,6 +245,7 @@ async fn refreshes_reuse_and_logout_are_audited_with_their_session() {
         .unwrap();
     assert_eq!(logout.status(), 204);
     let line = only(&gw, "logout");
+    assert_eq!(line["user"], "alice");
     assert_eq!(session_of(&line), new_session);
     assert_from_request(&line, &logout);
     // A second logout of the same token ends nothing and says nothing.

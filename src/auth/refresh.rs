@@ -283,14 +283,17 @@ impl SessionService {
         self.pair(user, &successor, at_ms / 1000)
     }
 
-    /// Ends the session of `presented`: its family, or `None` when it was
-    /// not a live one.
-    pub async fn logout(&self, presented: &str) -> Result<Option<FamilyId>, RefreshError> {
+    /// Ends the session of `presented`: its family and user, or `None`
+    /// when it was not a live one.
+    pub async fn logout(
+        &self,
+        presented: &str,
+    ) -> Result<Option<(FamilyId, String)>, RefreshError> {
         let Some(token) = RefreshToken::parse(presented) else {
             return Ok(None);
         };
         let ended = self.store.revoke(token.family(), &token.hash()).await?;
-        Ok(ended.then_some(token.family))
+        Ok(ended.map(|username| (token.family, username)))
     }
 }
 

@@ -29,13 +29,14 @@ pub async fn logout<B: RequestBody>(
             .logout(&token)
             .await
             .map_err(|e| GatewayError::Unavailable(Box::new(e)))?;
-        if let Some(family) = ended {
+        if let Some((family, username)) = ended {
             tracing::info!(
                 event = "logout",
                 request_id = ctx.request_id.to_str().unwrap_or("-")
             );
             gw.audit.record(
                 Record::new(AuditEvent::Logout)
+                    .user(&username)
                     .session(&family)
                     .origin(ctx.origin(gw, &parts.headers)),
             );

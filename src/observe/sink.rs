@@ -35,6 +35,11 @@ struct Pending {
     lines: usize,
     /// The writer thread is writing a batch (what `flush` waits for).
     writing: bool,
+    /// The writer thread waits for lines: a push must wake it. Otherwise
+    /// it finds them after its write, and the push costs no syscall.
+    writer_waiting: bool,
+    /// Threads in [`LineSink::flush`], woken after each batch.
+    flushing: usize,
     reopen: bool,
     closed: bool,
 }
@@ -100,14 +105,12 @@ impl LineSink {
         if pending.lines >= self.shared.limit {
             return Pushed::Dropped;
         }
-        let was_empty = pending.lines == 0;
         format(&mut pending.bytes);
         pending.bytes.push(b'\n');
         pending.lines += 1;
+        let wake = std::mem::take(&mut pending.writer_waiting);
         drop(pending);
-        // The writer only waits on an empty buffer: one wakeup per batch,
-        // not per line.
-        if was_empty {
+        if wake {
             self.shared.changed.notify_all();
         }
         Pushed::Queued
@@ -126,9 +129,12 @@ impl LineSink {
     pub fn flush(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut pending = self.shared.lock();
+        pending.flushing += 1;
+        let mut done = true;
         while pending.lines > 0 || pending.writing || pending.reopen {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return false;
+                done = false;
+                break;
             };
             pending = self
                 .shared
@@ -137,7 +143,8 @@ impl LineSink {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        true
+        pending.flushing -= 1;
+        done
     }
 }
 
@@ -190,11 +197,13 @@ fn write_loop(shared: &Shared, mut out: Output, target: &SinkTarget) {
     loop {
         let mut pending = shared.lock();
         while pending.lines == 0 && !pending.reopen && !pending.closed {
+            pending.writer_waiting = true;
             pending = shared
                 .changed
                 .wait(pending)
                 .unwrap_or_else(|e| e.into_inner());
         }
+        pending.writer_waiting = false;
         let reopen = std::mem::take(&mut pending.reopen);
         let closed = pending.closed;
         batch.clear();
@@ -221,9 +230,14 @@ fn write_loop(shared: &Shared, mut out: Output, target: &SinkTarget) {
         if batch.capacity() > 4 << 20 {
             batch = Vec::new();
         }
-        shared.lock().writing = false;
-        shared.changed.notify_all();
-        if closed && shared.lock().lines == 0 {
+        let mut pending = shared.lock();
+        pending.writing = false;
+        let (flushing, done) = (pending.flushing > 0, closed && pending.lines == 0);
+        drop(pending);
+        if flushing {
+            shared.changed.notify_all();
+        }
+        if done {
             return;
         }
     }
