@@ -228,7 +228,12 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let _pid = pid_file.map(PidFile::write);
     drop(gw);
     spawn_reload_on_hangup(shared.clone());
-    crate::server::serve(shared, listener, crate::server::shutdown_signal()).await?;
+    crate::server::serve(shared.clone(), listener, crate::server::shutdown_signal()).await?;
+    // The log writers gather lines for a moment: the last ones are written
+    // before the process ends.
+    let gw = shared.load();
+    gw.access_log.flush();
+    gw.audit.flush();
     Ok(ExitCode::SUCCESS)
 }
 

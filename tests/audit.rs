@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::process::{run_authgate, AuthgateProcess};
 use support::{
-    client, closed_port, cookie_value, redis_prefix, set_cookies, tokens, user, users_toml,
+    client, cookie_value, redis_prefix, set_cookies, tokens, two_ports, user, users_toml,
     TestGateway, TestUser, Upstream,
 };
 
@@ -329,7 +329,7 @@ fn run_with_stdin(config: &std::path::Path, args: &[&str], stdin: &str) -> std::
 async fn cli_commands_write_to_the_configured_trail_and_events_are_counted() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("users.toml"), users_toml(&users())).unwrap();
-    let (port, admin) = (closed_port(), closed_port());
+    let (port, admin) = two_ports();
     let config = dir.path().join("gateway.toml");
     std::fs::write(
         &config,
@@ -384,6 +384,14 @@ async fn cli_commands_write_to_the_configured_trail_and_events_are_counted() {
         assert!(metrics.contains(&expected), "{expected}\n{metrics}");
     }
 
+    // The gateway's writer gathers lines for up to 50 ms: the CLI's events
+    // come after its own.
+    for _ in 0..100 {
+        if file_lines(&audit).len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let revoked = run_authgate(&config, &["sessions", "revoke", "erin"]);
     assert!(revoked.status.success(), "{revoked:?}");
     let deleted = run_authgate(&config, &["users", "del", "erin"]);

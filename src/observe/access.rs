@@ -87,6 +87,15 @@ impl AccessLog {
         }
     }
 
+    /// Waits (a few seconds at most) until every line so far is written:
+    /// at exit.
+    pub fn flush(&self) -> bool {
+        match self {
+            AccessLog::Lines(sink) => sink.flush(std::time::Duration::from_secs(5)),
+            _ => true,
+        }
+    }
+
     /// SIGHUP: a file target is reopened (logrotate renamed it).
     pub fn reopen(&self) {
         if let AccessLog::Lines(sink) = self {

@@ -596,3 +596,14 @@ pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
+
+/// Two distinct free ports (a listener and its admin listener).
+pub fn two_ports() -> (u16, u16) {
+    let port = closed_port();
+    loop {
+        let other = closed_port();
+        if other != port {
+            return (port, other);
+        }
+    }
+}
