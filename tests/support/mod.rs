@@ -440,6 +440,11 @@ fn longest_base64url_run(line: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// Every test gateway keeps its audit trail beside its config, where
+/// `audit_lines` reads it and the drop checks it for secrets. (A test that
+/// rewrites gateway.toml for a reload keeps it: `[audit]` is restart-only.)
+pub const AUDIT: &str = "\n[audit]\ntarget = \"file\"\npath = \"audit.log\"\n";
+
 fn complete_config(toml: &str) -> String {
     let mut text = toml.to_string();
     if !toml.contains("[jwt]") {
@@ -451,10 +456,8 @@ fn complete_config(toml: &str) -> String {
     if !toml.contains("[cookies]") {
         text.push_str("\n[cookies]\nsecure = false\n");
     }
-    // Every gateway keeps its audit trail beside its config, where
-    // `audit_lines` reads it and the drop checks it for secrets.
     if !toml.contains("[audit]") {
-        text.push_str("\n[audit]\ntarget = \"file\"\npath = \"audit.log\"\n");
+        text.push_str(AUDIT);
     }
     text
 }
