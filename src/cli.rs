@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::auth::password::hash_blocking;
 use crate::config::{Config, SessionsBackend, UsersBackend};
 use crate::gateway::Gateway;
+use crate::observe::audit::{Audit, AuditEvent, Record};
 use crate::users::{self, User, UserStoreError};
 
 #[derive(Debug, Parser)]
@@ -238,7 +239,12 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let _pid = pid_file.map(PidFile::write);
     drop(gw);
     spawn_reload_on_hangup(shared.clone());
-    crate::server::serve(shared, listener, crate::server::shutdown_signal()).await?;
+    crate::server::serve(shared.clone(), listener, crate::server::shutdown_signal()).await?;
+    // The log writers gather lines for a moment: the last ones are written
+    // before the process ends.
+    let gw = shared.load();
+    gw.access_log.flush();
+    gw.audit.flush();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -315,7 +321,11 @@ fn spawn_reload_on_hangup(shared: crate::gateway::SharedGateway) {
                     tls.reload_logged();
                 }
             }
-            shared.load().users.reload();
+            let gw = shared.load();
+            gw.users.reload();
+            // logrotate renamed the files: the next lines go to new ones.
+            gw.access_log.reopen();
+            gw.audit.reopen();
         }
     });
 }
@@ -489,6 +499,7 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
         return totp_command(config, command).await;
     }
     let store = users::open(config).await?;
+    let audit = Audit::open_for_cli(&config.audit)?;
     if !matches!(command, UsersCommand::List) {
         // Before any password prompt.
         store.writable()?;
@@ -514,10 +525,10 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
             users::validate_user(&user)?;
             let password = read_password(password_stdin, true)?;
             user.password_hash = hash(password).await?;
-            store
-                .add(user)
-                .await
-                .map(|()| println!("added user {username}"))
+            store.add(user).await.map(|()| {
+                audit.record(Record::new(AuditEvent::UserCreated).user(&username));
+                println!("added user {username}");
+            })
         }
         UsersCommand::Passwd {
             username,
@@ -528,15 +539,19 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
             }
             let password = read_password(password_stdin, true)?;
             let hash = hash(password).await?;
-            store
-                .set_password(&username, &hash)
-                .await
-                .map(|()| println!("changed the password of {username}"))
+            store.set_password(&username, &hash).await.map(|()| {
+                audit.record(
+                    Record::new(AuditEvent::UserChanged)
+                        .user(&username)
+                        .reason("password"),
+                );
+                println!("changed the password of {username}");
+            })
         }
-        UsersCommand::Del { username } => store
-            .delete(&username)
-            .await
-            .map(|()| println!("deleted user {username}")),
+        UsersCommand::Del { username } => store.delete(&username).await.map(|()| {
+            audit.record(Record::new(AuditEvent::UserDeleted).user(&username));
+            println!("deleted user {username}");
+        }),
         UsersCommand::List => store.list().await.map(|users| {
             for user in users {
                 println!(
@@ -553,6 +568,7 @@ async fn users_command(config: &Config, command: UsersCommand) -> anyhow::Result
             unreachable!("handled before the store is opened")
         }
     };
+    audit.flush();
     result?;
     Ok(ExitCode::SUCCESS)
 }
@@ -569,6 +585,7 @@ async fn totp_command(config: &Config, command: TotpCommand) -> anyhow::Result<E
     }
     let store = users::open(config).await?;
     store.writable()?;
+    let audit = Audit::open_for_cli(&config.audit)?;
     match command {
         TotpCommand::Enroll { username } => {
             let env = &config.users.totp_key_env;
@@ -609,13 +626,16 @@ async fn totp_command(config: &Config, command: TotpCommand) -> anyhow::Result<E
             store
                 .set_totp(&username, Some(&key.seal(&username, &secret)))
                 .await?;
+            audit.record(Record::new(AuditEvent::TotpEnrolled).user(&username));
             println!("enrolled a second factor for {username}");
         }
         TotpCommand::Remove { username } => {
             store.set_totp(&username, None).await?;
+            audit.record(Record::new(AuditEvent::TotpRemoved).user(&username));
             println!("removed the second factor of {username}");
         }
     }
+    audit.flush();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -663,6 +683,13 @@ async fn sessions_command(config: &Config, command: SessionsCommand) -> anyhow::
         }
         SessionsCommand::Revoke { username } => {
             let n = store.revoke_user(&username).await?;
+            let audit = Audit::open_for_cli(&config.audit)?;
+            audit.record(
+                Record::new(AuditEvent::SessionsRevoked)
+                    .user(&username)
+                    .reason(&format!("{n} session(s)")),
+            );
+            audit.flush();
             println!("revoked {n} session(s) of {username}");
         }
     }

@@ -16,6 +16,8 @@ use crate::clock::Clock;
 use crate::config::{Config, ConfigError, Problem, RestartSettings, UsersBackend};
 use crate::cookies::CookieJar;
 use crate::headers::IdentityHeaders;
+use crate::observe::access::AccessLog;
+use crate::observe::audit::{Audit, AuditEvent, Record};
 use crate::routes::RouteTable;
 use crate::sessions::watch::SocketWatch;
 use crate::sessions::{self, SessionStore};
@@ -89,6 +91,13 @@ pub struct Gateway {
     /// Wall-clock time for every expiry decision (see [`crate::clock`]);
     /// the JWT service, session stores and throttle hold clones.
     pub clock: Clock,
+    /// `[server] trusted_proxies`: who the client is, for the audit trail
+    /// (the throttle holds its own copy).
+    pub proxies: TrustedProxies,
+    /// The access log and the audit trail, opened at start and kept by
+    /// reloads (their settings are restart-only).
+    pub access_log: Arc<AccessLog>,
+    pub audit: Arc<Audit>,
 }
 
 /// The gateway as the server sees it: swapped whole on a reload, so every
@@ -281,12 +290,14 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
     let jwks = crate::endpoints::jwks::document(&jwt, assertions.as_ref());
     let jwt = Arc::new(jwt);
     let assertions = assertions.map(Arc::new);
-    let (users, sessions, sockets, own_metrics) = match basis {
+    let (users, sessions, sockets, own_metrics, access_log, audit) = match basis {
         Basis::Running(gw) => (
             gw.users.clone(),
             gw.sessions.clone(),
             gw.sockets.clone(),
             gw.own_metrics.clone(),
+            gw.access_log.clone(),
+            gw.audit.clone(),
         ),
         Basis::Fresh { users, .. } => {
             let users = match users {
@@ -294,11 +305,16 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
                 None => users::open_for_serve(&config, totp.clone()).await?,
             };
             let sessions = sessions::open(&config.sessions, clock.clone()).await?;
+            let access_log = AccessLog::open(&config.access_log)
+                .map_err(|e| anyhow::anyhow!("access_log.path: {e}"))?;
+            let audit = Audit::open(&config.audit, clock.clone())?;
             (
                 users,
                 sessions.clone(),
                 SocketWatch::start(sessions, clock.clone()),
                 crate::observe::metrics::get().route("(gateway)"),
+                Arc::new(access_log),
+                Arc::new(audit),
             )
         }
     };
@@ -333,6 +349,9 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
             TrustedProxies::new(&config.server.trusted_proxies),
         ),
         second_factor: SecondFactor::new(totp, sessions.clone(), clock.clone()),
+        proxies: TrustedProxies::new(&config.server.trusted_proxies),
+        access_log,
+        audit,
         scheme,
         tls,
         own_metrics,
@@ -353,11 +372,26 @@ pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> 
 /// fails validation is refused and the running configuration stays.
 /// Restart-only settings keep their running values; their changed keys are
 /// logged in one line and returned.
+///
+/// Either way the audit trail gets a `config_reloaded` event whose reason
+/// is `ok` or the error.
 pub async fn reload(shared: &SharedGateway) -> anyhow::Result<Vec<&'static str>> {
     let running = shared.load_full();
+    let result = swap(shared, &running).await;
+    let reason = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    running
+        .audit
+        .record(Record::new(AuditEvent::ConfigReloaded).reason(&reason));
+    result
+}
+
+async fn swap(shared: &SharedGateway, running: &Gateway) -> anyhow::Result<Vec<&'static str>> {
     let mut config = Config::load(&running.config.file)?;
     let needs_restart = config.keep_restart_settings(&running.config);
-    let gateway = build(config, Basis::Running(&running)).await?;
+    let gateway = build(config, Basis::Running(running)).await?;
     shared.store(Arc::new(gateway));
     tracing::info!(event = "config_reloaded", "configuration reloaded");
     if !needs_restart.is_empty() {

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue};
 
-use crate::auth::authenticate::{AuthOutcome, Authentication, Authn};
+use crate::auth::authenticate::{AuthOutcome, Authentication, Authn, Via};
 use crate::auth::refresh::TokenPair;
 use crate::auth::Identity;
 use crate::gateway::Gateway;
 use crate::headers;
+use crate::observe::audit::{AuditEvent, Origin, Record};
 use crate::routes::Route;
 
 /// Per-request state, created once and passed to every phase.
@@ -61,10 +62,27 @@ impl RequestContext {
     /// Keeps what an authentication means for the response (its cookies),
     /// the log line and the metrics (its outcome and user), and hands on
     /// who the caller is.
-    pub fn authenticated(&mut self, authentication: Authentication) -> Authn {
+    /// A silent refresh, done or refused for a replayed token, is an
+    /// audit event.
+    pub fn authenticated(
+        &mut self,
+        gw: &Gateway,
+        headers: &HeaderMap,
+        authentication: Authentication,
+    ) -> Authn {
         self.auth = authentication.outcome();
-        if let Authn::Authenticated { identity, .. } = &authentication.authn {
+        if let Authn::Authenticated { identity, via, .. } = &authentication.authn {
             self.user = Some(identity.clone());
+            if *via == Via::Refresh {
+                let mut record = Record::new(AuditEvent::TokenRefreshed)
+                    .user(&identity.sub)
+                    .reason("silent")
+                    .origin(self.origin(gw, headers));
+                if let Some(family) = &identity.session {
+                    record = record.session(family);
+                }
+                gw.audit.record(record);
+            }
         }
         self.set_cookies.extend(authentication.set_cookies);
         if let Some(error) = &authentication.refresh_failure {
@@ -73,8 +91,22 @@ impl RequestContext {
                 request_id = self.request_id.to_str().unwrap_or("-"),
                 reason = %error,
             );
+            error.audit(&gw.audit, self.origin(gw, headers));
         }
         authentication.authn
+    }
+
+    /// Where this request came from, for the audit trail: the client's
+    /// address after `trusted_proxies` (as the login throttle keys it),
+    /// its `User-Agent` and the request id.
+    pub fn origin<'a>(&'a self, gw: &Gateway, headers: &'a HeaderMap) -> Origin<'a> {
+        Origin {
+            client_ip: gw.proxies.client_ip(headers, self.peer.ip()),
+            user_agent: headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+            request_id: self.request_id.to_str().unwrap_or("-"),
+        }
     }
 
     /// Remembers a new token pair for the response's `Set-Cookie`.

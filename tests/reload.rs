@@ -168,7 +168,7 @@ fn public_route(prefix: &str, upstream: &str) -> String {
 /// Rewrites the gateway's file and reloads it as SIGHUP does; returns the
 /// settings that wait for a restart.
 async fn reload_with(gw: &TestGateway, toml: &str) -> Vec<&'static str> {
-    std::fs::write(gw.path("gateway.toml"), toml).unwrap();
+    std::fs::write(gw.path("gateway.toml"), format!("{toml}{}", support::AUDIT)).unwrap();
     authgate::gateway::reload(&gw.gateway).await.unwrap()
 }
 

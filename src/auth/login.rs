@@ -123,23 +123,67 @@ pub fn token_request(mut fields: HashMap<String, String>) -> Result<TokenRequest
     }
 }
 
+/// Why a login was refused, as the audit trail names it. The client never
+/// learns which: unknown, disabled and wrong-password users get one answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFailure {
+    /// The password does not match the user's.
+    BadCredentials,
+    /// No such user: logged as `bad_credentials` too, so the trail does not
+    /// tell which usernames exist either.
+    UnknownUser,
+    /// The user is disabled (and gave the right password).
+    Disabled,
+    /// Right password, no one-time code for a user with a second factor.
+    OtpRequired,
+    /// Right password, wrong or replayed one-time code (TOTP).
+    OtpInvalid,
+    /// The login throttle refused the attempt before any check.
+    Throttled,
+}
+
+impl LoginFailure {
+    /// The `reason` of the `login_failed` audit event.
+    pub fn audit_reason(self) -> &'static str {
+        match self {
+            LoginFailure::BadCredentials | LoginFailure::UnknownUser => "bad_credentials",
+            LoginFailure::Disabled => "disabled",
+            LoginFailure::OtpRequired => "otp_required",
+            LoginFailure::OtpInvalid => "otp_invalid",
+            LoginFailure::Throttled => "throttled",
+        }
+    }
+}
+
 /// Checks a username and password. Unknown, disabled and wrong-password
-/// users are indistinguishable to the caller, in answer and in time.
+/// users are indistinguishable to the caller, in answer and in time (one
+/// bcrypt verification each); only the failure's audit reason differs.
 pub async fn check_password(
     users: &dyn UserStore,
     passwords: &Passwords,
     username: &str,
     password: String,
-) -> Result<Option<User>, UserStoreError> {
+) -> Result<Result<User, LoginFailure>, UserStoreError> {
     let user = users.find(username).await?;
     // bcrypt only reads the first 72 bytes; a hash that is not bcrypt at
-    // all is treated as unknown (and still costs a dummy verification).
+    // all is treated as unknown (and still costs a dummy verification). A
+    // disabled user's own hash is verified, so that `disabled` is logged
+    // only for the right password; the cost is the same either way.
     let hash = user
         .as_ref()
-        .filter(|u| !u.disabled && u.password_hash.starts_with("$2"))
+        .filter(|u| u.password_hash.starts_with("$2"))
         .map(|u| u.password_hash.clone());
     let ok = passwords.verify(password, hash).await;
-    Ok(user.filter(|u| ok && !u.disabled))
+    Ok(match user {
+        None => Err(LoginFailure::UnknownUser),
+        Some(user) if !ok => Err(if user.password_hash.starts_with("$2") {
+            LoginFailure::BadCredentials
+        } else {
+            LoginFailure::UnknownUser
+        }),
+        Some(user) if user.disabled => Err(LoginFailure::Disabled),
+        Some(user) => Ok(user),
+    })
 }
 
 #[cfg(test)]
@@ -206,6 +250,21 @@ mod tests {
             form("username=a&username=b&password=c"),
             Err(GatewayError::InvalidRequest(_))
         ));
+    }
+
+    #[test]
+    fn each_login_failure_has_its_audit_reason() {
+        let reasons = [
+            (LoginFailure::BadCredentials, "bad_credentials"),
+            (LoginFailure::UnknownUser, "bad_credentials"),
+            (LoginFailure::Disabled, "disabled"),
+            (LoginFailure::OtpRequired, "otp_required"),
+            (LoginFailure::OtpInvalid, "otp_invalid"),
+            (LoginFailure::Throttled, "throttled"),
+        ];
+        for (failure, reason) in reasons {
+            assert_eq!(failure.audit_reason(), reason, "{failure:?}");
+        }
     }
 
     #[test]

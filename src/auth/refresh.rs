@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::jwt::JwtService;
 use crate::clock::Clock;
+use crate::observe::audit::{Audit, AuditEvent, Origin, Record};
 use crate::sessions::{
     hex, FamilyId, RotateRequest, Rotation, SealedSuccessor, SessionStore, StoreError, TokenHash,
 };
@@ -139,7 +140,7 @@ pub enum RefreshError {
     #[error("refresh token unknown, expired or revoked")]
     Invalid,
     #[error("retired refresh token replayed; family of {username} revoked")]
-    Reused { username: String },
+    Reused { username: String, family: FamilyId },
     #[error("user {0:?} no longer exists or is disabled")]
     UserGone(String),
     #[error(transparent)]
@@ -159,6 +160,21 @@ impl RefreshError {
             self,
             RefreshError::Store(_) | RefreshError::Users(UserStoreError::Unavailable(_))
         )
+    }
+
+    /// The audit event a refused refresh makes: a replayed retired token
+    /// (its family now revoked) is one; an unknown or expired token is
+    /// not a security event of its own.
+    pub fn audit(&self, audit: &Audit, origin: Origin<'_>) {
+        if let RefreshError::Reused { username, family } = self {
+            audit.record(
+                Record::new(AuditEvent::RefreshReuseDetected)
+                    .user(username)
+                    .session(family)
+                    .reason("family_revoked")
+                    .origin(origin),
+            );
+        }
     }
 
     /// The gateway's own failure (500): the presented token may be fine, so
@@ -248,7 +264,10 @@ impl SessionService {
                     family = %hex(presented.family()),
                     "retired refresh token replayed after the grace period; family revoked"
                 );
-                return Err(RefreshError::Reused { username });
+                return Err(RefreshError::Reused {
+                    username,
+                    family: presented.family,
+                });
             }
             Rotation::Invalid => return Err(RefreshError::Invalid),
         };
@@ -264,12 +283,17 @@ impl SessionService {
         self.pair(user, &successor, at_ms / 1000)
     }
 
-    /// Ends the session of `presented`; `false` when it was not a live one.
-    pub async fn logout(&self, presented: &str) -> Result<bool, RefreshError> {
+    /// Ends the session of `presented`: its family and user, or `None`
+    /// when it was not a live one.
+    pub async fn logout(
+        &self,
+        presented: &str,
+    ) -> Result<Option<(FamilyId, String)>, RefreshError> {
         let Some(token) = RefreshToken::parse(presented) else {
-            return Ok(false);
+            return Ok(None);
         };
-        Ok(self.store.revoke(token.family(), &token.hash()).await?)
+        let ended = self.store.revoke(token.family(), &token.hash()).await?;
+        Ok(ended.map(|username| (token.family, username)))
     }
 }
 

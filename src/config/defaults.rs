@@ -6,7 +6,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{
-    AuthPolicy, HumanDuration, JwtAlgorithm, SameSite, SessionsBackend, TlsVersion, UsersBackend,
+    AccessLogTarget, AuditTarget, AuthPolicy, HumanDuration, JwtAlgorithm, SameSite,
+    SessionsBackend, TlsVersion, UsersBackend,
 };
 
 /// `[server] listen`: loopback only, so a default never exposes anything.
@@ -235,6 +236,29 @@ pub fn path_prefix() -> Spanned<String> {
 }
 pub fn login_redirect() -> bool {
     true
+}
+/// `[access_log] target`: the `authgate::access` tracing event.
+pub fn access_log_target() -> Spanned<AccessLogTarget> {
+    Spanned::new(0..0, AccessLogTarget::Log)
+}
+/// `[audit] target`: the `authgate::audit` tracing event.
+pub fn audit_target() -> Spanned<AuditTarget> {
+    Spanned::new(0..0, AuditTarget::Stderr)
+}
+/// `[access_log] queue`: 16,384 lines (a few MiB) wait for the writer
+/// thread before new ones are dropped.
+pub const ACCESS_LOG_QUEUE: usize = 16 * 1024;
+pub fn access_log_queue() -> Spanned<usize> {
+    Spanned::new(0..0, ACCESS_LOG_QUEUE)
+}
+/// The audit trail's buffer: 65,536 events wait for the writer thread
+/// before one is dropped (and counted, and warned about). Security events
+/// are rare next to requests, so this covers minutes of a stalled disk.
+pub const AUDIT_QUEUE: usize = 64 * 1024;
+/// `[audit] enabled`.
+pub const AUDIT_ENABLED: bool = true;
+pub fn audit_enabled() -> bool {
+    AUDIT_ENABLED
 }
 /// `[server] pid_file`, relative to the config file.
 pub const PID_FILE: &str = "authgate.pid";

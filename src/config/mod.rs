@@ -76,6 +76,30 @@ pub struct Config {
     pub auth: AuthConfig,
     pub admin: AdminConfig,
     pub forward_auth: ForwardAuthConfig,
+    pub access_log: AccessLogConfig,
+    pub audit: AuditConfig,
+}
+
+/// `[access_log]`: where each request's line goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogConfig {
+    /// The `authgate::access` tracing event, filtered by `RUST_LOG`.
+    Log,
+    Off,
+    /// JSON lines through a [`crate::observe::sink::LineSink`] holding at
+    /// most `queue` lines.
+    Lines {
+        target: crate::observe::sink::SinkTarget,
+        queue: usize,
+    },
+}
+
+/// `[audit]`: where the security events go; `None` target when disabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    /// `None`: the `authgate::audit` tracing event on stderr; else a file.
+    pub file: Option<PathBuf>,
 }
 
 /// `[forward_auth]`: whether `/verify` exists, and who may call it.
@@ -492,6 +516,8 @@ impl Validator<'_> {
         let auth = self.auth(raw.auth);
         let admin = self.admin(raw.admin, &server);
         let forward_auth = self.forward_auth(raw.forward_auth);
+        let access_log = self.access_log(raw.access_log, &base_dir);
+        let audit = self.audit(raw.audit, &base_dir);
         Config {
             file: file.to_path_buf(),
             base_dir,
@@ -505,6 +531,76 @@ impl Validator<'_> {
             auth,
             admin,
             forward_auth,
+            access_log,
+            audit,
+        }
+    }
+
+    /// A `path` that must be there with `target = "file"`, and only then.
+    fn log_file(
+        &mut self,
+        table: &str,
+        is_file: bool,
+        target: &Spanned<impl Sized>,
+        path: Option<Spanned<String>>,
+        base_dir: &Path,
+    ) -> Option<PathBuf> {
+        match (is_file, path) {
+            (true, Some(path)) if !path.get_ref().is_empty() => {
+                Some(base_dir.join(path.into_inner()))
+            }
+            (true, _) => {
+                self.fail(
+                    target,
+                    format!("{table}.path"),
+                    "target = \"file\" needs a path (relative to the config file)",
+                );
+                None
+            }
+            (false, Some(path)) => {
+                self.fail(
+                    &path,
+                    format!("{table}.path"),
+                    "a path is only read with target = \"file\"",
+                );
+                None
+            }
+            (false, None) => None,
+        }
+    }
+
+    fn access_log(&mut self, raw: raw::RawAccessLog, base_dir: &Path) -> AccessLogConfig {
+        use crate::observe::sink::SinkTarget;
+        use raw::AccessLogTarget as T;
+        let target = *raw.target.get_ref();
+        let file = self.log_file(
+            "access_log",
+            target == T::File,
+            &raw.target,
+            raw.path,
+            base_dir,
+        );
+        let queue = *raw.queue.get_ref();
+        if queue == 0 {
+            self.fail(&raw.queue, "access_log.queue", "must be at least 1");
+        }
+        let lines = |target| AccessLogConfig::Lines { target, queue };
+        match target {
+            T::Log => AccessLogConfig::Log,
+            T::Off => AccessLogConfig::Off,
+            T::Stdout => lines(SinkTarget::Stdout),
+            T::Stderr => lines(SinkTarget::Stderr),
+            // Without a path the problem is recorded; the value is unused.
+            T::File => file.map_or(AccessLogConfig::Off, |path| lines(SinkTarget::File(path))),
+        }
+    }
+
+    fn audit(&mut self, raw: raw::RawAudit, base_dir: &Path) -> AuditConfig {
+        let is_file = *raw.target.get_ref() == raw::AuditTarget::File;
+        let file = self.log_file("audit", is_file, &raw.target, raw.path, base_dir);
+        AuditConfig {
+            enabled: raw.enabled,
+            file,
         }
     }
 
@@ -1198,6 +1294,46 @@ mod tests {
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.users.path, PathBuf::from("x/users.toml"));
         assert!(config.cookies.secure);
+    }
+
+    #[test]
+    fn access_log_and_audit_default_to_the_process_log() {
+        let config = Config::parse(Path::new("x/gateway.toml"), "").unwrap();
+        assert_eq!(config.access_log, AccessLogConfig::Log);
+        assert_eq!(
+            config.audit,
+            AuditConfig {
+                enabled: true,
+                file: None
+            }
+        );
+        let config = Config::parse(
+            Path::new("x/gateway.toml"),
+            "[access_log]\ntarget = \"file\"\npath = \"a.log\"\nqueue = 10\n\
+             [audit]\ntarget = \"file\"\npath = \"audit.log\"\nenabled = false\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.access_log,
+            AccessLogConfig::Lines {
+                target: crate::observe::sink::SinkTarget::File("x/a.log".into()),
+                queue: 10
+            }
+        );
+        assert_eq!(config.audit.file, Some(PathBuf::from("x/audit.log")));
+        assert!(!config.audit.enabled);
+    }
+
+    #[test]
+    fn a_log_file_target_needs_a_path_and_only_it_takes_one() {
+        let p = problems("[access_log]\ntarget = \"file\"\n");
+        assert_eq!((p[0].key.as_str(), p[0].line), ("access_log.path", Some(2)));
+        let p = problems("[audit]\npath = \"a.log\"\n");
+        assert_eq!((p[0].key.as_str(), p[0].line), ("audit.path", Some(2)));
+        let p = problems("[access_log]\ntarget = \"stdout\"\nqueue = 0\n");
+        assert_eq!(p[0].key, "access_log.queue");
+        let p = problems("[access_log]\ntarget = \"syslog\"\n");
+        assert_eq!(p[0].key, "access_log.target");
     }
 
     #[test]

@@ -37,6 +37,70 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub forward_auth: RawForwardAuth,
+    #[serde(default)]
+    pub access_log: RawAccessLog,
+    #[serde(default)]
+    pub audit: RawAudit,
+}
+
+/// `[access_log]`: where the line of each request goes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    #[serde(default = "d::access_log_target")]
+    pub target: Spanned<AccessLogTarget>,
+    /// With `target = "file"`, relative to the config file.
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    /// Lines buffered before new ones are dropped.
+    #[serde(default = "d::access_log_queue")]
+    pub queue: Spanned<usize>,
+}
+
+impl Default for RawAccessLog {
+    fn default() -> Self {
+        toml::from_str("").expect("access_log defaults")
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogTarget {
+    /// The `authgate::access` tracing event, as before `[access_log]`.
+    #[default]
+    Log,
+    Stdout,
+    Stderr,
+    File,
+    Off,
+}
+
+/// `[audit]`: the security events' own trail.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    #[serde(default = "d::audit_enabled")]
+    pub enabled: bool,
+    #[serde(default = "d::audit_target")]
+    pub target: Spanned<AuditTarget>,
+    /// With `target = "file"`, relative to the config file.
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        toml::from_str("").expect("audit defaults")
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditTarget {
+    /// The `authgate::audit` tracing event, on the process's log (stderr).
+    #[default]
+    Stderr,
+    File,
 }
 
 /// `[forward_auth]`: `/verify` and `/verify/redirect` for a front proxy's

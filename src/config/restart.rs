@@ -1,7 +1,7 @@
 //! The settings a running gateway cannot change: what is bound, opened or
 //! made once at start (listeners, the hyper connection builder, the
 //! connection limit, the runtime, the logger, the session and user stores,
-//! the pid file).
+//! the pid file, the access log and audit trail sinks).
 //!
 //! A reload keeps their running values, all of them, and names the keys
 //! whose new values wait for a restart. Keeping them whole matters: a new
@@ -38,6 +38,8 @@ pub struct RestartSettings {
     /// The user store checks second factors with this key from its start.
     totp_key_env: String,
     postgres: Option<PostgresStore>,
+    access_log: super::AccessLogConfig,
+    audit: super::AuditConfig,
 }
 
 /// What the PostgreSQL user store reads when it opens.
@@ -82,6 +84,8 @@ impl RestartSettings {
                 table: pg.table.clone(),
                 columns: pg.columns.clone(),
             }),
+            access_log: config.access_log.clone(),
+            audit: config.audit.clone(),
         }
     }
 
@@ -108,6 +112,8 @@ impl RestartSettings {
             users_path,
             totp_key_env,
             postgres,
+            access_log,
+            audit,
         } = self;
         let same_sessions_backend = *sessions_backend == other.sessions_backend;
         let same_users_backend = *users_backend == other.users_backend;
@@ -179,6 +185,8 @@ impl RestartSettings {
                 "users.columns",
                 postgres_differs(|a, b| a.columns != b.columns),
             ),
+            ("access_log", *access_log != other.access_log),
+            ("audit", *audit != other.audit),
         ];
         differs
             .into_iter()
@@ -219,6 +227,9 @@ impl Config {
         users.path = running.users.path.clone();
         users.totp_key_env = running.users.totp_key_env.clone();
         users.postgres = running.users.postgres.clone();
+        // The log sinks are opened once: their files and threads stay.
+        self.access_log = running.access_log.clone();
+        self.audit = running.audit.clone();
         debug_assert_eq!(RestartSettings::of(self), RestartSettings::of(running));
         changed
     }
@@ -250,7 +261,8 @@ mod tests {
              [admin]\nlisten = \"127.0.0.1:9901\"\n\
              [sessions]\nbackend = \"redis\"\nredis_url = \"redis://b\"\nsentinel_master = \"m\"\nkey_prefix = \"b:\"\n\
              [users]\nbackend = \"postgres\"\nurl_env = \"B\"\nschema = \"b\"\npool_size = 2\ntable = \"t\"\n\
-             columns = { username = \"login\" }\n",
+             columns = { username = \"login\" }\n\
+             [access_log]\ntarget = \"stdout\"\n[audit]\nenabled = false\n",
         );
         assert_eq!(
             RestartSettings::of(&running).changed_keys(&RestartSettings::of(&new)),
@@ -272,6 +284,8 @@ mod tests {
                 "users.pool_size",
                 "users.table",
                 "users.columns",
+                "access_log",
+                "audit",
             ]
         );
         let other_backends = config("[users]\npath = \"other.toml\"\n");

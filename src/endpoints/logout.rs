@@ -5,6 +5,7 @@ use http::{Method, Request, Response, StatusCode};
 
 use super::{read_fields, refresh_cookie, sign_in};
 use crate::gateway::Gateway;
+use crate::observe::audit::{AuditEvent, Record};
 use crate::request::RequestContext;
 use crate::response::{self, Body, GatewayError, RequestBody};
 
@@ -28,10 +29,16 @@ pub async fn logout<B: RequestBody>(
             .logout(&token)
             .await
             .map_err(|e| GatewayError::Unavailable(Box::new(e)))?;
-        if ended {
+        if let Some((family, username)) = ended {
             tracing::info!(
                 event = "logout",
                 request_id = ctx.request_id.to_str().unwrap_or("-")
+            );
+            gw.audit.record(
+                Record::new(AuditEvent::Logout)
+                    .user(&username)
+                    .session(&family)
+                    .origin(ctx.origin(gw, &parts.headers)),
             );
         }
     }

@@ -10,12 +10,13 @@ use serde_json::json;
 
 use super::{read_fields, refresh_cookie, sign_in};
 use crate::auth::authenticate::{AuthOutcome, Via};
-use crate::auth::login::{self, TokenRequest};
+use crate::auth::login::{self, LoginFailure, TokenRequest};
 use crate::auth::redirect::{safe_redirect_to, RedirectHosts};
 use crate::auth::refresh::{RefreshError, TokenPair};
 use crate::auth::throttle::Attempt;
 use crate::auth::Identity;
 use crate::gateway::Gateway;
+use crate::observe::audit::{AuditEvent, Record};
 use crate::observe::metrics;
 use crate::request::RequestContext;
 use crate::response::{self, Body, GatewayError, RequestBody};
@@ -89,9 +90,9 @@ pub async fn token<B: RequestBody>(
     Ok(token_response(gw, &pair, ctx))
 }
 
-/// Runs a password or refresh grant. When a password was right but the
-/// user's code is still to come, `second_step` receives a sign-in ticket
-/// for the page that asks for it.
+/// Runs a password or refresh grant; each outcome is an audit event.
+/// When a password was right but the user's code is still to come,
+/// `second_step` receives a sign-in ticket for the page that asks for it.
 async fn grant(
     gw: &Gateway,
     parts: &http::request::Parts,
@@ -105,32 +106,33 @@ async fn grant(
             password,
             otp,
         } => {
-            let attempt = gw
-                .throttle
-                .begin(&username, &parts.headers, ctx.peer)
-                .await?;
-            let user = login::check_password(&*gw.users, &gw.passwords, &username, password)
+            let attempt = begin_attempt(gw, parts, ctx, &username).await?;
+            let checked = login::check_password(&*gw.users, &gw.passwords, &username, password)
                 .await
                 .map_err(users_unavailable)?;
-            let Some(user) = user else {
-                attempt.failed().await?;
-                metrics::get().login("failure");
-                ctx.auth = AuthOutcome::LoginFailed;
-                tracing::warn!(
-                    event = "login_failed",
-                    user = %username,
-                    peer = %ctx.peer.ip(),
-                    request_id = ctx.request_id.to_str().unwrap_or("-"),
-                );
-                return Err(GatewayError::InvalidGrant {
-                    status: StatusCode::UNAUTHORIZED,
-                    detail: "Incorrect username or password",
-                });
+            let user = match checked {
+                Ok(user) => user,
+                Err(failure) => {
+                    attempt.failed().await?;
+                    metrics::get().login("failure");
+                    ctx.auth = AuthOutcome::LoginFailed;
+                    tracing::warn!(
+                        event = "login_failed",
+                        user = %username,
+                        peer = %ctx.peer.ip(),
+                        request_id = ctx.request_id.to_str().unwrap_or("-"),
+                    );
+                    login_failed(gw, parts, ctx, &username, failure);
+                    return Err(GatewayError::InvalidGrant {
+                        status: StatusCode::UNAUTHORIZED,
+                        detail: "Incorrect username or password",
+                    });
+                }
             };
             if user.totp.is_some() && otp.is_none() {
                 *second_step = gw.second_factor.ticket(&user);
             }
-            log_in(gw, attempt, user, otp.as_deref(), ctx).await?
+            log_in(gw, parts, attempt, user, otp.as_deref(), ctx).await?
         }
         TokenRequest::Ticket { ticket, otp } => {
             let expired = GatewayError::InvalidGrant {
@@ -140,23 +142,27 @@ async fn grant(
             let Some(ticket) = gw.second_factor.redeem(&ticket) else {
                 return Err(expired);
             };
-            let attempt = gw
-                .throttle
-                .begin(&ticket.username, &parts.headers, ctx.peer)
-                .await?;
+            let attempt = begin_attempt(gw, parts, ctx, &ticket.username).await?;
             // The user as they are now: still there, enabled, same password.
-            let user = gw
+            let found = gw
                 .users
                 .find(&ticket.username)
                 .await
-                .map_err(users_unavailable)?
-                .filter(|user| !user.disabled && ticket.matches(user));
-            let Some(user) = user else {
+                .map_err(users_unavailable)?;
+            let failure = match &found {
+                Some(user) if user.disabled => Some(LoginFailure::Disabled),
+                Some(user) if ticket.matches(user) => None,
+                _ => Some(LoginFailure::BadCredentials),
+            };
+            let (Some(user), None) = (found, failure) else {
                 attempt.failed().await?;
                 ctx.auth = AuthOutcome::LoginFailed;
+                if let Some(failure) = failure {
+                    login_failed(gw, parts, ctx, &ticket.username, failure);
+                }
                 return Err(expired);
             };
-            log_in(gw, attempt, user, otp.as_deref(), ctx).await?
+            log_in(gw, parts, attempt, user, otp.as_deref(), ctx).await?
         }
         TokenRequest::Refresh { refresh_token } => {
             let presented = match refresh_token {
@@ -169,19 +175,45 @@ async fn grant(
                 .session_service
                 .refresh(&presented)
                 .await
-                .map_err(|e| refresh_error(gw, e, ctx))?;
+                .map_err(|e| refresh_error(gw, parts, e, ctx))?;
             ctx.user = Some(Arc::new(Identity::named(&pair.user.username)));
             ctx.auth = AuthOutcome::Authenticated(Via::Refresh);
+            gw.audit.record(
+                Record::new(AuditEvent::TokenRefreshed)
+                    .user(&pair.user.username)
+                    .session(&pair.family)
+                    .reason("explicit")
+                    .origin(ctx.origin(gw, &parts.headers)),
+            );
             pair
         }
     };
     Ok(pair)
 }
 
+/// Counts a login attempt in the throttle; a refused one is audited.
+async fn begin_attempt<'g>(
+    gw: &'g Gateway,
+    parts: &http::request::Parts,
+    ctx: &RequestContext,
+    username: &str,
+) -> Result<Attempt<'g>, GatewayError> {
+    match gw.throttle.begin(username, &parts.headers, ctx.peer).await {
+        Ok(attempt) => Ok(attempt),
+        Err(error) => {
+            if let GatewayError::TooManyRequests { .. } = error {
+                login_failed(gw, parts, ctx, username, LoginFailure::Throttled);
+            }
+            Err(error)
+        }
+    }
+}
+
 /// Finishes a login whose password was right: the second factor (when
 /// the user has one), then the session.
 async fn log_in(
     gw: &Gateway,
+    parts: &http::request::Parts,
     attempt: Attempt<'_>,
     user: User,
     otp: Option<&str>,
@@ -198,6 +230,7 @@ async fn log_in(
                 peer = %ctx.peer.ip(),
                 request_id = ctx.request_id.to_str().unwrap_or("-"),
             );
+            login_failed(gw, parts, ctx, &user.username, LoginFailure::OtpRequired);
             return Err(GatewayError::OtpRequired);
         }
         Err(GatewayError::OtpInvalid) => {
@@ -210,6 +243,7 @@ async fn log_in(
                 peer = %ctx.peer.ip(),
                 request_id = ctx.request_id.to_str().unwrap_or("-"),
             );
+            login_failed(gw, parts, ctx, &user.username, LoginFailure::OtpInvalid);
             return Err(GatewayError::OtpInvalid);
         }
         Err(other) => return Err(other),
@@ -218,10 +252,34 @@ async fn log_in(
     metrics::get().login("success");
     ctx.user = Some(Arc::new(Identity::named(&user.username)));
     ctx.auth = AuthOutcome::LoggedIn;
-    gw.session_service
+    let pair = gw
+        .session_service
         .start(user)
         .await
-        .map_err(|e| refresh_error(gw, e, ctx))
+        .map_err(|e| refresh_error(gw, parts, e, ctx))?;
+    gw.audit.record(
+        Record::new(AuditEvent::LoginSucceeded)
+            .user(&pair.user.username)
+            .session(&pair.family)
+            .origin(ctx.origin(gw, &parts.headers)),
+    );
+    Ok(pair)
+}
+
+/// The `login_failed` audit event; `username` is the one tried.
+fn login_failed(
+    gw: &Gateway,
+    parts: &http::request::Parts,
+    ctx: &RequestContext,
+    username: &str,
+    failure: LoginFailure,
+) {
+    gw.audit.record(
+        Record::new(AuditEvent::LoginFailed)
+            .user(username)
+            .reason(failure.audit_reason())
+            .origin(ctx.origin(gw, &parts.headers)),
+    );
 }
 
 fn users_unavailable(e: UserStoreError) -> GatewayError {
@@ -231,7 +289,12 @@ fn users_unavailable(e: UserStoreError) -> GatewayError {
     }
 }
 
-fn refresh_error(gw: &Gateway, error: RefreshError, ctx: &mut RequestContext) -> GatewayError {
+fn refresh_error(
+    gw: &Gateway,
+    parts: &http::request::Parts,
+    error: RefreshError,
+    ctx: &mut RequestContext,
+) -> GatewayError {
     if error.is_unavailable() {
         return GatewayError::Unavailable(Box::new(error));
     }
@@ -239,6 +302,7 @@ fn refresh_error(gw: &Gateway, error: RefreshError, ctx: &mut RequestContext) ->
         return GatewayError::Internal(Box::new(error));
     }
     tracing::info!(event = "refresh_failed", reason = %error, request_id = ctx.request_id.to_str().unwrap_or("-"));
+    error.audit(&gw.audit, ctx.origin(gw, &parts.headers));
     ctx.auth = AuthOutcome::RefreshFailed;
     ctx.clear_session_cookies(gw);
     GatewayError::InvalidGrant {

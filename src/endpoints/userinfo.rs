@@ -13,7 +13,7 @@ pub async fn userinfo<B: RequestBody>(
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, GatewayError> {
     let authentication = gw.authenticator().authenticate(req.headers()).await?;
-    match ctx.authenticated(authentication) {
+    match ctx.authenticated(gw, req.headers(), authentication) {
         Authn::Authenticated { identity, .. } => {
             let mut claims = identity.extra.clone();
             claims.insert("sub".into(), identity.sub.clone().into());

@@ -176,7 +176,11 @@ pub async fn verify<B>(
             req.headers(),
             Credential::Authentication,
         )?;
-        ctx.authenticated(gw.authenticator().authenticate(req.headers()).await?)
+        ctx.authenticated(
+            gw,
+            req.headers(),
+            gw.authenticator().authenticate(req.headers()).await?,
+        )
     };
     let roles = roles.to_vec();
     ctx.route = route;

@@ -29,6 +29,11 @@ struct Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Event {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Kind {
     kind: &'static str,
 }
@@ -55,6 +60,9 @@ pub struct Metrics {
     upstream_errors: Family<Kind, Counter>,
     pub open_connections: Gauge,
     websocket_revocations: Family<Via, Counter>,
+    access_log_dropped: Counter,
+    audit_events: Family<Event, Counter>,
+    audit_dropped: Counter,
     /// The auth outcome counters, resolved once: a family lookup hashes
     /// its labels under a lock, and this one is bumped on every request.
     auth_counters: Vec<(&'static str, Counter)>,
@@ -124,9 +132,18 @@ impl Metrics {
             upstream_errors:   registered(r, "upstream_errors", "Upstream failures by kind: connect, timeout", Family::default()),
             open_connections:  registered(r, "open_connections", "Open client connections", Gauge::default()),
             websocket_revocations: registered(r, "websocket_revocations", "WebSockets closed because their session ended, by how it was learnt: message, check", Family::default()),
+            access_log_dropped: registered(r, "access_log_dropped", "Access log lines dropped: the writer did not keep up (slow disk, full pipe)", Counter::default()),
+            audit_events:      registered(r, "audit_events", "Audit events recorded, by event", Family::default()),
+            audit_dropped:     registered(r, "audit_dropped", "Audit events dropped: the audit file's writer did not keep up", Counter::default()),
             auth_counters: Vec::new(),
             registry,
         };
+        // Every event counted from zero, as the auth outcomes are.
+        for event in crate::observe::audit::AuditEvent::ALL {
+            metrics.audit_events.get_or_create_owned(&Event {
+                event: event.name(),
+            });
+        }
         metrics.auth_counters = AUTH_OUTCOMES
             .map(|outcome| {
                 let counter = metrics.auth.get_or_create_owned(&Outcome { outcome });
@@ -165,6 +182,18 @@ impl Metrics {
 
     pub fn reuse_detected(&self) {
         self.reuse_detected.inc();
+    }
+
+    pub fn access_log_dropped(&self) {
+        self.access_log_dropped.inc();
+    }
+
+    pub fn audit_event(&self, event: &'static str) {
+        self.audit_events.get_or_create(&Event { event }).inc();
+    }
+
+    pub fn audit_dropped(&self) {
+        self.audit_dropped.inc();
     }
 
     pub fn store_error(&self, kind: &'static str) {
@@ -243,6 +272,12 @@ mod tests {
                 "# TYPE authgate_upstream_errors counter",
                 "# HELP authgate_open_connections Open client connections.",
                 "# TYPE authgate_open_connections gauge",
+                "# HELP authgate_access_log_dropped Access log lines dropped: the writer did not keep up (slow disk, full pipe).",
+                "# TYPE authgate_access_log_dropped counter",
+                "# HELP authgate_audit_events Audit events recorded, by event.",
+                "# TYPE authgate_audit_events counter",
+                "# HELP authgate_audit_dropped Audit events dropped: the audit file's writer did not keep up.",
+                "# TYPE authgate_audit_dropped counter",
                 "# EOF",
             ]
         );

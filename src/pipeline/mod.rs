@@ -56,7 +56,7 @@ pub async fn handle<B: RequestBody>(
 ) -> Response<Body> {
     let mut ctx = RequestContext::new(req.headers(), peer);
     ctx.request_body_unread = respond::sends_http1_body(&req);
-    let logged = respond::access_logged(&req);
+    let logged = respond::access_logged(&gw, &req);
     let response = match process(&gw, req, &mut ctx).await {
         Ok(response) => response,
         Err(error) => respond::error_response(error, &ctx),
@@ -99,7 +99,11 @@ async fn process<B: RequestBody>(
             req.headers(),
             Credential::Authentication,
         )?;
-        ctx.authenticated(gw.authenticator().authenticate(req.headers()).await?)
+        ctx.authenticated(
+            gw,
+            req.headers(),
+            gw.authenticator().authenticate(req.headers()).await?,
+        )
     };
     let lifetime = upgrade.then(|| websocket::Lifetime::of(&authn));
     let permit = match authorize(&route, authn, ctx) {

@@ -7,6 +7,7 @@ use http::{HeaderValue, Method, Request, Response, Uri, Version};
 
 use crate::gateway::Gateway;
 use crate::headers;
+use crate::observe::access::AccessLine;
 use crate::observe::metrics;
 use crate::request::RequestContext;
 use crate::response::{Body, GatewayError};
@@ -24,9 +25,10 @@ pub fn sends_http1_body<B>(req: &Request<B>) -> bool {
 }
 
 /// Method and URI, kept for the log line only when there is one: the
-/// access log is off by default, and the copy would cost every request.
-pub fn access_logged<B>(req: &Request<B>) -> Option<(Method, Uri)> {
-    tracing::enabled!(target: "authgate::access", tracing::Level::INFO)
+/// access log may be off, and the copy would cost every request.
+pub fn access_logged<B>(gw: &Gateway, req: &Request<B>) -> Option<(Method, Uri)> {
+    gw.access_log
+        .enabled()
         .then(|| (req.method().clone(), req.uri().clone()))
 }
 
@@ -60,18 +62,17 @@ pub fn finish(
     let Some((method, uri)) = logged else {
         return response;
     };
-    tracing::info!(
-        target: "authgate::access",
-        method = %method,
-        path = uri.path(),
-        route = ctx.route.as_ref().map_or("-", |r| r.name.as_str()),
-        status = response.status().as_u16(),
-        user = ctx.user.as_ref().map_or("-", |user| user.sub.as_str()),
-        auth = ctx.auth.label(),
-        upstream_ms = ctx.upstream_latency.map(|d| d.as_secs_f64() * 1000.0),
-        total_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
-        request_id = ctx.request_id.to_str().unwrap_or("-"),
-    );
+    gw.access_log.write(&AccessLine {
+        method: &method,
+        uri: &uri,
+        route: ctx.route.as_ref().map_or("-", |r| r.name.as_str()),
+        status: response.status().as_u16(),
+        user: ctx.user.as_ref().map_or("-", |user| user.sub.as_str()),
+        auth: ctx.auth.label(),
+        upstream_ms: ctx.upstream_latency.map(|d| d.as_secs_f64() * 1000.0),
+        total_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+        request_id: ctx.request_id.to_str().unwrap_or("-"),
+    });
     response
 }
 

@@ -183,17 +183,22 @@ impl SessionStore for MemorySessionStore {
         }
     }
 
-    async fn revoke(&self, family: &FamilyId, token: &TokenHash) -> Result<bool, StoreError> {
+    async fn revoke(
+        &self,
+        family: &FamilyId,
+        token: &TokenHash,
+    ) -> Result<Option<String>, StoreError> {
         let mut state = self.lock();
         let now = self.clock.unix_millis();
         match state.family(family, now) {
             Some(f) if f.tokens.get(token).is_some_and(|t| t.expires_ms > now) => {
                 f.revoked = true;
+                let user = f.username.clone();
                 drop(state);
                 self.announce(family);
-                Ok(true)
+                Ok(Some(user))
             }
-            _ => Ok(false),
+            _ => Ok(None),
         }
     }
 

@@ -89,8 +89,13 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
 
     async fn rotate(&self, request: RotateRequest<'_>) -> Result<Rotation, StoreError>;
 
-    /// Revokes the family `token` belongs to; `false` if the token is unknown.
-    async fn revoke(&self, family: &FamilyId, token: &TokenHash) -> Result<bool, StoreError>;
+    /// Revokes the family `token` belongs to: its user, or `None` if the
+    /// token is unknown (or its family no longer live).
+    async fn revoke(
+        &self,
+        family: &FamilyId,
+        token: &TokenHash,
+    ) -> Result<Option<String>, StoreError>;
 
     /// Revokes every family of `username`; returns how many were live.
     async fn revoke_user(&self, username: &str) -> Result<usize, StoreError>;

@@ -119,9 +119,9 @@ local fam = redis.call('HMGET', KEYS[1], 'user', 'revoked', 'expires')
 local tok = redis.call('HMGET', KEYS[2], 'state', 'expires')
 if fam[1] and fam[2] ~= '1' and not expired(fam[3]) and tok[1] and not expired(tok[2]) then
   revoke(KEYS[1], KEYS[3], ARGV[2], ARGV[3])
-  return 1
+  return fam[1]
 end
-return 0
+return false
 "#
 );
 
@@ -647,10 +647,14 @@ impl SessionStore for RedisSessionStore {
         Ok(rotation)
     }
 
-    async fn revoke(&self, family: &FamilyId, token: &TokenHash) -> Result<bool, StoreError> {
+    async fn revoke(
+        &self,
+        family: &FamilyId,
+        token: &TokenHash,
+    ) -> Result<Option<String>, StoreError> {
         let fam = self.family_key(family);
         let tok = self.token_key(family, token);
-        let n: i64 = self
+        let user: Option<String> = self
             .run(async |c| {
                 self.revoke_with_token
                     .key(&fam)
@@ -663,7 +667,7 @@ impl SessionStore for RedisSessionStore {
                     .await
             })
             .await?;
-        Ok(n == 1)
+        Ok(user)
     }
 
     async fn revoke_user(&self, username: &str) -> Result<usize, StoreError> {

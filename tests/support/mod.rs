@@ -281,6 +281,9 @@ pub struct TestGateway {
     pub clock: Clock,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// What must never reach the audit trail: the users' passwords, and
+    /// what a test adds with [`TestGateway::saw_secret`].
+    secrets: Mutex<Vec<String>>,
 }
 
 impl TestGateway {
@@ -295,7 +298,11 @@ impl TestGateway {
 
     pub async fn start_in(dir: tempfile::TempDir, toml: &str, users: &[TestUser]) -> TestGateway {
         std::fs::write(dir.path().join("users.toml"), users_toml(users)).unwrap();
-        Self::start_keeping_users(dir, toml).await
+        let gateway = Self::start_keeping_users(dir, toml).await;
+        for user in users {
+            gateway.saw_secret(user.password.clone());
+        }
+        gateway
     }
 
     /// [`Self::start_in`] with the users file `dir` already holds.
@@ -321,7 +328,23 @@ impl TestGateway {
             clock,
             shutdown: Some(tx),
             task: Some(task),
+            secrets: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Adds a value (a code, a secret) the audit trail must never hold.
+    pub fn saw_secret(&self, secret: impl Into<String>) {
+        self.secrets.lock().unwrap().push(secret.into());
+    }
+
+    /// The audit trail's lines so far (`[audit]` is a file, `audit.log`,
+    /// unless the test's config says otherwise), every one written.
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        assert!(self.gateway.load().audit.flush(), "audit lines unwritten");
+        let text = std::fs::read_to_string(self.path("audit.log")).unwrap_or_default();
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -391,8 +414,62 @@ impl Drop for TestGateway {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        if !std::thread::panicking() {
+            self.check_audit_holds_no_secret();
+        }
     }
 }
+
+impl TestGateway {
+    /// Issue 22: no audit line of any test holds a password, token or
+    /// secret. Checked as each gateway ends, against what it saw: its
+    /// users' passwords, every password any test sent to `/token`, the
+    /// signing secrets, and anything shaped like a token (a JWT, a refresh
+    /// token: a long base64url run).
+    fn check_audit_holds_no_secret(&self) {
+        let gw = self.gateway.load();
+        gw.audit.flush();
+        let Ok(text) = std::fs::read_to_string(self.path("audit.log")) else {
+            return;
+        };
+        let mut secrets = self.secrets.lock().unwrap().clone();
+        secrets.extend(sent_passwords());
+        secrets.extend([SECRET.to_string(), OLD_SECRET.to_string()]);
+        for line in text.lines() {
+            for secret in &secrets {
+                assert!(
+                    secret.is_empty() || !line.contains(secret.as_str()),
+                    "the audit trail holds the secret {secret:?}: {line}"
+                );
+            }
+            assert!(
+                longest_base64url_run(line) < 40,
+                "the audit trail holds something like a token: {line}"
+            );
+        }
+    }
+}
+
+/// Every password sent through [`password_grant`] by this test binary
+/// (six characters or more: shorter ones are too likely to occur in a
+/// line by chance).
+fn sent_passwords() -> Vec<String> {
+    SENT_PASSWORDS.lock().unwrap().clone()
+}
+
+static SENT_PASSWORDS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn longest_base64url_run(line: &str) -> usize {
+    line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .map(str::len)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every test gateway keeps its audit trail beside its config, where
+/// `audit_lines` reads it and the drop checks it for secrets. (A test that
+/// rewrites gateway.toml for a reload keeps it: `[audit]` is restart-only.)
+pub const AUDIT: &str = "\n[audit]\ntarget = \"file\"\npath = \"audit.log\"\n";
 
 fn complete_config(toml: &str) -> String {
     let mut text = toml.to_string();
@@ -406,6 +483,9 @@ fn complete_config(toml: &str) -> String {
     }
     if !toml.contains("[cookies]") {
         text.push_str("\n[cookies]\nsecure = false\n");
+    }
+    if !toml.contains("[audit]") {
+        text.push_str(AUDIT);
     }
     text
 }
@@ -426,6 +506,9 @@ pub async fn password_grant(
     username: &str,
     password: &str,
 ) -> reqwest::Response {
+    if password.len() >= 6 {
+        SENT_PASSWORDS.lock().unwrap().push(password.to_string());
+    }
     client()
         .post(token_url)
         .form(&[("username", username), ("password", password)])
@@ -549,4 +632,15 @@ pub fn status_of(raw_response: &str) -> u16 {
 pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// Two distinct free ports (a listener and its admin listener).
+pub fn two_ports() -> (u16, u16) {
+    let port = closed_port();
+    loop {
+        let other = closed_port();
+        if other != port {
+            return (port, other);
+        }
+    }
 }
