@@ -146,8 +146,9 @@ fn enrolled_dir() -> (tempfile::TempDir, Secret, String) {
     std::fs::write(
         dir.path().join("gateway.toml"),
         format!(
-            "{USERS}\n[jwt]\nsecret_env = \"{}\"\n[cookies]\nsecure = false\n",
-            support::SECRET_ENV
+            "{USERS}\n[jwt]\nsecret_env = \"{}\"\n[cookies]\nsecure = false\n{}",
+            support::SECRET_ENV,
+            support::AUDIT
         ),
     )
     .unwrap();
@@ -231,6 +232,45 @@ async fn enroll_through_the_cli_then_log_in_with_a_code() {
     assert_eq!(gw.userinfo(&refreshed.access).await["sub"], "alice");
     // bob has no second factor: as before.
     support::tokens(gw.password_grant("bob", "bob-pw").await).await;
+
+    // The audit trail (the CLI and the gateway share the folder's
+    // audit.log): each event once, by the action that caused it, and no
+    // code or secret in it.
+    gw.saw_secret(secret.base32());
+    for offset in -1..=1 {
+        gw.saw_secret(code(&secret, step.wrapping_add_signed(offset)));
+    }
+    let remove = run_authgate(
+        &gw.path("gateway.toml"),
+        &["users", "totp", "remove", "alice"],
+    );
+    assert!(remove.status.success(), "{remove:?}");
+    let lines = gw.audit_lines();
+    let of = |event: &str, reason: Option<&str>| -> Vec<&Value> {
+        lines
+            .iter()
+            .filter(|l| l["event"] == event && reason.is_none_or(|r| l["reason"] == r))
+            .collect()
+    };
+    for (event, reason, count) in [
+        ("totp_enrolled", None, 1),
+        ("login_failed", Some("otp_required"), 1),
+        ("login_failed", Some("otp_invalid"), 2),
+        ("login_failed", Some("bad_credentials"), 3),
+        ("login_succeeded", None, 2),
+        ("token_refreshed", Some("explicit"), 1),
+        ("totp_removed", None, 1),
+    ] {
+        let found = of(event, reason);
+        assert_eq!(found.len(), count, "{event} {reason:?}: {lines:#?}");
+    }
+    for event in ["totp_enrolled", "totp_removed"] {
+        assert_eq!(of(event, None)[0]["user"], "alice");
+    }
+    for line in of("login_failed", None) {
+        let user = &line["user"];
+        assert!(user == "alice" || user == "bob", "{line}");
+    }
 }
 
 #[tokio::test]
