@@ -134,6 +134,9 @@ drain_status=0
 wait "${PID[authgate1]}" || drain_status=$?
 drained=$(awk "BEGIN{print $(date +%s.%N) - $term_at}")
 unset 'PID[authgate1]'
+# What the orchestrator does next: the front forgets the stopped instance.
+nginx_conf "$P_AG2" >"$WORK/nginx/nginx.conf"
+kill -HUP "${PID[nginx]}"
 phase drain-after ok -
 
 wait "$LOAD_PID" && load_status=0 || load_status=$?

@@ -10,7 +10,9 @@
 //!   some with three parallel requests on one session; every accepted
 //!   refresh is recorded, and two different successors accepted for one
 //!   refresh token are a fork;
-//! - logins with right and wrong passwords, and logouts.
+//! - logins with right and wrong passwords, and logouts;
+//! - four slow requests (the upstream takes 500 ms) always in flight, which
+//!   an instance told to drain must finish.
 //!
 //! The script tells it the phases: each line appended to `--phases` is
 //! `NAME fault|ok DEPENDENCY` (`-` for none). A `fault` line opens a fault
@@ -120,12 +122,17 @@ struct WsArgs {
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Scheduling room on top of `[sessions] timeout` for the hung-Redis 503.
 const HANG_SLACK: Duration = Duration::from_millis(250);
+/// How long the upstream takes over `/slow/...`.
+const SLOW_UPSTREAM: Duration = Duration::from_millis(500);
 /// Lineage records older than this are dropped (far past `reuse_grace`).
 const LINEAGE_KEEP: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     BearerValid,
+    /// A valid Bearer GET the upstream answers slowly: judged, left out
+    /// of the latencies.
+    Slow,
     BearerExpired,
     BearerTampered,
     BearerForeign,
@@ -276,10 +283,9 @@ impl Ctx {
             .iter()
             .rposition(|p| p.started.is_some_and(|s| s <= started))
             .unwrap_or(0);
+        let latency = (kind != Kind::Slow).then_some(answer.took.as_micros() as u32);
         state.interval_requests += 1;
-        state
-            .interval_latencies_us
-            .push(answer.took.as_micros() as u32);
+        state.interval_latencies_us.extend(latency);
         let phase = &mut state.phases[phase_index];
         let label = match (answer.status, answer.hung) {
             (Some(s), _) => s.as_u16().to_string(),
@@ -287,7 +293,7 @@ impl Ctx {
             (None, false) => "error".to_string(),
         };
         *phase.statuses.entry(label.clone()).or_default() += 1;
-        phase.latencies_us.push(answer.took.as_micros() as u32);
+        phase.latencies_us.extend(latency);
         let status = answer.status.map(|s| s.as_u16()).unwrap_or(0);
         let ok = (200..300).contains(&status);
         let mut wrong = None;
@@ -406,6 +412,22 @@ fn every(base_ms: f64, rate: f64) -> tokio::time::Interval {
         tokio::time::interval(Duration::from_micros((base_ms * 1000.0 / rate) as u64));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval
+}
+
+/// Always one slow request in flight: a drain must let it finish.
+async fn slow_worker(ctx: Arc<Ctx>, n: usize) {
+    for i in 0usize.. {
+        let user = format!("user{}", (i + n) % ctx.args.users);
+        let token = mint(&ctx.secret, &user, unix_now() + 2);
+        let request = ctx
+            .get(&format!("/slow/{i}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let started = Instant::now();
+        let answer = ctx.send(request).await;
+        ctx.record(Kind::Slow, started, &answer, &["upstream"]);
+    }
 }
 
 async fn bearer_worker(ctx: Arc<Ctx>, n: usize) {
@@ -722,7 +744,7 @@ fn report(state: &mut State, args: &LoadArgs) -> (String, Vec<String>) {
             phase.name,
             seconds,
             window,
-            phase.latencies_us.len(),
+            phase.statuses.values().sum::<u64>(),
             statuses,
             percentile(&phase.latencies_us, 0.5),
             percentile(&phase.latencies_us, 0.99),
@@ -807,6 +829,7 @@ async fn run_load(args: LoadArgs) -> i32 {
     for n in 0..4 {
         tasks.spawn(bearer_worker(ctx.clone(), n));
         tasks.spawn(cookie_worker(ctx.clone()));
+        tasks.spawn(slow_worker(ctx.clone(), n));
     }
     tokio::time::sleep(args.duration).await;
     tasks.abort_all();
@@ -852,7 +875,11 @@ async fn redis_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .sum()
 }
 
-async fn open_socket(host: &str, access: &str, refresh: &str) -> Option<tokio::net::TcpStream> {
+/// A socket that authgate answered 101, and the session's cookies when
+/// the handshake refreshed them.
+type Opened = (tokio::net::TcpStream, Option<(String, String)>);
+
+async fn open_socket(host: &str, access: &str, refresh: &str) -> Option<Opened> {
     let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
     let request = format!(
         "GET /ws HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -868,7 +895,20 @@ async fn open_socket(host: &str, access: &str, refresh: &str) -> Option<tokio::n
         }
         head.push(byte[0]);
     }
-    head.starts_with(b"HTTP/1.1 101").then_some(stream)
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return None;
+    }
+    let head = String::from_utf8_lossy(&head);
+    let set: Vec<String> = head
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("set-cookie")
+                .then(|| value.trim().to_string())
+        })
+        .collect();
+    let renewed = cookie_value(&set, "access_token").zip(cookie_value(&set, "refresh_token"));
+    Some((stream, renewed))
 }
 
 async fn run_websockets(args: WsArgs) -> i32 {
@@ -906,13 +946,22 @@ async fn run_websockets(args: WsArgs) -> i32 {
     for chunk in (0..args.count).collect::<Vec<_>>().chunks(200) {
         let mut set = tokio::task::JoinSet::new();
         for &i in chunk {
-            let (a, r) = sessions[i % sessions.len()].clone();
+            let index = i % sessions.len();
+            let (a, r) = sessions[index].clone();
             let host = host.clone();
-            set.spawn(async move { open_socket(&host, &a, &r).await });
+            set.spawn(async move { (index, open_socket(&host, &a, &r).await) });
         }
-        for opened in set.join_all().await {
+        // A handshake on an expired access cookie refreshed the session:
+        // the next ones carry the successor (one refresh token is never
+        // presented past the grace).
+        for (index, opened) in set.join_all().await {
             match opened {
-                Some(s) => sockets.push(s),
+                Some((socket, renewed)) => {
+                    sockets.push(socket);
+                    if let Some(cookies) = renewed {
+                        sessions[index] = cookies;
+                    }
+                }
                 None => failed += 1,
             }
         }
@@ -982,6 +1031,10 @@ async fn upstream(addr: String) -> std::io::Result<()> {
                             .body(Empty::<Bytes>::new())
                             .expect("response"),
                     );
+                }
+                if req.uri().path().starts_with("/slow/") {
+                    // Requests in flight when an instance is told to drain.
+                    tokio::time::sleep(SLOW_UPSTREAM).await;
                 }
                 Ok(Response::new(Empty::<Bytes>::new()))
             });

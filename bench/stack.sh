@@ -33,11 +33,14 @@ need_tools() {
   fi
 }
 
+# CHAOS_PROFILE=debug: a quicker build, for trying the scripts out.
 build() {
-  log "building authgate and the load driver (release)"
-  (cd "$ROOT" && nice -n 19 cargo build --release --quiet --bin authgate --example bench-chaos-load)
-  AUTHGATE=$ROOT/target/release/authgate
-  LOAD=$ROOT/target/release/examples/bench-chaos-load
+  local profile=${CHAOS_PROFILE:-release} flag=--release
+  [[ $profile == debug ]] && flag=
+  log "building authgate and the load driver ($profile)"
+  (cd "$ROOT" && nice -n 19 cargo build $flag --quiet --bin authgate --example bench-chaos-load)
+  AUTHGATE=$ROOT/target/$profile/authgate
+  LOAD=$ROOT/target/$profile/examples/bench-chaos-load
 }
 
 WORK=$(mktemp -d "/tmp/authgate-$NAME.XXXXXX")
