@@ -416,7 +416,10 @@ fn every(base_ms: f64, rate: f64) -> tokio::time::Interval {
 
 /// Always one slow request in flight: a drain must let it finish.
 async fn slow_worker(ctx: Arc<Ctx>, n: usize) {
+    // Paced too: with the upstream down the answers come at once.
+    let mut tick = every(50.0, ctx.args.rate);
     for i in 0usize.. {
+        tick.tick().await;
         let user = format!("user{}", (i + n) % ctx.args.users);
         let token = mint(&ctx.secret, &user, unix_now() + 2);
         let request = ctx

@@ -196,3 +196,100 @@ async fn a_zero_session_timeout_is_refused() {
     assert!(error.contains("sessions.timeout"), "{error}");
     assert!(error.contains("line 4"), "{error}");
 }
+
+/// Reads one response head and its `content-length` body from a
+/// keep-alive connection.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before a whole response: {text}");
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Whether the peer closes the connection within `within`.
+async fn closes_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// What lets a front proxy move keep-alive traffic off an instance told to
+/// drain (the chaos run's SIGTERM): a request in flight finishes and its
+/// answer says `Connection: close`; an idle keep-alive connection is
+/// closed at once, not after `shutdown_grace`, so the front does not send
+/// it the next request.
+#[tokio::test]
+async fn a_draining_instance_tells_keep_alive_clients_to_move() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start("app").await;
+    let mut gw = TestGateway::start(
+        &format!(
+            "[server]\nshutdown_grace = \"30s\"\n\n[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\nauth = \"public\"\n",
+            up.url()
+        ),
+        &[],
+    )
+    .await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: gw.test\r\n\r\n");
+    let mut idle = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(get("/warm").as_bytes()).await.unwrap();
+    let warm = read_response(&mut idle).await;
+    assert!(warm.starts_with("HTTP/1.1 200"), "{warm}");
+    assert!(
+        !warm.to_ascii_lowercase().contains("connection: close"),
+        "{warm}"
+    );
+
+    let mut busy = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    busy.write_all(get("/slow/600").as_bytes()).await.unwrap();
+    for _ in 0..200 {
+        if up.count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    let server = gw.begin_shutdown();
+
+    assert!(
+        closes_within(&mut idle, Duration::from_secs(2)).await,
+        "the idle keep-alive connection was left open"
+    );
+    let answer = read_response(&mut busy).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "the in-flight answer did not say connection: close: {answer}"
+    );
+    assert!(closes_within(&mut busy, Duration::from_secs(2)).await);
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("drained long before shutdown_grace")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
