@@ -10,7 +10,9 @@
 #   bench/chaos.sh                          # 90 s of load, ~2 min with the build
 #   CHAOS_KEEP=1 bench/chaos.sh             # keep the work folder (logs, configs)
 #
-# Environment: CHAOS_DURATION (90, seconds), CHAOS_CLIENT_CPU (1: the
+# Environment: CHAOS_DURATION (90, seconds), CHAOS_PAUSE (3: seconds Redis
+# stays paused; longer than [sessions] reuse_grace shows what a long hang
+# does, see docs/reliability.md), CHAOS_CLIENT_CPU (1: the
 # core the load is pinned to), CHAOS_SESSION_TIMEOUT ([sessions] timeout,
 # 2s), CHAOS_OUT (bench/results/chaos-latest.md), CHAOS_KEEP=1.
 # Everything runs on loopback on free ports; whatever it starts is stopped
@@ -21,6 +23,7 @@ set -euo pipefail
 NAME=chaos
 source "$(dirname "$0")/stack.sh"
 DURATION=${CHAOS_DURATION:-90}
+PAUSE=${CHAOS_PAUSE:-3}
 OUT=${CHAOS_OUT:-$ROOT/bench/results/chaos-latest.md}
 P_FRONT=$(free_port)
 P_AG1=$(free_port) P_ADM1=$(free_port)
@@ -99,7 +102,7 @@ phase redis-kill-after ok redis
 sleep 8
 phase redis-pause fault redis
 kill -STOP "${PID[redis]}"
-sleep 3
+sleep "$PAUSE"
 kill -CONT "${PID[redis]}"
 phase redis-pause-after ok redis
 

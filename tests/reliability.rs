@@ -293,3 +293,51 @@ async fn a_draining_instance_tells_keep_alive_clients_to_move() {
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// The soak run's finding: under a steady flow of short-lived tokens the
+/// verified-token cache kept every expired one until it was full (64 Ki
+/// entries, ~50 MB), so RSS grew for minutes. Expired entries now leave
+/// within [`SWEEP_SECS`] of their `exp`.
+#[tokio::test]
+async fn expired_tokens_leave_the_cache_under_steady_traffic() {
+    use authgate::auth::token_cache::SWEEP_SECS;
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(
+        &format!(
+            "[[routes]]\nprefix = \"/\"\nupstream = \"{}\"\nauth = \"required\"\n\n[jwt]\nsecret_env = \"{}\"\naccess_ttl = \"60s\"\n",
+            up.url(),
+            support::SECRET_ENV
+        ),
+        &[],
+    )
+    .await;
+    let cached = || gw.gateway.load().jwt.cached_tokens();
+    let send = |round: &'static str, count: usize| {
+        let gw = &gw;
+        async move {
+            let now = gw.clock.unix_secs();
+            for i in 0..count {
+                let token = support::sign_hs256(
+                    &serde_json::json!({
+                        "sub": format!("{round}{i}"), "iss": "authgate", "jti": format!("{round}{i}"),
+                        "iat": now, "nbf": now, "exp": now + 30,
+                    }),
+                    support::SECRET,
+                );
+                let response = client()
+                    .get(gw.url("/x"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        }
+    };
+    send("first", 300).await;
+    assert_eq!(cached(), 300);
+    // Far below the cache's bound; every token has expired.
+    gw.clock.advance(Duration::from_secs(30 + SWEEP_SECS));
+    send("second", 200).await;
+    assert_eq!(cached(), 200, "expired tokens stayed in the cache");
+}
