@@ -882,24 +882,32 @@ async fn redis_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
 /// the handshake refreshed them.
 type Opened = (tokio::net::TcpStream, Option<(String, String)>);
 
-async fn open_socket(host: &str, access: &str, refresh: &str) -> Option<Opened> {
-    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+/// The socket, or why it was not opened (the status line, or what failed).
+async fn open_socket(host: &str, access: &str, refresh: &str) -> Result<Opened, String> {
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .map_err(|e| format!("connect: {}", e.kind()))?;
     let request = format!(
         "GET /ws HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Cookie: access_token={access}; refresh_token={refresh}\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).await.ok()?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write: {}", e.kind()))?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).await.ok()? == 0 {
-            return None;
+        match stream.read(&mut byte).await {
+            Ok(0) => return Err("closed before an answer".into()),
+            Ok(_) => head.push(byte[0]),
+            Err(e) => return Err(format!("read: {}", e.kind())),
         }
-        head.push(byte[0]);
     }
     if !head.starts_with(b"HTTP/1.1 101") {
-        return None;
+        let status = String::from_utf8_lossy(&head);
+        return Err(status.lines().next().unwrap_or_default().to_string());
     }
     let head = String::from_utf8_lossy(&head);
     let set: Vec<String> = head
@@ -911,7 +919,7 @@ async fn open_socket(host: &str, access: &str, refresh: &str) -> Option<Opened> 
         })
         .collect();
     let renewed = cookie_value(&set, "access_token").zip(cookie_value(&set, "refresh_token"));
-    Some((stream, renewed))
+    Ok((stream, renewed))
 }
 
 async fn run_websockets(args: WsArgs) -> i32 {
@@ -946,6 +954,7 @@ async fn run_websockets(args: WsArgs) -> i32 {
     let opened_at = Instant::now();
     let mut sockets = Vec::with_capacity(args.count);
     let mut failed = 0;
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for chunk in (0..args.count).collect::<Vec<_>>().chunks(200) {
         let mut set = tokio::task::JoinSet::new();
         for &i in chunk {
@@ -959,13 +968,16 @@ async fn run_websockets(args: WsArgs) -> i32 {
         // presented past the grace).
         for (index, opened) in set.join_all().await {
             match opened {
-                Some((socket, renewed)) => {
+                Ok((socket, renewed)) => {
                     sockets.push(socket);
                     if let Some(cookies) = renewed {
                         sessions[index] = cookies;
                     }
                 }
-                None => failed += 1,
+                Err(why) => {
+                    failed += 1;
+                    *reasons.entry(why).or_default() += 1;
+                }
             }
         }
     }
@@ -999,6 +1011,10 @@ async fn run_websockets(args: WsArgs) -> i32 {
         sockets.len(),
         args.window.as_secs_f64() + 5.0,
     );
+    let mut text = text;
+    for (why, n) in &reasons {
+        let _ = writeln!(text, "\nNot opened: {n} × {why}");
+    }
     print!("{text}");
     if let Some(out) = &args.out {
         std::fs::write(out, &text).expect("writing the table");
