@@ -351,6 +351,12 @@ impl JwtService {
         &self.clock
     }
 
+    /// How many verified tokens are remembered now (their memory is most
+    /// of what grows with traffic).
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.len()
+    }
+
     /// Verifies a token, or finds it among those verified before (see
     /// [`TokenCache`]); only a success is remembered.
     pub fn verify(&self, token: &str) -> Result<Arc<Identity>, TokenRefusal> {

@@ -79,6 +79,10 @@ pub const KEY_PREFIX: &str = "authgate:";
 /// `[sessions] reuse_grace`: 10 s during which a just-rotated refresh token
 /// still yields its successor (parallel browser requests).
 pub const REUSE_GRACE: Duration = Duration::from_secs(10);
+/// `[sessions] timeout`: 2 s, the longest one Redis operation may take
+/// before the request it serves gets 503 (a hung Redis must not hang
+/// clients).
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(2);
 /// Tokens larger than this are refused before any parsing: 8 KiB.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// `[auth.throttle] max_failures`: failed logins for one username within
@@ -218,6 +222,10 @@ pub fn key_prefix() -> String {
 }
 pub fn reuse_grace() -> HumanDuration {
     HumanDuration(REUSE_GRACE)
+}
+
+pub fn session_timeout() -> Spanned<HumanDuration> {
+    spanned(HumanDuration(SESSION_TIMEOUT))
 }
 pub fn throttle_max_failures() -> u64 {
     THROTTLE_MAX_FAILURES

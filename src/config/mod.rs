@@ -318,6 +318,8 @@ pub struct SessionsConfig {
     pub sentinel_master: Option<String>,
     pub key_prefix: String,
     pub reuse_grace: Duration,
+    /// Bound on each Redis operation; past it the request gets 503.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1197,12 +1199,20 @@ impl Validator<'_> {
             }
             _ => {}
         }
+        if raw.timeout.get_ref().0.is_zero() {
+            self.fail(
+                &raw.timeout,
+                "sessions.timeout",
+                "must be longer than zero, e.g. \"2s\"",
+            );
+        }
         SessionsConfig {
             backend,
             redis_url,
             sentinel_master: raw.sentinel_master,
             key_prefix: raw.key_prefix,
             reuse_grace: raw.reuse_grace.0,
+            timeout: raw.timeout.into_inner().0,
         }
     }
 

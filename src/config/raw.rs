@@ -441,6 +441,8 @@ pub struct RawSessions {
     pub key_prefix: String,
     #[serde(default = "d::reuse_grace")]
     pub reuse_grace: HumanDuration,
+    #[serde(default = "d::session_timeout")]
+    pub timeout: Spanned<HumanDuration>,
 }
 
 impl Default for RawSessions {

@@ -33,6 +33,7 @@ pub struct RestartSettings {
     redis_url: Option<String>,
     sentinel_master: Option<String>,
     key_prefix: Option<String>,
+    session_timeout: Option<std::time::Duration>,
     users_backend: UsersBackend,
     users_path: Option<PathBuf>,
     /// The user store checks second factors with this key from its start.
@@ -74,6 +75,7 @@ impl RestartSettings {
             redis_url: sessions.redis_url.clone().filter(|_| redis),
             sentinel_master: sessions.sentinel_master.clone().filter(|_| redis),
             key_prefix: redis.then(|| sessions.key_prefix.clone()),
+            session_timeout: redis.then_some(sessions.timeout),
             users_backend: users.backend,
             users_path: (users.backend == UsersBackend::File).then(|| users.path.clone()),
             totp_key_env: users.totp_key_env.value.clone(),
@@ -108,6 +110,7 @@ impl RestartSettings {
             redis_url,
             sentinel_master,
             key_prefix,
+            session_timeout,
             users_backend,
             users_path,
             totp_key_env,
@@ -161,6 +164,10 @@ impl RestartSettings {
             (
                 "sessions.key_prefix",
                 same_sessions_backend && *key_prefix != other.key_prefix,
+            ),
+            (
+                "sessions.timeout",
+                same_sessions_backend && *session_timeout != other.session_timeout,
             ),
             ("users.backend", !same_users_backend),
             (

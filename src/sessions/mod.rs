@@ -167,11 +167,12 @@ pub async fn open(config: &SessionsConfig, clock: Clock) -> anyhow::Result<Arc<d
     Ok(match config.backend {
         SessionsBackend::Memory => Arc::new(memory::MemorySessionStore::new(clock)),
         SessionsBackend::Redis => Arc::new(
-            redis::RedisSessionStore::new(
+            redis::RedisSessionStore::with_timeout(
                 config.redis_url.as_deref().expect("validated at load"),
                 &config.key_prefix,
                 config.sentinel_master.as_deref(),
                 clock,
+                config.timeout,
             )
             .await?,
         ),

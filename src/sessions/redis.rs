@@ -44,9 +44,7 @@ use super::{
     RotateRequest, Rotation, SessionStore, StoreError, TokenHash,
 };
 use crate::clock::Clock;
-
-/// Upper bound on one store operation; past it the request is refused (503).
-const OP_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::config::defaults::SESSION_TIMEOUT;
 
 /// Whether an `expires` field read in a script has passed at `now`
 /// (a script's local); an absent one leaves the decision to the TTL.
@@ -256,10 +254,10 @@ struct SentinelTarget {
     master: Mutex<Option<ConnectionManager>>,
 }
 
-fn manager_config() -> ConnectionManagerConfig {
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(OP_TIMEOUT))
-        .set_response_timeout(Some(OP_TIMEOUT))
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500))
 }
@@ -273,6 +271,8 @@ pub struct RedisSessionStore {
     target: Target,
     prefix: String,
     clock: Clock,
+    /// `[sessions] timeout`: the bound on one operation, connecting included.
+    timeout: Duration,
     rotate: Arc<Script>,
     revoke_with_token: Script,
     revoke_family: Script,
@@ -312,6 +312,19 @@ impl RedisSessionStore {
         sentinel_master: Option<&str>,
         clock: Clock,
     ) -> anyhow::Result<RedisSessionStore> {
+        Self::with_timeout(url, prefix, sentinel_master, clock, SESSION_TIMEOUT).await
+    }
+
+    /// [`RedisSessionStore::new`] with `[sessions] timeout` as the bound on
+    /// each operation: past it (a hung Redis, not only a refusing one) the
+    /// operation fails and the request gets 503.
+    pub async fn with_timeout(
+        url: &str,
+        prefix: &str,
+        sentinel_master: Option<&str>,
+        clock: Clock,
+        timeout: Duration,
+    ) -> anyhow::Result<RedisSessionStore> {
         let urls: Vec<&str> = url
             .split(',')
             .map(str::trim)
@@ -340,8 +353,8 @@ impl RedisSessionStore {
                 .map(|u| redis::Client::open(u.as_str()))
                 .collect::<Result<_, _>>()?;
             let client = redis::cluster::ClusterClientBuilder::new(urls)
-                .connection_timeout(OP_TIMEOUT)
-                .response_timeout(OP_TIMEOUT)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
                 .build()?;
             Target::Cluster(Box::new(ClusterTarget {
                 client,
@@ -352,13 +365,14 @@ impl RedisSessionStore {
             subscribe_to = vec![client.clone()];
             Target::Single(ConnectionManager::new_lazy_with_config(
                 client,
-                manager_config(),
+                manager_config(timeout),
             )?)
         };
         Ok(RedisSessionStore {
             target,
             prefix: prefix.to_string(),
             clock,
+            timeout,
             rotate: Arc::new(Script::new(ROTATE)),
             revoke_with_token: Script::new(REVOKE_WITH_TOKEN),
             revoke_family: Script::new(REVOKE_FAMILY),
@@ -379,7 +393,7 @@ impl RedisSessionStore {
                 if let Some(c) = guard.as_ref() {
                     return Ok(Conn::Cluster(c.clone()));
                 }
-                let c = tokio::time::timeout(OP_TIMEOUT, client.get_async_connection())
+                let c = tokio::time::timeout(self.timeout, client.get_async_connection())
                     .await
                     .map_err(unavailable)?
                     .map_err(unavailable)?;
@@ -392,12 +406,13 @@ impl RedisSessionStore {
                     return Ok(Conn::Single(c.clone()));
                 }
                 let mut client = sentinel.client.lock().await;
-                let master = tokio::time::timeout(OP_TIMEOUT, client.async_get_client())
+                let master = tokio::time::timeout(self.timeout, client.async_get_client())
                     .await
                     .map_err(unavailable)?
                     .map_err(unavailable)?;
-                let manager = ConnectionManager::new_lazy_with_config(master, manager_config())
-                    .map_err(unavailable)?;
+                let manager =
+                    ConnectionManager::new_lazy_with_config(master, manager_config(self.timeout))
+                        .map_err(unavailable)?;
                 *guard = Some(manager.clone());
                 Ok(Conn::Single(manager))
             }
@@ -418,7 +433,7 @@ impl RedisSessionStore {
         op: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn().await?;
-        let result = match tokio::time::timeout(OP_TIMEOUT, op(&mut conn)).await {
+        let result = match tokio::time::timeout(self.timeout, op(&mut conn)).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) => unavailable(e),
             Err(elapsed) => unavailable(elapsed),
@@ -458,7 +473,7 @@ impl RedisSessionStore {
     async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
         let mut last = None;
         for client in &self.subscribe_to {
-            match tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await {
+            match tokio::time::timeout(self.timeout, client.get_async_pubsub()).await {
                 Ok(Ok(pubsub)) => return Ok(pubsub),
                 Ok(Err(e)) => last = Some(unavailable(e)),
                 Err(elapsed) => last = Some(unavailable(elapsed)),
@@ -472,12 +487,12 @@ impl RedisSessionStore {
         };
         let master = {
             let mut client = sentinel.client.lock().await;
-            tokio::time::timeout(OP_TIMEOUT, client.async_get_client())
+            tokio::time::timeout(self.timeout, client.async_get_client())
                 .await
                 .map_err(unavailable)?
                 .map_err(unavailable)?
         };
-        tokio::time::timeout(OP_TIMEOUT, master.get_async_pubsub())
+        tokio::time::timeout(self.timeout, master.get_async_pubsub())
             .await
             .map_err(unavailable)?
             .map_err(unavailable)
@@ -783,7 +798,7 @@ impl SessionStore for RedisSessionStore {
 
     async fn revocations(&self) -> Result<Revocations, StoreError> {
         let mut pubsub = self.pubsub().await?;
-        tokio::time::timeout(OP_TIMEOUT, pubsub.subscribe(&self.channel))
+        tokio::time::timeout(self.timeout, pubsub.subscribe(&self.channel))
             .await
             .map_err(unavailable)?
             .map_err(unavailable)?;
