@@ -64,6 +64,10 @@ impl Tls {
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        if !config.session_resumption {
+            server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            server.send_tls13_tickets = 0;
+        }
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             resolver,
