@@ -12,7 +12,7 @@
 //! After a burst (an HTTP/2 client's hundred streams at once, say) more
 //! than `max_idle` come back; the surplus stays for [`SURPLUS_IDLE`], so
 //! that the next burst finds them open. Closed at once, each burst dialed
-//! them again: at 1,000 streams in flight, two in three requests paid for
+//! them again: at 1,000 streams in flight, one request in three paid for
 //! a new upstream connection (bench/run.sh case 10).
 
 use std::collections::VecDeque;
