@@ -129,7 +129,15 @@ fn main() {
         server.send_tls13_tickets = 0;
         let server = Arc::new(server);
         for group in groups {
-            let only = CryptoProvider { kx_groups: vec![group], ..(*provider).clone() };
+            let mut only = CryptoProvider { kx_groups: vec![group], ..(*provider).clone() };
+            // The suite the client asks for first decides the handshake's
+            // hash: SHA-384 for AES-256-GCM (what OpenSSL clients put
+            // first), SHA-256 for AES-128-GCM. SUITE=128 measures the latter.
+            if std::env::var("SUITE").is_ok_and(|s| s == "128") {
+                only.cipher_suites.retain(|s| {
+                    s.suite() == rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+                });
+            }
             let client = ClientConfig::builder_with_provider(Arc::new(only))
                 .with_protocol_versions(&[&rustls::version::TLS13])
                 .unwrap()
