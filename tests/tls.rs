@@ -293,6 +293,30 @@ async fn session_resumption_is_on_by_default_and_can_be_turned_off() {
 }
 
 #[tokio::test]
+async fn tls13_aes_128_gcm_is_chosen_over_the_clients_first_suite() {
+    let pki = Pki::new("gateway CA");
+    let gw = tls_gateway(&pki, "", &[]).await;
+    // As OpenSSL clients order them: AES-256-GCM first.
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+}
+
+#[tokio::test]
 async fn a_bad_certificate_is_refused_at_start_with_its_key_and_line() {
     init();
     let pki = Pki::new("gateway CA");
