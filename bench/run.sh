@@ -398,7 +398,7 @@ url_of() {
   haproxy) echo "http://127.0.0.1:$P_HAPROXY/" ;;
   hyper-floor) echo "http://127.0.0.1:$P_FLOOR/" ;;
   raw-floor) echo "http://127.0.0.1:$P_RAW/" ;;
-  authgate | authgate-cookie) echo "http://127.0.0.1:$P_AG/" ;;
+  authgate | authgate-cookie | authgate-refresh) echo "http://127.0.0.1:$P_AG/" ;;
   authgate-logs) echo "http://127.0.0.1:$P_AG_LOGS/" ;;
   authgate-logfile) echo "http://127.0.0.1:$P_AG_LOGFILE/" ;;
   authgate-logstdout) echo "http://127.0.0.1:$P_AG_LOGSTDOUT/" ;;
