@@ -43,7 +43,7 @@ impl Tls {
 
     /// Reads the certificate and key; errors name the key and line.
     pub fn from_config(config: &TlsConfig) -> Result<Tls, Vec<Problem>> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         let certified = load(config, &provider).map_err(|p| vec![p])?;
         let resolver = Arc::new(CertResolver {
             current: RwLock::new(Arc::new(certified)),
@@ -64,6 +64,12 @@ impl Tls {
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        // The provider's order, not the client's: see `provider`.
+        server.ignore_client_order = true;
+        if !config.session_resumption {
+            server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            server.send_tls13_tickets = 0;
+        }
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             resolver,
@@ -107,6 +113,19 @@ impl std::fmt::Debug for Tls {
             .field("min_version", &self.config.min_version)
             .finish_non_exhaustive()
     }
+}
+
+/// ring, with TLS 1.3's AES-128-GCM first. OpenSSL clients (curl, most
+/// tools) list AES-256-GCM first, whose SHA-384 key schedule gets no help
+/// from the CPU's SHA extensions and whose records take 14 AES rounds
+/// instead of 10 (bench/run.sh cases 8-10, docs/performance.md).
+fn provider() -> CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    // Stable: the other suites keep ring's order.
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    provider
 }
 
 /// Hands every handshake the current certificate.

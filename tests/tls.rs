@@ -242,6 +242,72 @@ async fn min_version_13_refuses_tls_12_clients() {
     assert_eq!(response.status(), 200);
 }
 
+/// How the second of two handshakes from one client went: the client
+/// keeps what the first left it (tickets) and offers it again.
+async fn second_handshake(pki: &Pki, gw: &TestGateway) -> rustls::HandshakeKind {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(pki)));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut kind = None;
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(gw.addr).await.unwrap();
+        let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
+        // TLS 1.3 tickets arrive after the handshake: a request and its
+        // answer make sure the client has read them.
+        tokio::io::AsyncWriteExt::write_all(
+            &mut tls,
+            b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut answer = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut answer)
+            .await
+            .unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+        kind = tls.get_ref().1.handshake_kind();
+    }
+    kind.unwrap()
+}
+
+#[tokio::test]
+async fn session_resumption_is_on_by_default_and_can_be_turned_off() {
+    let pki = Pki::new("gateway CA");
+    let on = tls_gateway(&pki, "", &[]).await;
+    assert_eq!(
+        second_handshake(&pki, &on).await,
+        rustls::HandshakeKind::Resumed
+    );
+    let off = tls_gateway(&pki, "session_resumption = false\n", &[]).await;
+    assert_eq!(
+        second_handshake(&pki, &off).await,
+        rustls::HandshakeKind::Full
+    );
+}
+
+#[tokio::test]
+async fn tls13_aes_128_gcm_is_chosen_over_the_clients_first_suite() {
+    let pki = Pki::new("gateway CA");
+    let gw = tls_gateway(&pki, "", &[]).await;
+    // As OpenSSL clients order them: AES-256-GCM first.
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+}
+
 #[tokio::test]
 async fn a_bad_certificate_is_refused_at_start_with_its_key_and_line() {
     init();

@@ -31,6 +31,9 @@ pub const MAX_CONNECTIONS: usize = 25_000;
 pub const UPSTREAM_KEEPALIVE: usize = 256;
 /// `[server.tls] min_version`: TLS 1.2 and 1.3 are both accepted.
 pub const TLS_MIN_VERSION: TlsVersion = TlsVersion::V1_2;
+/// `[server.tls] session_resumption`: TLS 1.3 tickets (kept in memory)
+/// let a returning client skip the full handshake.
+pub const TLS_SESSION_RESUMPTION: bool = true;
 /// `[[routes]] websocket`: `Upgrade: websocket` is carried unless a route says no.
 pub const WEBSOCKET: bool = true;
 /// `[jwt] secret_env`.
@@ -135,6 +138,9 @@ pub fn preserve_host() -> bool {
 }
 pub fn tls_min_version() -> TlsVersion {
     TLS_MIN_VERSION
+}
+pub fn tls_session_resumption() -> bool {
+    TLS_SESSION_RESUMPTION
 }
 pub fn websocket() -> bool {
     WEBSOCKET

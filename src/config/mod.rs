@@ -154,6 +154,9 @@ pub struct TlsConfig {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: Located<PathBuf>,
     pub min_version: TlsVersion,
+    /// `false`: no tickets, no session cache; every connection a full
+    /// handshake.
+    pub session_resumption: bool,
     /// A plain listener that answers 308 to the https:// URL.
     pub redirect_http: Option<SocketAddr>,
 }
@@ -732,6 +735,7 @@ impl Validator<'_> {
             cert: self.path(raw.cert, "server.tls.cert", base_dir),
             key: self.path(raw.key, "server.tls.key", base_dir),
             min_version: raw.min_version,
+            session_resumption: raw.session_resumption,
             redirect_http,
         }
     }

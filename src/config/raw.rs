@@ -180,6 +180,8 @@ pub struct RawTls {
     pub min_version: TlsVersion,
     #[serde(default)]
     pub redirect_http: Option<Spanned<String>>,
+    #[serde(default = "d::tls_session_resumption")]
+    pub session_resumption: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]

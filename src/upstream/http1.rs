@@ -8,14 +8,21 @@
 //! rest age out), and its response body pushes it back once it has been
 //! read to the end. Each connection's task is spawned once, when it is
 //! dialed.
+//!
+//! After a burst (an HTTP/2 client's hundred streams at once, say) more
+//! than `max_idle` come back; the surplus stays for [`SURPLUS_IDLE`], so
+//! that the next burst finds them open. Closed at once, each burst dialed
+//! them again: at 1,000 streams in flight, one request in three paid for
+//! a new upstream connection (bench/run.sh case 10).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
@@ -30,21 +37,25 @@ use tower_service::Service;
 use super::{CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, UPSTREAM_READ_BUFFER};
 use crate::response::{Body, BoxError};
 
+/// How long idle connections beyond `max_idle` are kept after a burst.
+pub const SURPLUS_IDLE: Duration = Duration::from_secs(1);
+
 /// The connections to one upstream host:port.
 pub struct Http1Pool {
     /// `http://host:port/`, what the connector dials.
     target: Uri,
     connector: HttpConnector,
-    /// Oldest at the bottom, most recently returned on top.
-    idle: Mutex<Vec<Idle>>,
-    /// The most idle connections kept; one more is closed after its response.
+    /// Oldest at the front, most recently returned at the back.
+    idle: Mutex<VecDeque<Idle>>,
+    /// The idle connections kept; more only for [`SURPLUS_IDLE`].
     max_idle: usize,
     reaper_started: AtomicBool,
 }
 
 struct Idle {
     sender: SendRequest<Body>,
-    since: Instant,
+    /// tokio's clock, which tests can move.
+    since: tokio::time::Instant,
 }
 
 impl fmt::Debug for Http1Pool {
@@ -69,7 +80,7 @@ impl Http1Pool {
         Arc::new(Http1Pool {
             target,
             connector,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
             max_idle,
             reaper_started: AtomicBool::new(false),
         })
@@ -103,7 +114,7 @@ impl Http1Pool {
         Ok(self.response(response, sender))
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
+    fn idle(&self) -> MutexGuard<'_, VecDeque<Idle>> {
         // Nothing panics while holding the lock; a poisoned stack is still
         // a valid one.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
@@ -111,7 +122,7 @@ impl Http1Pool {
 
     fn checkout(&self) -> Option<SendRequest<Body>> {
         let mut idle = self.idle();
-        while let Some(conn) = idle.pop() {
+        while let Some(conn) = idle.pop_back() {
             if conn.since.elapsed() >= POOL_IDLE_TIMEOUT {
                 // Everything below has been idle longer still.
                 idle.clear();
@@ -185,25 +196,40 @@ impl Http1Pool {
     }
 
     fn push(&self, sender: SendRequest<Body>) {
+        if self.max_idle == 0 {
+            return;
+        }
         let mut idle = self.idle();
-        if idle.len() < self.max_idle {
-            // Read under the lock, so the stack stays in time order.
-            let since = Instant::now();
-            idle.push(Idle { sender, since });
+        // Read under the lock, so the stack stays in time order.
+        let since = tokio::time::Instant::now();
+        self.drop_surplus(&mut idle, since, self.max_idle - 1);
+        idle.push_back(Idle { sender, since });
+    }
+
+    /// Closes the oldest idle connections beyond `keep` that have been
+    /// idle [`SURPLUS_IDLE`].
+    fn drop_surplus(&self, idle: &mut VecDeque<Idle>, now: tokio::time::Instant, keep: usize) {
+        while idle.len() > keep
+            && idle
+                .front()
+                .is_some_and(|c| now.saturating_duration_since(c.since) >= SURPLUS_IDLE)
+        {
+            idle.pop_front();
         }
     }
 
-    /// Closes, every [`POOL_IDLE_TIMEOUT`], the connections idle that long,
-    /// for as long as the pool is in use; a checkout alone would leave them
-    /// open on an upstream that is no longer called.
+    /// Closes, every [`SURPLUS_IDLE`], the connections idle
+    /// [`POOL_IDLE_TIMEOUT`] and a burst's surplus, for as long as the pool
+    /// is in use; a checkout alone would leave them open on an upstream
+    /// that is no longer called.
     fn start_reaper(self: &Arc<Self>) {
         if self.reaper_started.swap(true, Ordering::Relaxed) {
             return;
         }
         let pool: Weak<Http1Pool> = Arc::downgrade(self);
         tokio::spawn(async move {
-            let start = tokio::time::Instant::now() + POOL_IDLE_TIMEOUT;
-            let mut tick = tokio::time::interval_at(start, POOL_IDLE_TIMEOUT);
+            let start = tokio::time::Instant::now() + SURPLUS_IDLE;
+            let mut tick = tokio::time::interval_at(start, SURPLUS_IDLE);
             loop {
                 tick.tick().await;
                 let Some(pool) = pool.upgrade() else {
@@ -215,11 +241,12 @@ impl Http1Pool {
     }
 
     fn drop_expired(&self) {
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         let mut idle = self.idle();
         idle.retain(|c| {
             now.saturating_duration_since(c.since) < POOL_IDLE_TIMEOUT && !c.sender.is_closed()
         });
+        self.drop_surplus(&mut idle, now, self.max_idle);
     }
 
     #[cfg(test)]
@@ -400,18 +427,39 @@ mod tests {
         assert_eq!(*accepted.lock().unwrap(), 2);
     }
 
-    #[tokio::test]
-    async fn no_more_than_max_idle_connections_are_kept() {
-        let (addr, accepted) = upstream(false).await;
-        let pool = Http1Pool::new(&addr.to_string().parse().unwrap(), 2);
-        // Four in flight at once open four connections; two stay.
+    /// Sends `n` requests at once and reads their answers.
+    async fn burst(pool: &Arc<Http1Pool>, addr: std::net::SocketAddr, n: usize) {
         let responses =
-            futures_util::future::join_all((0..4).map(|_| pool.clone().send(get(addr)))).await;
+            futures_util::future::join_all((0..n).map(|_| pool.clone().send(get(addr)))).await;
         for response in responses {
             assert_eq!(text(response.unwrap()).await, "ok");
         }
         tokio::task::yield_now().await;
+    }
+
+    #[tokio::test]
+    async fn a_burst_finds_the_last_bursts_connections_open() {
+        let (addr, accepted) = upstream(false).await;
+        let pool = Http1Pool::new(&addr.to_string().parse().unwrap(), 2);
+        burst(&pool, addr, 4).await;
+        assert_eq!(pool.idle_count(), 4, "the surplus went at once");
+        burst(&pool, addr, 4).await;
+        assert_eq!(*accepted.lock().unwrap(), 4, "dialed again");
+    }
+
+    #[tokio::test]
+    async fn no_more_than_max_idle_connections_stay_once_the_surplus_time_passes() {
+        let (addr, accepted) = upstream(false).await;
+        let pool = Http1Pool::new(&addr.to_string().parse().unwrap(), 2);
+        // Four in flight at once open four connections; two stay.
+        burst(&pool, addr, 4).await;
         assert_eq!(*accepted.lock().unwrap(), 4);
+        tokio::time::pause();
+        tokio::time::advance(SURPLUS_IDLE - Duration::from_millis(1)).await;
+        pool.drop_expired();
+        assert_eq!(pool.idle_count(), 4);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        pool.drop_expired();
         assert_eq!(pool.idle_count(), 2);
     }
 }
