@@ -566,6 +566,32 @@ async fn unreachable_database_means_503_and_tokens_keep_working() {
 
 /// The database is down at start, comes up, goes down (every connection
 /// cut, as by a restart), and comes back.
+/// The user store fails only for the user's own lookup (the table gone,
+/// the server still answering `SELECT 1`) while a refresh runs: the token
+/// must not have rotated, so the client's retry works even after the reuse
+/// grace. (It rotated first and looked the user up after: the retry was
+/// taken for theft and the session ended.)
+#[tokio::test]
+async fn a_refresh_that_cannot_read_its_user_does_not_rotate() {
+    let schema = PgSchema::migrated("refreshrace").await;
+    schema.insert(&[user("alice", "alice-pw", &["dev"])]).await;
+    let (_up, gw) = gateway(&schema, pg::shared_env()).await;
+    let login = tokens(gw.password_grant("alice", "alice-pw").await).await;
+
+    schema
+        .execute("ALTER TABLE {schema}.users RENAME TO users_away")
+        .await;
+    let failed = gw.refresh_grant(&login.refresh).await;
+    assert!(failed.status().is_server_error(), "{}", failed.status());
+    schema
+        .execute("ALTER TABLE {schema}.users_away RENAME TO users")
+        .await;
+
+    gw.clock.advance(std::time::Duration::from_secs(11));
+    let retried = tokens(gw.refresh_grant(&login.refresh).await).await;
+    assert_eq!(gw.userinfo(&retried.access).await["sub"], "alice");
+}
+
 #[tokio::test]
 async fn outage_and_recovery() {
     let schema = PgSchema::migrated("outage").await;

@@ -233,9 +233,17 @@ impl SessionService {
     /// Rotates `presented` and mints a new pair for its (re-read) user.
     pub async fn refresh(&self, presented: &str) -> Result<TokenPair, RefreshError> {
         let presented = RefreshToken::parse(presented).ok_or(RefreshError::Invalid)?;
-        // Refuse before rotating while the user store is down: a rotation
-        // whose answer never reaches the client would later look like theft.
+        // While the user store is down every refresh is 503, a session's or
+        // not, before the session store is asked.
         self.users.check().await?;
+        // The user is read before the rotation, never after it: a rotation
+        // whose answer never reaches the client (the user store failing in
+        // between) would make the client's retry after the grace look like
+        // theft and end the session.
+        let Some(username) = self.store.family_user(presented.family()).await? else {
+            return Err(RefreshError::Invalid);
+        };
+        let user = self.users.find(&username).await?;
         let proposed = RefreshToken::generate(presented.family)?;
         let rotation = self
             .store
@@ -271,7 +279,7 @@ impl SessionService {
             }
             Rotation::Invalid => return Err(RefreshError::Invalid),
         };
-        let user = match self.users.find(&username).await? {
+        let user = match user.filter(|user| user.username == username) {
             Some(user) if !user.disabled => user,
             _ => {
                 self.store

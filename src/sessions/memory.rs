@@ -244,6 +244,13 @@ impl SessionStore for MemorySessionStore {
             .is_some())
     }
 
+    async fn family_user(&self, family: &FamilyId) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .family(family, self.clock.unix_millis())
+            .map(|f| f.username.clone()))
+    }
+
     async fn revocations(&self) -> Result<Revocations, StoreError> {
         // A subscriber that fell behind gets an ended stream, as after a
         // lost Redis subscription: it subscribes again and catches up.

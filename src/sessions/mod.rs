@@ -106,6 +106,10 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// Whether the family is still valid (not revoked, not expired).
     async fn family_alive(&self, family: &FamilyId) -> Result<bool, StoreError>;
 
+    /// The user a valid family belongs to; `None` when the family is
+    /// unknown, revoked or expired.
+    async fn family_user(&self, family: &FamilyId) -> Result<Option<String>, StoreError>;
+
     /// [`Self::family_alive`] for each of `families`, in order: the safety
     /// net behind [`Self::revocations`] for every open WebSocket of an
     /// instance, so a store should answer in a few round trips however

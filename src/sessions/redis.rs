@@ -756,6 +756,10 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn family_alive(&self, family: &FamilyId) -> Result<bool, StoreError> {
+        Ok(self.family_user(family).await?.is_some())
+    }
+
+    async fn family_user(&self, family: &FamilyId) -> Result<Option<String>, StoreError> {
         let fam = self.family_key(family);
         let fields: Vec<Option<String>> = self
             .run(async |c| {
@@ -767,8 +771,14 @@ impl SessionStore for RedisSessionStore {
             })
             .await?;
         let now = self.clock.unix_millis();
-        Ok(matches!(fields.as_slice(),
-            [Some(_), revoked, expires] if revoked.as_deref() != Some("1") && !expired(expires, now)))
+        Ok(match fields.as_slice() {
+            [Some(user), revoked, expires]
+                if revoked.as_deref() != Some("1") && !expired(expires, now) =>
+            {
+                Some(user.clone())
+            }
+            _ => None,
+        })
     }
 
     /// One `MGET` of end keys per [`CHECK_CHUNK`] families; only a family
