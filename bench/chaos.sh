@@ -11,8 +11,8 @@
 #   CHAOS_KEEP=1 bench/chaos.sh             # keep the work folder (logs, configs)
 #
 # Environment: CHAOS_DURATION (90, seconds), CHAOS_PAUSE (3: seconds Redis
-# stays paused; longer than [sessions] reuse_grace shows what a long hang
-# does, see docs/reliability.md), CHAOS_CLIENT_CPU (1: the
+# stays paused; longer than [sessions] reuse_grace checks that a long hang
+# loses no session either, see docs/reliability.md), CHAOS_CLIENT_CPU (1: the
 # core the load is pinned to), CHAOS_SESSION_TIMEOUT ([sessions] timeout,
 # 2s), CHAOS_OUT (bench/results/chaos-latest.md), CHAOS_KEEP=1.
 # Everything runs on loopback on free ports; whatever it starts is stopped

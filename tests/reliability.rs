@@ -180,6 +180,74 @@ async fn a_hung_redis_is_503_within_the_session_timeout() {
     }
 }
 
+/// A refresh sent to a Redis that then hangs longer than `reuse_grace`
+/// gets 503 after `[sessions] timeout`; its rotation, queued in Redis's
+/// socket, must do nothing when Redis resumes (its caller gave up), so the
+/// browser's retry with the same refresh token rotates it, instead of
+/// looking like a replay after the grace and revoking the family.
+#[tokio::test]
+async fn a_rotation_that_reaches_redis_after_its_timeout_does_nothing() {
+    let redis = PrivateRedis::start().await;
+    let up = Upstream::start("app").await;
+    let prefix = support::redis_prefix("stale");
+    let toml = gateway_toml(&up, &redis.url(), &prefix, "300ms") + "reuse_grace = \"1s\"\n";
+    let gw = TestGateway::start(&toml, &[user("alice", "alice-pw", &["user"])]).await;
+    let (_, set) = gw.login("alice", "alice-pw").await;
+    // One rotation first, as in any running gateway: the script is then
+    // loaded in Redis, and the hung one arrives as an EVALSHA that runs
+    // (not one refused with NOSCRIPT).
+    let response = gw
+        .refresh_grant(&cookie_value(&set, "refresh_token").unwrap())
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let refresh = body["refresh_token"].as_str().unwrap().to_string();
+
+    redis.signal(libc::SIGSTOP);
+    let response = gw.refresh_grant(&refresh).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The hang outlasts the grace (the clock the grace is judged on) and,
+    // in real time, the deadline Redis judges the queued rotation on
+    // (300 ms timeout + 1 s of slack for clock skew).
+    gw.clock.advance(Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    redis.signal(libc::SIGCONT);
+    // Redis has run what it had queued once it answers a new connection.
+    assert!(redis.ping().await);
+
+    let resumed = Instant::now();
+    let response = loop {
+        let response = gw.refresh_grant(&refresh).await;
+        if response.status() != StatusCode::SERVICE_UNAVAILABLE {
+            break response;
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(2),
+            "no answer but 503 within 2 s of Redis resuming"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the retry was refused: {}",
+        error_code(response).await
+    );
+    let body: Value = response.json().await.unwrap();
+    let next = body["refresh_token"].as_str().unwrap().to_string();
+    let access = body["access_token"].as_str().unwrap().to_string();
+
+    // The session goes on: its access token passes, its refresh token rotates.
+    assert_eq!(gw.userinfo(&access).await["sub"], "alice");
+    assert_eq!(gw.refresh_grant(&next).await.status(), 200);
+    assert!(
+        !gw.audit_lines()
+            .iter()
+            .any(|line| line["event"] == "refresh_reuse_detected"),
+        "a retry after a hang was taken for a theft"
+    );
+}
+
 /// `[sessions] timeout` must be longer than zero; the error names the key.
 #[tokio::test]
 async fn a_zero_session_timeout_is_refused() {

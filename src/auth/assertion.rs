@@ -15,6 +15,10 @@
 //! audience until the last quarter of its life: a request then pays one
 //! SHA-256 of the identity and a map lookup, and the upstream always
 //! receives an assertion with at least a quarter of its lifetime left.
+//! Assertions past that leave the cache within
+//! [`SWEEP_SECS`](super::token_cache::SWEEP_SECS), as the
+//! token cache's expired entries do, so it holds the identities served
+//! now rather than every one since start (up to [`MAX_ENTRIES`]).
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -26,7 +30,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::token_cache::{shard_index, KeyHasher};
+use super::token_cache::{drop_expired, shard_index, KeyHasher};
 use super::Identity;
 use crate::clock::Clock;
 use crate::config::{AssertionConfig, Problem};
@@ -249,7 +253,12 @@ struct Entry {
     reuse_until: u64,
 }
 
-type Shard = HashMap<Key, Entry, BuildHasherDefault<KeyHasher>>;
+#[derive(Debug, Default)]
+struct Shard {
+    entries: HashMap<Key, Entry, BuildHasherDefault<KeyHasher>>,
+    /// When the shard last dropped its expired entries (unix seconds).
+    swept_at: u64,
+}
 
 #[derive(Debug)]
 struct AssertionCache {
@@ -274,6 +283,7 @@ impl AssertionCache {
     fn get(&self, key: &Key, now: u64) -> Option<HeaderValue> {
         let shard = self.shard(key).read().unwrap_or_else(|e| e.into_inner());
         shard
+            .entries
             .get(key)
             .filter(|entry| now < entry.reuse_until)
             // A HeaderValue shares its bytes: the clone is a reference count.
@@ -282,22 +292,22 @@ impl AssertionCache {
 
     fn insert(&self, key: Key, value: HeaderValue, reuse_until: u64, now: u64) {
         let mut shard = self.shard(&key).write().unwrap_or_else(|e| e.into_inner());
-        if shard.len() >= self.per_shard {
-            shard.retain(|_, e| now < e.reuse_until);
-        }
-        if shard.len() >= self.per_shard {
+        let full = shard.entries.len() >= self.per_shard;
+        let Shard { entries, swept_at } = &mut *shard;
+        drop_expired(entries, swept_at, full, now, |e| now < e.reuse_until);
+        if entries.len() >= self.per_shard {
             // All live: losing them costs a signature each, nothing more,
             // and keeps a flood of identities from growing memory.
-            shard.clear();
+            entries.clear();
         }
-        shard.insert(key, Entry { value, reuse_until });
+        entries.insert(key, Entry { value, reuse_until });
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).entries.len())
             .sum()
     }
 }
@@ -424,6 +434,30 @@ mod tests {
         assert_ne!(renewed, first);
         let exp = |v: &HeaderValue| verify(&a, v, "aud-a").1["exp"].as_u64().unwrap();
         assert!(exp(&renewed) > exp(&first));
+    }
+
+    /// Like the token cache: assertions past their reuse leave within
+    /// `SWEEP_SECS`, far below the bound, so the cache follows the
+    /// identities served now.
+    #[test]
+    fn assertions_past_their_reuse_leave_without_the_cache_filling_up() {
+        use crate::auth::token_cache::SWEEP_SECS;
+        let cache = AssertionCache::default();
+        let value = HeaderValue::from_static("a.b.c");
+        let key = |name: &str| cache_key(&Identity::named(name), "aud");
+        for i in 0..1000 {
+            cache.insert(key(&format!("old{i}")), value.clone(), 102, 100);
+        }
+        assert_eq!(cache.len(), 1000);
+        // Past their reuse but within a sweep interval: still held.
+        cache.insert(key("early"), value.clone(), 200, 105);
+        assert_eq!(cache.len(), 1001);
+        let later = 100 + SWEEP_SECS;
+        for i in 0..200 {
+            cache.insert(key(&format!("new{i}")), value.clone(), later + 60, later);
+        }
+        assert_eq!(cache.len(), 201, "the expired ones are gone, the live kept");
+        assert!(cache.get(&key("early"), later).is_some());
     }
 
     #[test]

@@ -79,6 +79,28 @@ impl Hasher for KeyHasher {
     }
 }
 
+/// Drops the entries `live` refuses, when the shard is `full` or
+/// [`SWEEP_SECS`] have passed since `swept_at` (updated here), and gives
+/// back the table a burst left. Shared with the identity assertion's cache.
+pub(super) fn drop_expired<K: Eq + std::hash::Hash, V>(
+    entries: &mut HashMap<K, V, BuildHasherDefault<KeyHasher>>,
+    swept_at: &mut u64,
+    full: bool,
+    now: u64,
+    live: impl Fn(&V) -> bool,
+) {
+    if !full && now < *swept_at + SWEEP_SECS {
+        return;
+    }
+    entries.retain(|_, e| live(e));
+    *swept_at = now;
+    // A burst's table would otherwise stay allocated for good.
+    let len = entries.len();
+    if entries.capacity() > 4 * len.max(64) {
+        entries.shrink_to(2 * len);
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shard {
     entries: HashMap<TokenKey, Entry, BuildHasherDefault<KeyHasher>>,
@@ -135,15 +157,11 @@ impl TokenCache {
         if shard.entries.contains_key(&key) {
             return;
         }
-        if shard.entries.len() >= self.per_shard || now >= shard.swept_at + SWEEP_SECS {
-            shard.entries.retain(|_, e| now < e.identity.exp);
-            shard.swept_at = now;
-            // A burst's table would otherwise stay allocated for good.
-            let len = shard.entries.len();
-            if shard.entries.capacity() > 4 * len.max(64) {
-                shard.entries.shrink_to(2 * len);
-            }
-        }
+        let full = shard.entries.len() >= self.per_shard;
+        let Shard {
+            entries, swept_at, ..
+        } = &mut *shard;
+        drop_expired(entries, swept_at, full, now, |e| now < e.identity.exp);
         if shard.entries.len() >= self.per_shard {
             // Sequence numbers are dense per shard, so this keeps the newer
             // half: amortized O(1) per insert even under a flood of tokens.

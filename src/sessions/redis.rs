@@ -28,6 +28,19 @@
 //! moves the clock sees records expire; the Redis TTLs only clean up. A
 //! record without its instant (written by an earlier version) is judged by
 //! its TTL alone.
+//!
+//! A write whose answer its caller may never see, because it timed out
+//! (`[sessions] timeout`) in a hung Redis, must do nothing when Redis
+//! resumes and runs it: a rotation applied then would make the client's
+//! retry with its old token look like a replay once `reuse_grace` has
+//! passed. The rotation and the one-time-code step therefore carry a
+//! deadline in wall-clock ms that the script compares with Redis's `TIME`
+//! before writing (Redis replicates scripts by their effects, so `TIME` is
+//! allowed before writes). Gateway and Redis clocks are assumed NTP-synchronised;
+//! [`DEADLINE_SLACK`] absorbs small skew. On Cluster and behind Sentinel,
+//! the node that runs the script judges it on its own clock. Closing the
+//! connection after a timeout would not do: Redis still runs what it has
+//! read from a socket before it sees the socket closed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +67,21 @@ macro_rules! lua_expired {
     };
 }
 
+/// Whether the caller has given up: `deadline` (wall-clock ms, see
+/// [`Deadline`]) against Redis's own clock. A script checks it before
+/// writing anything, so a command that waited in a hung Redis's socket
+/// past its caller's timeout does nothing when Redis resumes.
+macro_rules! lua_stale {
+    () => {
+        r#"
+local function stale(deadline)
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(deadline)
+end
+"#
+    };
+}
+
 /// Revokes family `fam` (a script's local), marks its end key `mark` and
 /// announces it on `channel` as `id`. The mark lives as long as the family.
 macro_rules! lua_revoke {
@@ -73,12 +101,15 @@ end
 /// KEYS: family, presented token, successor token, family end. ARGV: now
 /// ms, grace ms, ttl ms, sealed successor, the share of the ttl after which
 /// the user's index is extended again ([`INDEX_SLACK`]), now + ttl ms,
-/// revocation channel, family id.
+/// revocation channel, family id, deadline ([`lua_stale`]). `{'stale'}`:
+/// past the deadline, nothing done.
 const ROTATE: &str = concat!(
     "local now = tonumber(ARGV[1])\n",
     lua_expired!(),
     lua_revoke!(),
+    lua_stale!(),
     r#"
+if stale(ARGV[9]) then return {'stale'} end
 local fam = redis.call('HMGET', KEYS[1], 'user', 'revoked', 'indexed_at', 'expires')
 if not fam[1] or fam[2] == '1' or expired(fam[4]) then return {'invalid'} end
 local tok = redis.call('HMGET', KEYS[2], 'state', 'used_at', 'succ', 'expires')
@@ -195,14 +226,54 @@ redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[6])
 return tonumber(ARGV[6])
 "#;
 
-/// KEYS: the user's last accepted step. ARGV: step, ttl ms. 1: accepted
-/// and recorded; 0: that step or a later one was already accepted.
-const USE_OTP_STEP: &str = r#"
+/// KEYS: the user's last accepted step. ARGV: step, ttl ms, deadline
+/// ([`lua_stale`]). 1: accepted and recorded; 0: that step or a later one
+/// was already accepted; -1: past the deadline, nothing recorded (else the
+/// user's retry with the same code would be refused as a replay).
+const USE_OTP_STEP: &str = concat!(
+    lua_stale!(),
+    r#"
+if stale(ARGV[3]) then return -1 end
 local last = redis.call('GET', KEYS[1])
 if last and tonumber(last) >= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
-"#;
+"#
+);
+
+/// How much later than its caller's deadline, on the gateway's clock, a
+/// write may still be applied by Redis's clock: room for the two clocks
+/// disagreeing (they are assumed NTP-synchronised, within milliseconds).
+/// A write applied within it after its caller gave up is harmless as long
+/// as `[sessions] timeout` + this stays well under `reuse_grace`: the
+/// client's retry with the old token then gets the same successor.
+const DEADLINE_SLACK: Duration = Duration::from_secs(1);
+
+/// The instant, in wall-clock Unix ms, after which a write's caller has
+/// given up (its `[sessions] timeout` has run out) plus [`DEADLINE_SLACK`].
+/// Wall clock, not the injectable [`Clock`], since Redis's `TIME` judges
+/// it and tests move the injectable one.
+struct Deadline(u64);
+
+impl Deadline {
+    fn after(timeout: Duration) -> Deadline {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Deadline(millis(now + timeout + DEADLINE_SLACK))
+    }
+}
+
+/// A script answered "stale" although its caller was still waiting: Redis's
+/// clock runs ahead of the gateway's by more than [`DEADLINE_SLACK`].
+fn stale_in_time() -> StoreError {
+    tracing::warn!(
+        event = "redis_clock_skew",
+        slack_ms = millis(DEADLINE_SLACK),
+        "Redis judged a write past its deadline while it was awaited: synchronise the clocks (NTP)"
+    );
+    StoreError::Unavailable("Redis clock ahead of the gateway's".into())
+}
 
 /// One connection type for single-server and Cluster deployments, so
 /// commands and scripts are written once.
@@ -613,6 +684,7 @@ impl SessionStore for RedisSessionStore {
             self.end_key(r.family),
         ];
         let script = self.rotate.clone();
+        let deadline = Deadline::after(self.timeout);
         let reply: Vec<String> = self
             .run(async |c| {
                 script
@@ -628,6 +700,7 @@ impl SessionStore for RedisSessionStore {
                     .arg(r.now_ms + millis(r.ttl))
                     .arg(&self.channel)
                     .arg(hex(r.family))
+                    .arg(deadline.0)
                     .invoke_async(c)
                     .await
             })
@@ -647,6 +720,7 @@ impl SessionStore for RedisSessionStore {
                 None => Rotation::Invalid,
             },
             Some("reused") => Rotation::Reused { username: field(1) },
+            Some("stale") => return Err(stale_in_time()),
             _ => Rotation::Invalid,
         };
         // The script asks for the index only once its slack is used up.
@@ -879,16 +953,21 @@ impl SessionStore for RedisSessionStore {
 
     async fn use_otp_step(&self, key: &str, step: u64, ttl: Duration) -> Result<bool, StoreError> {
         let otp = self.otp_key(key);
-        let accepted: u8 = self
+        let deadline = Deadline::after(self.timeout);
+        let accepted: i8 = self
             .run(async |c| {
                 self.use_otp_step
                     .key(&otp)
                     .arg(step)
                     .arg(millis(ttl).max(1))
+                    .arg(deadline.0)
                     .invoke_async(c)
                     .await
             })
             .await?;
-        Ok(accepted == 1)
+        match accepted {
+            -1 => Err(stale_in_time()),
+            accepted => Ok(accepted == 1),
+        }
     }
 }
