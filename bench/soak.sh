@@ -103,7 +103,16 @@ done
 
 ws_status=0
 if ((WEBSOCKETS > 0)); then
-  log "opening $WEBSOCKETS WebSockets"
+  # Each WebSocket holds a client and an upstream connection on loopback,
+  # all to the same two ports: the mixed load's connections still in
+  # TIME-WAIT (20,000 were seen) would leave too few local ports, and some
+  # upgrades would get 502 for the harness's sake. Let them expire first
+  # (Linux keeps them 60 s).
+  for _ in $(seq 70); do
+    (($(ss -Htan state time-wait | wc -l) < 2000)) && break
+    sleep 1
+  done
+  log "opening $WEBSOCKETS WebSockets ($(ss -Htan state time-wait | wc -l) sockets in TIME-WAIT)"
   "$LOAD" websockets --url "http://127.0.0.1:$P_AG" --redis-url "$REDIS_URL" \
     --count "$WEBSOCKETS" --window 20s --out "$WORK/ws.md" >"$WORK/ws.out" 2>"$WORK/ws.err" || ws_status=$?
 fi
