@@ -102,6 +102,15 @@ for _ in $(seq 30); do
 done
 
 ws_status=0
+# authgate holds two descriptors a WebSocket (the client's and the
+# upstream's) besides its own few dozen: beyond its open-file limit an
+# upstream connect fails (EMFILE) and the upgrade is a 502. Where the hard
+# limit is too low for the count asked for (20,000 here), hold what fits.
+WS_FIT=$((($(ulimit -Hn) - 500) / 2))
+if ((WEBSOCKETS > WS_FIT)); then
+  log "open-file limit $(ulimit -Hn): holding $WS_FIT WebSockets, not $WEBSOCKETS"
+  WEBSOCKETS=$WS_FIT
+fi
 if ((WEBSOCKETS > 0)); then
   # Each WebSocket holds a client and an upstream connection on loopback,
   # all to the same two ports: the mixed load's connections still in
