@@ -4,74 +4,14 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use reqwest::header::COOKIE;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use support::{client, closed_port, cookie_value, set_cookies, user, TestGateway, Upstream};
-
-/// A redis-server of this test's own, which may be paused and killed
-/// without disturbing the shared one.
-struct PrivateRedis {
-    port: u16,
-    child: tokio::process::Child,
-}
-
-impl PrivateRedis {
-    async fn start() -> PrivateRedis {
-        let port = closed_port();
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        let redis = PrivateRedis { port, child };
-        for _ in 0..100 {
-            if redis.ping().await {
-                return redis;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis-server did not start on {port}");
-    }
-
-    async fn ping(&self) -> bool {
-        let Ok(client) = ::redis::Client::open(self.url()) else {
-            return false;
-        };
-        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-            return false;
-        };
-        let pong: ::redis::RedisResult<String> = ::redis::cmd("PING").query_async(&mut conn).await;
-        pong.is_ok()
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// SIGSTOP or SIGCONT: a hang, not a refusal (the socket stays open).
-    fn signal(&self, signal: libc::c_int) {
-        let pid = self.child.id().expect("running") as libc::pid_t;
-        // SAFETY: kill(2) on a child this test spawned and still owns.
-        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        // A stopped process would otherwise only die at its SIGCONT.
-        if let Some(pid) = self.child.id() {
-            // SAFETY: as in `signal`.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
-        }
-    }
-}
+use support::redis::PrivateRedis;
+use support::{client, cookie_value, set_cookies, user, TestGateway, Upstream};
 
 fn gateway_toml(up: &Upstream, redis_url: &str, prefix: &str, timeout: &str) -> String {
     format!(
@@ -108,7 +48,7 @@ async fn error_code(response: reqwest::Response) -> String {
 /// the next refresh succeeds without a restart.
 #[tokio::test]
 async fn a_hung_redis_is_503_within_the_session_timeout() {
-    let redis = PrivateRedis::start().await;
+    let redis = PrivateRedis::start();
     let up = Upstream::start("app").await;
     let prefix = support::redis_prefix("hung");
     let gw = TestGateway::start(
@@ -120,7 +60,7 @@ async fn a_hung_redis_is_503_within_the_session_timeout() {
     let access = body["access_token"].as_str().unwrap().to_string();
     let refresh = cookie_value(&set, "refresh_token").unwrap();
 
-    redis.signal(libc::SIGSTOP);
+    redis.pause();
     // Bounded by the timeout (300 ms), with room for a loaded machine;
     // the old fixed bound (2 s) does not fit.
     let bound = Duration::from_millis(1200);
@@ -164,7 +104,7 @@ async fn a_hung_redis_is_503_within_the_session_timeout() {
         .unwrap();
     assert_eq!(response.status(), 200);
 
-    redis.signal(libc::SIGCONT);
+    redis.resume();
     let resumed = Instant::now();
     loop {
         let response = gw.refresh_grant(&refresh).await;
@@ -187,7 +127,7 @@ async fn a_hung_redis_is_503_within_the_session_timeout() {
 /// looking like a replay after the grace and revoking the family.
 #[tokio::test]
 async fn a_rotation_that_reaches_redis_after_its_timeout_does_nothing() {
-    let redis = PrivateRedis::start().await;
+    let redis = PrivateRedis::start();
     let up = Upstream::start("app").await;
     let prefix = support::redis_prefix("stale");
     let toml = gateway_toml(&up, &redis.url(), &prefix, "300ms") + "reuse_grace = \"1s\"\n";
@@ -203,7 +143,7 @@ async fn a_rotation_that_reaches_redis_after_its_timeout_does_nothing() {
     let body: Value = response.json().await.unwrap();
     let refresh = body["refresh_token"].as_str().unwrap().to_string();
 
-    redis.signal(libc::SIGSTOP);
+    redis.pause();
     let response = gw.refresh_grant(&refresh).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     // The hang outlasts the grace (the clock the grace is judged on) and,
@@ -211,9 +151,9 @@ async fn a_rotation_that_reaches_redis_after_its_timeout_does_nothing() {
     // (300 ms timeout + 1 s of slack for clock skew).
     gw.clock.advance(Duration::from_secs(3));
     tokio::time::sleep(Duration::from_millis(1800)).await;
-    redis.signal(libc::SIGCONT);
+    redis.resume();
     // Redis has run what it had queued once it answers a new connection.
-    assert!(redis.ping().await);
+    assert!(redis.answers());
 
     let resumed = Instant::now();
     let response = loop {

@@ -46,7 +46,7 @@ impl PrivateRedis {
             .expect("redis-server must be installed (apt-get install redis-server)");
         self.child = Some(child);
         for _ in 0..100 {
-            if self.cli(&["ping"]) == "PONG" {
+            if self.answers() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -57,9 +57,33 @@ impl PrivateRedis {
     /// SIGKILL, as a crash: no goodbye to its clients.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A paused process would otherwise only die at its SIGCONT.
+            // SAFETY: as in `signal`.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGSTOP: a hang, not a refusal (its sockets stay open).
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.as_ref().expect("running").id() as libc::pid_t;
+        // SAFETY: kill(2) on a child this test spawned and still owns.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// Whether it answers `PING` (do not ask while it is paused).
+    pub fn answers(&self) -> bool {
+        self.cli(&["ping"]) == "PONG"
     }
 
     /// `redis-cli` with `args`; its output, trimmed.
