@@ -57,6 +57,13 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response<Body> {
     response
 }
 
+/// A page's error paragraph, announced to screen readers; empty without one.
+fn alert(error: Option<&str>) -> String {
+    error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default()
+}
+
 /// The sign-in form; `rd` has been checked by `auth::redirect::safe_redirect_to`.
 pub fn sign_in(
     status: StatusCode,
@@ -65,9 +72,7 @@ pub fn sign_in(
     username: &str,
     error: Option<&str>,
 ) -> Response<Body> {
-    let error = error
-        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
-        .unwrap_or_default();
+    let error = alert(error);
     let body = format!(
         "<h1>Sign in</h1>{error}\
          <form method=\"post\" action=\"{action}\">\
@@ -95,9 +100,7 @@ pub fn code_page(
     ticket: &str,
     error: Option<&str>,
 ) -> Response<Body> {
-    let error = error
-        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
-        .unwrap_or_default();
+    let error = alert(error);
     let body = format!(
         "<h1>Sign in</h1>{error}\
          <p class=\"note\">Enter the 6-digit code from your authenticator app.</p>\
