@@ -279,7 +279,7 @@ impl SessionService {
             }
             Rotation::Invalid => return Err(RefreshError::Invalid),
         };
-        let user = match user.filter(|user| user.username == username) {
+        let user = match user {
             Some(user) if !user.disabled => user,
             _ => {
                 self.store
