@@ -233,10 +233,12 @@ ROWS = [
     ("8", "authgate-tls-hs-p256", "authgate, client offers only P-256 (no X25519)"),
     ("9", "nginx-tls-ka", "nginx TLS proxy, keep-alive HTTP/1.1"),
     ("9", "haproxy-tls-ka", "HAProxy TLS + jwt_verify, keep-alive HTTP/1.1"),
+    ("9", "hyper-floor-tls-ka", "rustls + hyper server → hyper client, nothing else (bench/floor.rs)"),
     ("9", "authgate-tls-ka", "authgate TLS Bearer, keep-alive HTTP/1.1"),
     ("9", "authgate-tls-before-ka", "authgate TLS, BENCH_BEFORE binary"),
     ("10", "nginx-tls-h2", "nginx TLS proxy, HTTP/2 (h2load -c10 -m100)"),
     ("10", "haproxy-tls-h2", "HAProxy TLS + jwt_verify, HTTP/2"),
+    ("10", "hyper-floor-tls-h2", "rustls + hyper h2 server → hyper-util pooled client, nothing else (bench/floor.rs)"),
     ("10", "authgate-tls-h2", "authgate TLS Bearer, HTTP/2"),
     ("10", "authgate-tls-before-h2", "authgate TLS, BENCH_BEFORE binary"),
 ]
@@ -394,8 +396,15 @@ def cmd_report(a):
         if key in med and ng in med and hp in med and all(med[k][field] for k in (key, ng, hp)):
             rate = (lambda k: 1e6 / med[k][field]) if field == "cpu_us" else (lambda k: med[k][field])
             what = "handshakes/s of one core (1 / CPU per handshake)" if field == "cpu_us" else "req/s"
+            floor = {"9": "hyper-floor-tls-ka", "10": "hyper-floor-tls-h2"}.get(case)
+            beside = ""
+            if floor in med and med[floor][field]:
+                # What hyper and rustls alone reach against the same anchors.
+                beside = (f" (hyper + rustls alone: {rate(floor) / rate(ng):.2f} × and "
+                          f"{rate(floor) / rate(hp):.2f} ×; authgate's CPU a request "
+                          f"{med[key]['cpu_us'] / med[floor]['cpu_us']:.2f} × theirs)")
             targets.append((f"{case}: ≥ {factors[0]} × nginx, ≥ {factors[1]} × HAProxy in {what}: "
-                            f"{rate(key) / rate(ng):.2f} × and {rate(key) / rate(hp):.2f} ×",
+                            f"{rate(key) / rate(ng):.2f} × and {rate(key) / rate(hp):.2f} ×{beside}",
                             rate(key) >= factors[0] * rate(ng) and rate(key) >= factors[1] * rate(hp)))
     if ag and "authgate-cookie" in med:
         targets.insert(1, ("2: cookie within 5 % of case 1",

@@ -4,7 +4,9 @@
 # with nothing else (bench/floor.rs) and a bare tokio + httparse forwarder
 # (bench/floor_raw.rs), on loopback, proxy + upstream pinned to one core and the
 # load generator to another; cases 8-10 over TLS 1.3 (one ECDSA P-256
-# certificate, no session resumption on any side). Each load is measured in
+# certificate, no session resumption on any side), with bench/floor.rs over
+# TLS (rustls as authgate configures it, hyper, nothing else) in cases 9
+# and 10. Each load is measured in
 # requests a second and in the proxy's own CPU time per request (utime +
 # stime from /proc). See docs/performance.md.
 #
@@ -36,7 +38,7 @@ HELPER="python3 $ROOT/bench/helper.py"
 P_UP=18001 P_NGINX=18010 P_NGINX64=18011 P_HAPROXY=18020
 P_AG=18030 P_AG_LOGS=18031 P_AG_ES=18032 P_AG_ED=18033 P_AG_AS=18034 P_FLOOR=18040 P_RAW=18041 P_REDIS=16379
 P_NGINX_LOG=18012 P_AG_LOGFILE=18035 P_AG_LOGSTDOUT=18036 P_AG_BEFORE=18037
-P_NGINX_TLS=18050 P_HAPROXY_TLS=18051 P_AG_TLS=18052 P_AG_TLS_BEFORE=18053
+P_NGINX_TLS=18050 P_HAPROXY_TLS=18051 P_AG_TLS=18052 P_AG_TLS_BEFORE=18053 P_FLOOR_TLS=18054
 
 has() { [[ "$CASES" == *" $1 "* ]]; }
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -307,13 +309,14 @@ start nginx nginx -p "$WORK/nginx" -e "$WORK/nginx/logs/error.log" -c "$WORK/ngi
 start haproxy haproxy -db -f "$WORK/haproxy.cfg"
 start floor "$FLOOR" "127.0.0.1:$P_FLOOR" "127.0.0.1:$P_UP"
 start floor-raw "$FLOOR_RAW" "127.0.0.1:$P_RAW" "127.0.0.1:$P_UP"
+start floor-tls "$FLOOR" "127.0.0.1:$P_FLOOR_TLS" "127.0.0.1:$P_UP" "$WORK/tls.crt" "$WORK/tls.key"
 RUST_LOG=warn start authgate "$AUTHGATE" -c "$WORK/hs256.toml" serve
 RUST_LOG=info start authgate-logs "$AUTHGATE" -c "$WORK/logs.toml" serve
 RUST_LOG=warn start authgate-assert "$AUTHGATE" -c "$WORK/assert.toml" serve
 RUST_LOG=warn start authgate-es256 "$AUTHGATE" -c "$WORK/es256.toml" serve
 RUST_LOG=warn start authgate-eddsa "$AUTHGATE" -c "$WORK/eddsa.toml" serve
 RUST_LOG=warn start authgate-tls "$AUTHGATE" -c "$WORK/tls.toml" serve
-for p in $P_REDIS $P_UP $P_NGINX $P_NGINX64 $P_NGINX_LOG $P_NGINX_TLS $P_HAPROXY $P_HAPROXY_TLS $P_FLOOR $P_RAW \
+for p in $P_REDIS $P_UP $P_NGINX $P_NGINX64 $P_NGINX_LOG $P_NGINX_TLS $P_HAPROXY $P_HAPROXY_TLS $P_FLOOR $P_RAW $P_FLOOR_TLS \
   $P_AG $P_AG_LOGS $P_AG_AS $P_AG_ES $P_AG_ED $P_AG_TLS; do
   wait_port "$p"
 done
@@ -377,6 +380,7 @@ pids_of() {
   nginx*) echo "$NGINX_WORKER" ;;
   haproxy*) echo "$PID_haproxy" ;;
   hyper-floor) echo "$PID_floor" ;;
+  hyper-floor-tls-*) echo "$PID_floor_tls" ;;
   raw-floor) echo "$PID_floor_raw" ;;
   authgate-cookie | authgate-refresh) echo "$PID_authgate" ;;
   authgate-tls-before*) echo "$PID_authgate_tls_before" ;;
@@ -397,6 +401,7 @@ url_of() {
   nginx-log) echo "http://127.0.0.1:$P_NGINX_LOG/" ;;
   haproxy) echo "http://127.0.0.1:$P_HAPROXY/" ;;
   hyper-floor) echo "http://127.0.0.1:$P_FLOOR/" ;;
+  hyper-floor-tls-*) echo "https://127.0.0.1:$P_FLOOR_TLS/" ;;
   raw-floor) echo "http://127.0.0.1:$P_RAW/" ;;
   authgate | authgate-cookie | authgate-refresh) echo "http://127.0.0.1:$P_AG/" ;;
   authgate-logs) echo "http://127.0.0.1:$P_AG_LOGS/" ;;
@@ -456,8 +461,8 @@ has 3 && TARGETS+=(authgate-es256 authgate-eddsa)
 has 4 && TARGETS+=(authgate-refresh)
 has 8 && TARGETS+=(nginx-tls-hs haproxy-tls-hs authgate-tls-hs ${BEFORE:+authgate-tls-before-hs}
   nginx-tls-hs-p256 authgate-tls-hs-p256)
-has 9 && TARGETS+=(nginx-tls-ka haproxy-tls-ka authgate-tls-ka ${BEFORE:+authgate-tls-before-ka})
-has 10 && TARGETS+=(nginx-tls-h2 haproxy-tls-h2 authgate-tls-h2 ${BEFORE:+authgate-tls-before-h2})
+has 9 && TARGETS+=(nginx-tls-ka haproxy-tls-ka hyper-floor-tls-ka authgate-tls-ka ${BEFORE:+authgate-tls-before-ka})
+has 10 && TARGETS+=(nginx-tls-h2 haproxy-tls-h2 hyper-floor-tls-h2 authgate-tls-h2 ${BEFORE:+authgate-tls-before-h2})
 for t in "${SKIPPED[@]}"; do # left out of the rounds
   for i in "${!TARGETS[@]}"; do
     [[ ${TARGETS[$i]} == "$t" || ${TARGETS[$i]} == "$t"-* ]] && unset 'TARGETS[i]'

@@ -284,6 +284,50 @@ async fn session_resumption_is_on_by_default_and_can_be_turned_off() {
     );
 }
 
+/// Many clients at once: each handshake's CPU takes its turn (one per
+/// worker; a test's runtime has one), and every one of them completes.
+#[tokio::test]
+async fn simultaneous_handshakes_take_turns_and_all_complete() {
+    let pki = Pki::new("gateway CA");
+    let gw = tls_gateway(&pki, "session_resumption = false\n", &[]).await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(&pki)));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    // Every ClientHello is sent before any handshake is answered.
+    let mut hellos = Vec::new();
+    for _ in 0..64 {
+        let tcp = TcpStream::connect(gw.addr).await.unwrap();
+        hellos.push(connector.connect(name.clone(), tcp));
+    }
+    let answered = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::future::join_all(hellos),
+    )
+    .await
+    .expect("every handshake completes");
+    for tls in answered {
+        assert!(!tls.unwrap().get_ref().1.is_handshaking());
+    }
+}
+
+/// A client that connects and never sends its ClientHello holds nothing
+/// past `header_timeout`.
+#[tokio::test]
+async fn a_tls_client_that_says_nothing_is_let_go_at_header_timeout() {
+    let pki = Pki::new("gateway CA");
+    let gw = tls_gateway(&pki, "[server]\nheader_timeout = \"300ms\"\n", &[]).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut tcp, &mut byte),
+    )
+    .await
+    .expect("the gateway closes the connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
 #[tokio::test]
 async fn tls13_aes_128_gcm_is_chosen_over_the_clients_first_suite() {
     let pki = Pki::new("gateway CA");

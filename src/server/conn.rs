@@ -28,7 +28,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::LazyConfigAcceptor;
 
 use super::idle::{self, Activity, TimedIo};
 use super::Builders;
@@ -48,12 +49,16 @@ struct Conn {
     stop: watch::Receiver<bool>,
     shared: SharedGateway,
     builders: Arc<Builders>,
+    /// Turns at a TLS handshake's key exchange and signature, one per
+    /// worker thread (see [`serve_tls`]).
+    handshakes: Arc<Semaphore>,
 }
 
 /// Serves an accepted connection in a task of its own.
 pub(super) fn serve(
     shared: &SharedGateway,
     builders: &Arc<Builders>,
+    handshakes: &Arc<Semaphore>,
     stop: watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -67,6 +72,7 @@ pub(super) fn serve(
         stop,
         shared: shared.clone(),
         builders: builders.clone(),
+        handshakes: handshakes.clone(),
     };
     let tls = shared.load().tls.clone();
     tokio::spawn(async move {
@@ -265,10 +271,27 @@ async fn park(stream: TcpStream, idle_until: tokio::time::Instant, mut conn: Con
 
 async fn serve_tls(stream: TcpStream, conn: Conn, tls: Arc<crate::tls::Tls>) {
     // The handshake shares the head's deadline: a client that opens a
-    // socket and says nothing is let go either way.
-    let activity = Activity::new();
-    match tokio::time::timeout(conn.header_timeout(), tls.acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => serve_auto(stream, conn, activity).await,
+    // socket and says nothing is let go either way, and so is one that
+    // waited that long for its turn.
+    let deadline = tokio::time::Instant::now() + conn.header_timeout();
+    let handshake = async {
+        let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+        // Answering the ClientHello is the handshake's CPU (the key
+        // exchange and the signature: a few hundred microseconds), done
+        // right here, synchronously. Handshakes take turns at it, one per
+        // worker, and each turn starts after the runtime has polled the
+        // sockets (`yield_now` defers the task until then): the requests
+        // of established connections are served between two handshakes,
+        // not after a flood of them (bench/run.sh, the flood after case
+        // 8). A semaphore is never closed.
+        let turn = conn.handshakes.acquire().await;
+        tokio::task::yield_now().await;
+        let accept = hello.into_stream(tls.acceptor.config().clone());
+        drop(turn);
+        accept.await
+    };
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(stream)) => serve_auto(stream, conn, Activity::new()).await,
         Ok(Err(e)) => {
             tracing::debug!(event = "tls_handshake_failed", peer = %conn.peer, error = %e);
             conn.ended(Ok(()));

@@ -73,6 +73,10 @@ pub async fn serve(
     let (drain, _) = watch::channel(false);
     // A restart-only setting: the semaphore is made once.
     let permits = Arc::new(Semaphore::new(shared.load().config.server.max_connections));
+    // One TLS handshake's CPU at a time per worker thread (conn::serve_tls).
+    let handshakes = Arc::new(Semaphore::new(
+        tokio::runtime::Handle::current().metrics().num_workers(),
+    ));
     // hyper's builders follow reloads: made again for the first connection
     // accepted after one, from the configuration then current.
     let mut current = shared.load_full();
@@ -102,7 +106,15 @@ pub async fn serve(
             builders = Arc::new(self::builders(&gw));
             current = gw;
         }
-        conn::serve(&shared, &builders, drain.subscribe(), stream, peer, permit);
+        conn::serve(
+            &shared,
+            &builders,
+            &handshakes,
+            drain.subscribe(),
+            stream,
+            peer,
+            permit,
+        );
     }
     drop(listener);
     let grace = shared.load().config.server.shutdown_grace;
