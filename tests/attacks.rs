@@ -1117,6 +1117,17 @@ async fn login_attempt(
     request.send().await.unwrap()
 }
 
+/// `authgate_logins_total{outcome="throttled"}`: the process's metrics,
+/// shared by every test here, so only ever compared as growing.
+fn throttled_logins() -> u64 {
+    authgate::observe::metrics::get()
+        .encode()
+        .lines()
+        .find(|line| line.starts_with("authgate_logins_total{outcome=\"throttled\"}"))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn assert_throttled(response: reqwest::Response, ban_secs: u64, attack: &str) {
     assert_eq!(response.status(), 429, "{attack}");
     let retry_after: u64 = response.headers()["retry-after"]
@@ -1143,8 +1154,13 @@ async fn password_guessing_on_one_username_gets_429_even_with_the_right_password
         assert_eq!(response.status(), 401, "guess {guess}");
     }
     // The sixth attempt is refused before the password is looked at.
+    let throttled_before = throttled_logins();
     let response = login_attempt(&s.gw, "alice", "alice-pw", None).await;
     assert_throttled(response, 900, "right password after 5 failures").await;
+    assert!(
+        throttled_logins() > throttled_before,
+        "counted as throttled"
+    );
     let response = login_attempt(&s.gw, "ALICE", "alice-pw", None).await;
     assert_throttled(response, 900, "same username, other case").await;
     // Other users are unaffected.

@@ -202,6 +202,7 @@ async fn begin_attempt<'g>(
         Ok(attempt) => Ok(attempt),
         Err(error) => {
             if let GatewayError::TooManyRequests { .. } = error {
+                metrics::get().login("throttled");
                 login_failed(gw, parts, ctx, username, LoginFailure::Throttled);
             }
             Err(error)
