@@ -283,7 +283,8 @@ async fn serve_tls(stream: TcpStream, conn: Conn, tls: Arc<crate::tls::Tls>) {
         // sockets (`yield_now` defers the task until then): the requests
         // of established connections are served between two handshakes,
         // not after a flood of them (bench/run.sh, the flood after case
-        // 8). A semaphore is never closed.
+        // 8). `acquire` fails only on a closed semaphore, and this one is
+        // never closed: its result is the turn.
         let turn = conn.handshakes.acquire().await;
         tokio::task::yield_now().await;
         let accept = hello.into_stream(tls.acceptor.config().clone());
