@@ -11,7 +11,10 @@ pub const SECRET: &str = "fuzz-secret-that-is-long-enough-0123456789";
 
 fn service(toml: &str) -> JwtService {
     std::env::set_var("AUTHGATE_FUZZ_SECRET", SECRET);
-    std::env::set_var("AUTHGATE_FUZZ_OLD_SECRET", "old-fuzz-secret-that-is-long-enough-98765");
+    std::env::set_var(
+        "AUTHGATE_FUZZ_OLD_SECRET",
+        "old-fuzz-secret-that-is-long-enough-98765",
+    );
     let config = Config::parse(Path::new("fuzz.toml"), toml).expect("fuzz config");
     JwtService::from_config(&config.jwt, Clock::system()).expect("fuzz jwt service")
 }

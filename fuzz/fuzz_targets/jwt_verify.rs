@@ -13,6 +13,9 @@ fuzz_target!(|data: &[u8]| {
     };
     for jwt in [common::plain(), common::rotating()] {
         // Without the secret, the fuzzer cannot sign: nothing may verify.
-        assert!(jwt.verify(token).is_err(), "forged token accepted: {token:?}");
+        assert!(
+            jwt.verify(token).is_err(),
+            "forged token accepted: {token:?}"
+        );
     }
 });

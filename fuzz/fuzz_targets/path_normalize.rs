@@ -19,5 +19,9 @@ fuzz_target!(|data: &[u8]| {
     for segment in normal.split('/').skip(1) {
         assert!(segment != "." && segment != "..", "{path:?} -> {normal:?}");
     }
-    assert_eq!(normalize(&normal).as_deref(), Ok(&*normal), "not idempotent: {path:?}");
+    assert_eq!(
+        normalize(&normal).as_deref(),
+        Ok(&*normal),
+        "not idempotent: {path:?}"
+    );
 });
