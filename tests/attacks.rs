@@ -1120,12 +1120,7 @@ async fn login_attempt(
 /// `authgate_logins_total{outcome="throttled"}`: the process's metrics,
 /// shared by every test here, so only ever compared as growing.
 fn throttled_logins() -> u64 {
-    authgate::observe::metrics::get()
-        .encode()
-        .lines()
-        .find(|line| line.starts_with("authgate_logins_total{outcome=\"throttled\"}"))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
+    support::process_metric("authgate_logins_total{outcome=\"throttled\"}")
 }
 
 async fn assert_throttled(response: reqwest::Response, ban_secs: u64, attack: &str) {

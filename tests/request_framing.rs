@@ -29,12 +29,7 @@ fn config(up: &Upstream) -> String {
 
 /// The sum of `authgate_upstream_errors_total` over its kinds.
 fn upstream_errors() -> u64 {
-    authgate::observe::metrics::get()
-        .encode()
-        .lines()
-        .filter(|line| line.starts_with("authgate_upstream_errors_total"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    support::process_metric("authgate_upstream_errors_total")
 }
 
 fn chunked_post(path: &str, body: &str) -> String {

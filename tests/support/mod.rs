@@ -490,6 +490,18 @@ fn complete_config(toml: &str) -> String {
     text
 }
 
+/// The sum of this process's metric samples whose line starts with
+/// `prefix` (a name, or a name with its labels), 0 when none does. The
+/// registry is the process's, shared by every test of one binary.
+pub fn process_metric(prefix: &str) -> u64 {
+    authgate::observe::metrics::get()
+        .encode()
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// A client that follows no redirects and keeps no cookies.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
