@@ -18,6 +18,7 @@
 use std::sync::Arc;
 
 use authgate::config::{Located, TlsConfig, TlsVersion};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -34,9 +35,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type Pooled = Client<HttpConnector, Incoming>;
 
-/// The request's path and query, as the client sent them.
-fn origin_form(req: &Request<Incoming>) -> &str {
-    req.uri().path_and_query().map_or("/", |pq| pq.as_str())
+/// The request's URI with `authority` (and scheme http) in place of the
+/// client's, or none (origin form); the path and query are shared, not
+/// parsed again.
+fn upstream_uri(uri: &mut Uri, authority: Option<&Authority>) {
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.scheme = authority.map(|_| Scheme::HTTP);
+    parts.authority = authority.cloned();
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    *uri = Uri::from_parts(parts).expect("a path, with or without an authority, is a URI");
 }
 
 async fn forward(
@@ -44,7 +53,7 @@ async fn forward(
     mut req: Request<Incoming>,
 ) -> Result<Response<Incoming>, hyper::Error> {
     // Origin form: hyper's client writes the URI as given.
-    *req.uri_mut() = Uri::try_from(origin_form(&req)).unwrap_or_else(|_| Uri::from_static("/"));
+    upstream_uri(req.uri_mut(), None);
     let mut sender = sender.lock().await;
     sender.ready().await?;
     sender.send_request(req).await
@@ -52,12 +61,11 @@ async fn forward(
 
 async fn forward_pooled(
     client: Pooled,
-    upstream: Arc<str>,
+    upstream: Authority,
     mut req: Request<Incoming>,
 ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
     // Absolute form for the pool's key; HTTP/1.1 to the upstream.
-    let uri = format!("http://{upstream}{}", origin_form(&req));
-    *req.uri_mut() = Uri::try_from(uri).unwrap_or_else(|_| Uri::from_static("/"));
+    upstream_uri(req.uri_mut(), Some(&upstream));
     *req.version_mut() = Version::HTTP_11;
     client.request(req).await
 }
@@ -139,8 +147,11 @@ fn main() -> std::io::Result<()> {
                 if client.get_ref().1.alpn_protocol() != Some(b"h2") {
                     return serve_http1(client, &upstream).await;
                 }
+                let Ok(authority) = Authority::try_from(&*upstream) else {
+                    return;
+                };
                 let service =
-                    service_fn(move |req| forward_pooled(pooled.clone(), upstream.clone(), req));
+                    service_fn(move |req| forward_pooled(pooled.clone(), authority.clone(), req));
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(client), service)
                     .await;
