@@ -268,7 +268,7 @@ impl Gateway {
 pub async fn build(config: Config, basis: Basis<'_>) -> anyhow::Result<Gateway> {
     // Clients that build a rustls config without naming a provider
     // (Redis over rediss://) need the process default.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::tls::install_process_provider();
     let (running, clock) = match &basis {
         Basis::Running(gw) => (Some(*gw), gw.clock.clone()),
         Basis::Fresh { clock, .. } => (None, clock.clone()),

@@ -1,5 +1,5 @@
-//! Terminating TLS: a rustls server configuration (ring, ALPN `h2` and
-//! `http/1.1`) whose certificate can be swapped while connections stay
+//! Terminating TLS: a rustls server configuration (aws-lc-rs, ALPN `h2`
+//! and `http/1.1`) whose certificate can be swapped while connections stay
 //! open, and the plain listener that sends clients to https.
 //!
 //! The certificate lives behind a resolver rather than in the
@@ -80,8 +80,7 @@ impl Tls {
     /// Re-reads the certificate and key. New handshakes use them; on any
     /// problem the current pair stays and the problem is returned.
     pub fn reload(&self) -> Result<(), Problem> {
-        let provider = rustls::crypto::ring::default_provider();
-        let certified = load(&self.config, &provider)?;
+        let certified = load(&self.config, &provider())?;
         *self
             .resolver
             .current
@@ -115,13 +114,28 @@ impl std::fmt::Debug for Tls {
     }
 }
 
-/// ring, with TLS 1.3's AES-128-GCM first. OpenSSL clients (curl, most
-/// tools) list AES-256-GCM first, whose SHA-384 key schedule gets no help
-/// from the CPU's SHA extensions and whose records take 14 AES rounds
-/// instead of 10 (bench/run.sh cases 8-10, docs/performance.md).
+/// The one crypto provider of every TLS side of authgate, the clients'
+/// included: aws-lc-rs, whose handshakes cost less than ring's and which
+/// has the post-quantum hybrid X25519MLKEM768 (offered by current browsers,
+/// preferred when a client sends its key share). See docs/tls.md.
+pub fn client_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Makes [`client_provider`] the process's default, for the clients that
+/// build their rustls configuration themselves (redis). Idempotent.
+pub fn install_process_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// The server's provider: [`client_provider`]'s, with TLS 1.3's
+/// AES-128-GCM first. OpenSSL clients (curl, most tools) list AES-256-GCM
+/// first, whose SHA-384 key schedule gets no help from the CPU's SHA
+/// extensions and whose records take 14 AES rounds instead of 10
+/// (bench/run.sh cases 8-10, docs/performance.md).
 fn provider() -> CryptoProvider {
-    let mut provider = rustls::crypto::ring::default_provider();
-    // Stable: the other suites keep ring's order.
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    // Stable: the other suites keep the provider's order.
     provider
         .cipher_suites
         .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);

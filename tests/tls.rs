@@ -86,7 +86,7 @@ impl Leaf {
         let certs = vec![rustls::pki_types::CertificateDer::from(self.der.clone())];
         let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(self.key.as_bytes()).unwrap();
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -333,10 +333,21 @@ async fn tls13_aes_128_gcm_is_chosen_over_the_clients_first_suite() {
     let pki = Pki::new("gateway CA");
     let gw = tls_gateway(&pki, "", &[]).await;
     // As OpenSSL clients order them: AES-256-GCM first.
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider
         .cipher_suites
         .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
+    let tls = connect_with(&gw, &pki, provider).await;
+    let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+}
+
+/// A TLS connection to `gw` by a client with `provider`'s suites and groups.
+async fn connect_with(
+    gw: &TestGateway,
+    pki: &Pki,
+    provider: rustls::crypto::CryptoProvider,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.der().clone()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
@@ -347,9 +358,52 @@ async fn tls13_aes_128_gcm_is_chosen_over_the_clients_first_suite() {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
-    let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
-    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    connector.connect(name, tcp).await.unwrap()
+}
+
+/// The key exchange group a client offering `groups` gets, in one round
+/// trip.
+async fn negotiated_group(
+    gw: &TestGateway,
+    pki: &Pki,
+    groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>,
+) -> rustls::NamedGroup {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups = groups;
+    let tls = connect_with(gw, pki, provider).await;
+    let connection = tls.get_ref().1;
+    assert_eq!(
+        connection.handshake_kind(),
+        Some(rustls::HandshakeKind::Full),
+        "a key share the server takes: no HelloRetryRequest"
+    );
+    connection
+        .negotiated_key_exchange_group()
+        .expect("a TLS 1.3 handshake names its group")
+        .name()
+}
+
+#[tokio::test]
+async fn a_client_offering_the_post_quantum_hybrid_gets_it_and_others_their_first_group() {
+    use rustls::crypto::aws_lc_rs::kx_group::{SECP256R1, X25519, X25519MLKEM768};
+    use rustls::NamedGroup;
+    let pki = Pki::new("gateway CA");
+    let gw = tls_gateway(&pki, "", &[]).await;
+    // As current Chrome and Firefox: the hybrid first, X25519 beside it.
+    assert_eq!(
+        negotiated_group(&gw, &pki, vec![X25519MLKEM768, X25519]).await,
+        NamedGroup::X25519MLKEM768
+    );
+    // As OpenSSL 3.0 (curl, wrk, h2load).
+    assert_eq!(
+        negotiated_group(&gw, &pki, vec![X25519, SECP256R1]).await,
+        NamedGroup::X25519
+    );
+    // As some Java and FIPS-mode clients.
+    assert_eq!(
+        negotiated_group(&gw, &pki, vec![SECP256R1]).await,
+        NamedGroup::secp256r1
+    );
 }
 
 #[tokio::test]
@@ -550,7 +604,7 @@ fn tls_client_config(pki: &Pki) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.der().clone()).unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()

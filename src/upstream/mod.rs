@@ -257,13 +257,11 @@ fn client(roots: RootCertStore, http2: bool, keepalive: usize) -> LegacyClient {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::client_provider())
+        .with_safe_default_protocol_versions()
+        .expect("the provider supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let builder = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();

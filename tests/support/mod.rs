@@ -55,7 +55,7 @@ pub fn init() {
         std::env::set_var(SECRET_ENV, SECRET);
         std::env::set_var(OLD_SECRET_ENV, OLD_SECRET);
         std::env::set_var(TOTP_KEY_ENV, TOTP_KEY);
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         if std::env::var("TEST_LOG").is_ok() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter("debug")
