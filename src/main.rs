@@ -16,8 +16,9 @@ fn main() -> std::process::ExitCode {
         // SAFETY: collects the calling thread's heap; no pointer is passed.
         unsafe { libmimalloc_sys::mi_collect(true) }
         // aws-lc (the TLS crypto, C) allocates with the C library's malloc,
-        // which keeps what a flood of handshakes freed: about 10 MiB more
-        // after one at twice the handshakes a core takes (bench/run.sh).
+        // which keeps what a flood of handshakes freed: 18-25 MiB more than
+        // before one at twice the handshakes a core takes, against 4 with
+        // the trim (bench/results/history.md, ninth round).
         // SAFETY: glibc's malloc_trim takes no pointer and only returns
         // free memory to the system.
         #[cfg(target_env = "gnu")]

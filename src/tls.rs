@@ -118,23 +118,33 @@ impl std::fmt::Debug for Tls {
 /// included: aws-lc-rs, whose handshakes cost less than ring's and which
 /// has the post-quantum hybrid X25519MLKEM768 (offered by current browsers,
 /// preferred when a client sends its key share). See docs/tls.md.
-pub fn client_provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+fn crypto() -> CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
 }
 
-/// Makes [`client_provider`] the process's default, for the clients that
-/// build their rustls configuration themselves (redis). Idempotent.
+/// A client configuration (upstreams over https, PostgreSQL) on
+/// [`crypto`], verifying servers against `roots`.
+pub fn client_config(roots: rustls::RootCertStore) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(crypto()))
+        .with_safe_default_protocol_versions()
+        .expect("the provider supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// Makes [`crypto`] the process's default, for the clients that build
+/// their rustls configuration themselves (redis). Idempotent.
 pub fn install_process_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = crypto().install_default();
 }
 
-/// The server's provider: [`client_provider`]'s, with TLS 1.3's
-/// AES-128-GCM first. OpenSSL clients (curl, most tools) list AES-256-GCM
-/// first, whose SHA-384 key schedule gets no help from the CPU's SHA
-/// extensions and whose records take 14 AES rounds instead of 10
-/// (bench/run.sh cases 8-10, docs/performance.md).
+/// The server's provider: [`crypto`], with TLS 1.3's AES-128-GCM first.
+/// OpenSSL clients (curl, most tools) list AES-256-GCM first, whose
+/// SHA-384 key schedule gets no help from the CPU's SHA extensions and
+/// whose records take 14 AES rounds instead of 10 (bench/run.sh cases
+/// 8-10, docs/performance.md).
 fn provider() -> CryptoProvider {
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    let mut provider = crypto();
     // Stable: the other suites keep the provider's order.
     provider
         .cipher_suites

@@ -257,11 +257,7 @@ fn client(roots: RootCertStore, http2: bool, keepalive: usize) -> LegacyClient {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::client_provider())
-        .with_safe_default_protocol_versions()
-        .expect("the provider supports the default versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = crate::tls::client_config(roots);
     let builder = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();

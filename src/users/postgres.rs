@@ -592,11 +592,7 @@ fn manager(mut config: tokio_postgres::Config) -> Manager {
 /// rustls, verified against the system roots (the Mozilla set where the
 /// system has none).
 fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
-    let config = rustls::ClientConfig::builder_with_provider(crate::tls::client_provider())
-        .with_safe_default_protocol_versions()
-        .expect("the provider supports the default versions")
-        .with_root_certificates(crate::upstream::system_roots())
-        .with_no_client_auth();
+    let config = crate::tls::client_config(crate::upstream::system_roots());
     tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }
 
