@@ -116,7 +116,11 @@ pub fn main() -> ExitCode {
     // `.env` first: it may set AUTHGATE_CONFIG and the secrets.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    // The log's writer gathers lines for a moment: the last ones are
+    // written before the process ends (and before its error, in order).
+    crate::observe::logs::flush(std::time::Duration::from_secs(2));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -184,7 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(listen) = args.listen {
                 config.server.listen = listen;
             }
-            crate::observe::logs::init(config.server.log_format);
+            crate::observe::logs::init(config.server.log_format, config.access_log.log_queue());
             runtime(config.server.worker_threads)?.block_on(serve(config))
         }
         Command::CheckConfig => check_config(&cli.config),

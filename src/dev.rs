@@ -36,7 +36,10 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<ExitCode> {
             "--dev refuses to listen on {listen}: development mode is for loopback addresses only"
         );
     }
-    crate::observe::logs::init(crate::config::LogFormat::Text);
+    crate::observe::logs::init(
+        crate::config::LogFormat::Text,
+        crate::config::defaults::ACCESS_LOG_QUEUE,
+    );
     let echo = spawn_echo().await?;
     let mut config = Config::dev(listen);
     config.jwt.secret_env = Located {

@@ -226,7 +226,26 @@ async fn a_full_pipe_never_blocks_a_request_lines_are_dropped_and_counted() {
     command.stdout(Stdio::piped());
     let mut gw = AuthgateProcess::spawn(command, setup.port).await;
     let _unread = gw.child.stdout.take().unwrap();
-    assert_eq!(setup.metric("authgate_access_log_dropped_total").await, 0.0);
+    fill_the_pipe(&setup, &gw, "authgate_access_log_dropped_total").await;
+}
+
+/// The default target, the access event on the process log, as run with
+/// `RUST_LOG=info` and stderr piped to a reader that stopped: the process
+/// log queues its lines too, and drops them rather than wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stderr_pipe_never_blocks_a_request_log_lines_are_dropped_and_counted() {
+    let setup = setup("target = \"log\"\nqueue = 100\n").await;
+    let mut command = serve_command(&setup.config());
+    command.env("RUST_LOG", "info").stderr(Stdio::piped());
+    let mut gw = AuthgateProcess::spawn(command, setup.port).await;
+    let _unread = gw.child.stderr.take().unwrap();
+    fill_the_pipe(&setup, &gw, "authgate_log_lines_dropped_total").await;
+}
+
+/// 1,200 requests of some 400 bytes of log line each against a pipe nobody
+/// reads: none waits, and most lines are counted in `dropped` instead.
+async fn fill_the_pipe(setup: &Setup, gw: &AuthgateProcess, dropped: &str) {
+    assert_eq!(setup.metric(dropped).await, 0.0);
     let started = std::time::Instant::now();
     let workers: Vec<_> = (0..8)
         .map(|w| {
@@ -246,16 +265,15 @@ async fn a_full_pipe_never_blocks_a_request_lines_are_dropped_and_counted() {
             .expect("requests stalled behind the full pipe")
             .unwrap();
     }
-    let dropped = setup.metric("authgate_access_log_dropped_total").await;
-    // 1,200 lines of some 400 bytes: at most ~160 fit the pipe, 100 the
-    // buffer.
-    assert!(dropped >= 800.0, "only {dropped} lines dropped");
+    let count = setup.metric(dropped).await;
+    // At most ~160 lines fit the pipe, 100 the buffer.
+    assert!(count >= 800.0, "only {count} lines dropped");
     // Still serving, still dropping.
     let response = client().get(gw.url("/after")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    assert!(setup.metric("authgate_access_log_dropped_total").await > dropped);
+    assert!(setup.metric(dropped).await > count);
     eprintln!(
-        "1,200 requests with a full stdout pipe: {:?}",
+        "1,200 requests with a full pipe ({dropped}): {:?}",
         started.elapsed()
     );
 }

@@ -783,12 +783,8 @@ async fn a_refused_row_is_logged_with_the_user_and_the_field() {
 
     let response = support::password_grant(gw.url("/token"), "mallory", "mallory-pw").await;
     assert_eq!(response.status(), 500);
-    let log = std::fs::read_to_string(&log_path).unwrap();
-    let line = log
-        .lines()
-        .find(|l| l.contains("user_row_invalid"))
-        .unwrap_or_else(|| panic!("no user_row_invalid line in:\n{log}"));
-    let line: Value = serde_json::from_str(line).unwrap();
+    let line = support::process::log_line(&log_path, "user_row_invalid").await;
+    let line: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(line["user"], "mallory", "{line}");
     assert_eq!(line["field"], "roles", "{line}");
 }

@@ -83,8 +83,11 @@ pub struct Config {
 /// `[access_log]`: where each request's line goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessLogConfig {
-    /// The `authgate::access` tracing event, filtered by `RUST_LOG`.
-    Log,
+    /// The `authgate::access` tracing event, filtered by `RUST_LOG`; the
+    /// process log's writer then holds at most `queue` lines.
+    Log {
+        queue: usize,
+    },
     Off,
     /// JSON lines through a [`crate::observe::sink::LineSink`] holding at
     /// most `queue` lines.
@@ -92,6 +95,17 @@ pub enum AccessLogConfig {
         target: crate::observe::sink::SinkTarget,
         queue: usize,
     },
+}
+
+impl AccessLogConfig {
+    /// How many lines the process log's writer holds
+    /// ([`crate::observe::logs`]): `queue` when the access lines go there.
+    pub fn log_queue(&self) -> usize {
+        match self {
+            AccessLogConfig::Log { queue } => *queue,
+            _ => defaults::ACCESS_LOG_QUEUE,
+        }
+    }
 }
 
 /// `[audit]`: where the security events go; `None` target when disabled.
@@ -591,7 +605,7 @@ impl Validator<'_> {
         }
         let lines = |target| AccessLogConfig::Lines { target, queue };
         match target {
-            T::Log => AccessLogConfig::Log,
+            T::Log => AccessLogConfig::Log { queue },
             T::Off => AccessLogConfig::Off,
             T::Stdout => lines(SinkTarget::Stdout),
             T::Stderr => lines(SinkTarget::Stderr),
@@ -1313,7 +1327,12 @@ mod tests {
     #[test]
     fn access_log_and_audit_default_to_the_process_log() {
         let config = Config::parse(Path::new("x/gateway.toml"), "").unwrap();
-        assert_eq!(config.access_log, AccessLogConfig::Log);
+        assert_eq!(
+            config.access_log,
+            AccessLogConfig::Log {
+                queue: defaults::ACCESS_LOG_QUEUE
+            }
+        );
         assert_eq!(
             config.audit,
             AuditConfig {

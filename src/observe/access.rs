@@ -43,7 +43,7 @@ pub struct AccessLine<'a> {
 impl AccessLog {
     pub fn open(config: &AccessLogConfig) -> std::io::Result<AccessLog> {
         Ok(match config {
-            AccessLogConfig::Log => AccessLog::Tracing,
+            AccessLogConfig::Log { .. } => AccessLog::Tracing,
             AccessLogConfig::Off => AccessLog::Off,
             AccessLogConfig::Lines { target, queue } => {
                 AccessLog::Lines(LineSink::open(target.clone(), *queue, "access-log")?)

@@ -1,19 +1,115 @@
-//! Logging: one subscriber for the process, text or JSON, level from `RUST_LOG`.
+//! Logging: one subscriber for the process, text or JSON, level from
+//! `RUST_LOG`, written to stderr by a thread of its own through a
+//! [`LineSink`]. An event is formatted on the thread that raised it and
+//! queued; it never waits for stderr. When nobody reads a piped stderr (or
+//! a container runtime falls behind), the queue fills, further lines are
+//! dropped and counted in `authgate_log_lines_dropped_total`, and requests
+//! go on: the default access log (`[access_log] target = "log"`) is one
+//! of these lines per request.
 
+use std::io;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
+use super::metrics;
+use super::sink::{LineSink, Pushed, SinkTarget};
 use crate::config::LogFormat;
 
-pub fn init(format: LogFormat) {
+/// The process log's sink, once [`init`] has made it.
+static SINK: OnceLock<LineSink> = OnceLock::new();
+
+/// Installs the subscriber; at most `queue` lines wait for stderr.
+pub fn init(format: LogFormat, queue: usize) {
     let spec = filter_spec(std::env::var("RUST_LOG").ok().as_deref());
     let filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new(filter_spec(None)));
+    let sink = match SINK.get() {
+        Some(sink) => Some(sink),
+        None => match LineSink::open(SinkTarget::Stderr, queue, "log") {
+            Ok(sink) => Some(SINK.get_or_init(|| sink)),
+            Err(e) => {
+                // Only a thread that cannot be started: log as before,
+                // straight to stderr, rather than not at all.
+                eprintln!("warning: the log writer thread did not start ({e}); logging to stderr directly");
+                None
+            }
+        },
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(LogWriter(sink));
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Writes what the log holds (waiting at most `timeout`): the process is
+/// about to end.
+pub fn flush(timeout: Duration) {
+    if let Some(sink) = SINK.get() {
+        sink.flush(timeout);
+    }
+}
+
+/// Hands each event's line to the sink (or, without one, to stderr).
+#[derive(Clone, Copy)]
+struct LogWriter(Option<&'static LineSink>);
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = EventWriter;
+
+    fn make_writer(&'a self) -> EventWriter {
+        EventWriter {
+            sink: self.0,
+            partial: Vec::new(),
+        }
+    }
+}
+
+/// One event's bytes. The formatter writes a whole line at once, which
+/// goes to the sink as it is; anything written in pieces is gathered and
+/// queued when the writer is dropped, at the event's end.
+struct EventWriter {
+    sink: Option<&'static LineSink>,
+    partial: Vec<u8>,
+}
+
+impl EventWriter {
+    fn queue(sink: &LineSink, line: &[u8]) {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        if sink.push(|buf| buf.extend_from_slice(line)) == Pushed::Dropped {
+            metrics::get().log_line_dropped();
+        }
+    }
+}
+
+impl io::Write for EventWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let Some(sink) = self.sink else {
+            return io::stderr().write(bytes);
+        };
+        if self.partial.is_empty() && bytes.ends_with(b"\n") {
+            Self::queue(sink, bytes);
+        } else {
+            self.partial.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for EventWriter {
+    fn drop(&mut self) {
+        if let (Some(sink), false) = (self.sink, self.partial.is_empty()) {
+            Self::queue(sink, &self.partial);
+        }
+    }
 }
 
 /// `RUST_LOG` (default `info`), with rustls held to errors unless it names

@@ -61,6 +61,7 @@ pub struct Metrics {
     pub open_connections: Gauge,
     websocket_revocations: Family<Via, Counter>,
     access_log_dropped: Counter,
+    log_lines_dropped: Counter,
     audit_events: Family<Event, Counter>,
     audit_dropped: Counter,
     /// The auth outcome counters, resolved once: a family lookup hashes
@@ -133,6 +134,7 @@ impl Metrics {
             open_connections:  registered(r, "open_connections", "Open client connections", Gauge::default()),
             websocket_revocations: registered(r, "websocket_revocations", "WebSockets closed because their session ended, by how it was learnt: message, check", Family::default()),
             access_log_dropped: registered(r, "access_log_dropped", "Access log lines dropped: the writer did not keep up (slow disk, full pipe)", Counter::default()),
+            log_lines_dropped: registered(r, "log_lines_dropped", "Process log lines dropped: stderr did not keep up (a full pipe nobody reads)", Counter::default()),
             audit_events:      registered(r, "audit_events", "Audit events recorded, by event", Family::default()),
             audit_dropped:     registered(r, "audit_dropped", "Audit events dropped: the audit file's writer did not keep up", Counter::default()),
             auth_counters: Vec::new(),
@@ -186,6 +188,10 @@ impl Metrics {
 
     pub fn access_log_dropped(&self) {
         self.access_log_dropped.inc();
+    }
+
+    pub fn log_line_dropped(&self) {
+        self.log_lines_dropped.inc();
     }
 
     pub fn audit_event(&self, event: &'static str) {
@@ -274,6 +280,8 @@ mod tests {
                 "# TYPE authgate_open_connections gauge",
                 "# HELP authgate_access_log_dropped Access log lines dropped: the writer did not keep up (slow disk, full pipe).",
                 "# TYPE authgate_access_log_dropped counter",
+                "# HELP authgate_log_lines_dropped Process log lines dropped: stderr did not keep up (a full pipe nobody reads).",
+                "# TYPE authgate_log_lines_dropped counter",
                 "# HELP authgate_audit_events Audit events recorded, by event.",
                 "# TYPE authgate_audit_events counter",
                 "# HELP authgate_audit_dropped Audit events dropped: the audit file's writer did not keep up.",

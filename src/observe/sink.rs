@@ -250,14 +250,21 @@ fn write_loop(shared: &Shared, mut out: Output, target: &SinkTarget) {
                 match open_append(path) {
                     Ok(file) => out = Output::File(file),
                     // The old file (renamed, or not) keeps the lines.
-                    Err(e) => eprintln!("authgate: cannot reopen the log file: {e}"),
+                    Err(e) => {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "authgate: cannot reopen the log file: {e}"
+                        );
+                    }
                 }
             }
         }
         if !batch.is_empty() {
             if let Err(e) = out.write_all(&batch) {
-                // Where else to say it: the log is what failed.
-                eprintln!("authgate: log lines lost: {e}");
+                // Where else to say it: the log is what failed. Not
+                // `eprintln!`, which panics when stderr is what failed
+                // (a closed pipe), and would end this thread.
+                let _ = writeln!(std::io::stderr(), "authgate: log lines lost: {e}");
             }
         }
         // A batch that grew huge once (a stall) is not kept at that size.

@@ -95,3 +95,18 @@ impl AuthgateProcess {
             .unwrap()
     }
 }
+
+/// The first line of the log file `path` that contains `needle`, waiting
+/// (5 s at most) for it: the process log's writer thread gathers lines for
+/// up to 50 ms before it writes them.
+pub async fn log_line(path: &Path, needle: &str) -> String {
+    for _ in 0..100 {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+            return line.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    panic!("no {needle} line in:\n{log}");
+}
