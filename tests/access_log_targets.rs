@@ -277,3 +277,22 @@ async fn fill_the_pipe(setup: &Setup, gw: &AuthgateProcess, dropped: &str) {
         started.elapsed()
     );
 }
+
+/// The default target's lines, text format, with stderr sent to a file as
+/// a service manager or a container runtime does: plain text, no
+/// terminal colour codes.
+#[tokio::test]
+async fn the_log_target_writes_plain_text_without_colour_codes_to_a_file() {
+    let setup = setup("target = \"log\"\n").await;
+    let log_path = setup.dir.path().join("stderr.log");
+    let mut command = serve_command(&setup.config());
+    command
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    let gw = AuthgateProcess::spawn(command, setup.port).await;
+    let [ok, _] = two_requests(&gw).await;
+    let line = support::process::log_line(&log_path, &ok).await;
+    assert!(line.contains("authgate::access"), "{line}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!log.contains('\u{1b}'), "colour codes in a file:\n{log}");
+}

@@ -7,7 +7,7 @@
 //! go on: the default access log (`[access_log] target = "log"`) is one
 //! of these lines per request.
 
-use std::io;
+use std::io::{self, IsTerminal};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -37,8 +37,11 @@ pub fn init(format: LogFormat, queue: usize) {
             }
         },
     };
+    // Colours for a terminal only: a file or a log shipper would keep the
+    // escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(io::stderr().is_terminal())
         .with_writer(LogWriter(sink));
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
