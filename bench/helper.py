@@ -259,6 +259,59 @@ def fmt(v, digits=2):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+# Ratios taken round by round (each round runs every target back to back,
+# so a burst of the host's steal hits both sides of a ratio alike): the
+# subject, its anchor, the measure, the target's factor (None: shown only).
+PAIRED = [
+    ("1", "authgate", "nginx", "cpu", "≤ 1.20"),
+    ("1", "authgate", "hyper-floor", "cpu", "≤ 1.30"),
+    ("1", "authgate", "haproxy", "rps", "≥ 1.25"),
+    ("1", "authgate-logfile", "authgate", "rps", "≥ 0.92"),
+    ("1", "authgate-logstdout", "authgate", "rps", "≥ 0.92"),
+    ("2", "authgate-cookie", "authgate", "rps", "≥ 0.95"),
+    ("8", "authgate-tls-hs", "nginx-tls-hs", "handshakes", "≥ 2.0"),
+    ("8", "authgate-tls-hs", "haproxy-tls-hs", "handshakes", "≥ 1.5"),
+    ("9", "authgate-tls-ka", "nginx-tls-ka", "rps", "≥ 1.1"),
+    ("9", "authgate-tls-ka", "haproxy-tls-ka", "rps", "≥ 1.5"),
+    ("9", "hyper-floor-tls-ka", "haproxy-tls-ka", "rps", None),
+    ("10", "authgate-tls-h2", "nginx-tls-h2", "rps", "≥ 1.5"),
+    ("10", "authgate-tls-h2", "haproxy-tls-h2", "rps", "≥ 1.3"),
+    ("10", "hyper-floor-tls-h2", "haproxy-tls-h2", "rps", None),
+]
+
+
+def rounds_of(raw, key):
+    """A target's runs by round number (`KEY.rN.txt`)."""
+    out = {}
+    for path in glob.glob(os.path.join(raw, f"{key}.r*.txt")):
+        m = re.search(r"\.r(\d+)\.txt$", path)
+        if m:
+            out[int(m.group(1))] = parse_wrk(path)
+    return out
+
+
+def paired_table(raw):
+    """The PAIRED ratios, one per round, as their median and spread."""
+    lines = ["| case | ratio | measure | target | median of the rounds (lowest–highest) | rounds |",
+             "|---|---|---|---|---:|---:|"]
+    value = {"rps": lambda r: r["rps"] or None,
+             "cpu": lambda r: r.get("cpu_us"),
+             "handshakes": lambda r: 1e6 / r["cpu_us"] if r.get("cpu_us") else None}
+    for case, subject, anchor, measure, target in PAIRED:
+        a, b = rounds_of(raw, subject), rounds_of(raw, anchor)
+        ratios = []
+        for n in sorted(set(a) & set(b)):
+            x, y = value[measure](a[n]), value[measure](b[n])
+            if x and y:
+                ratios.append(x / y)
+        if not ratios:
+            continue
+        what = {"rps": "req/s", "cpu": "CPU a request", "handshakes": "handshakes a core"}[measure]
+        lines.append(f"| {case} | {subject} ÷ {anchor} | {what} | {target or '-'} | "
+                     f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) | {len(ratios)} |")
+    return lines if len(lines) > 2 else []
+
+
 def cmd_report(a):
     raw = os.path.join(a.dir, "raw")
     med = {}
@@ -418,6 +471,14 @@ def cmd_report(a):
                     for r in runs_by["authgate-refresh"])
         targets.insert(3, ("4: silent refresh ≥ 0.33 × case 1, none failing",
                            med["authgate-refresh"]["rps"] >= 0.33 * ag["rps"] and fails == 0))
+    paired = paired_table(raw)
+    if paired:
+        w("")
+        w("Paired by round (each ratio taken within one round, then the median over the rounds; "
+          "steadier than a ratio of medians when the host steals CPU in bursts):")
+        w("")
+        for line in paired:
+            w(line)
     w("")
     w("Targets (this run):")
     w("")
