@@ -290,15 +290,16 @@ def rounds_of(raw, key):
     return out
 
 
-def paired_table(raw):
-    """The PAIRED ratios, one per round, as their median and spread."""
+def paired_table(rounds_by):
+    """The PAIRED ratios, one per round, as their median and spread;
+    `rounds_by` holds each target's runs by round number."""
     lines = ["| case | ratio | measure | target | median of the rounds (lowest–highest) | rounds |",
              "|---|---|---|---|---:|---:|"]
     value = {"rps": lambda r: r["rps"] or None,
              "cpu": lambda r: r.get("cpu_us"),
              "handshakes": lambda r: 1e6 / r["cpu_us"] if r.get("cpu_us") else None}
     for case, subject, anchor, measure, target in PAIRED:
-        a, b = rounds_of(raw, subject), rounds_of(raw, anchor)
+        a, b = rounds_by.get(subject, {}), rounds_by.get(anchor, {})
         ratios = []
         for n in sorted(set(a) & set(b)):
             x, y = value[measure](a[n]), value[measure](b[n])
@@ -316,10 +317,13 @@ def cmd_report(a):
     raw = os.path.join(a.dir, "raw")
     med = {}
     runs_by = {}
+    rounds_by = {}
     for _, key, _ in ROWS:
-        runs = [parse_wrk(p) for p in sorted(glob.glob(os.path.join(raw, f"{key}.r*.txt")))]
-        if not runs:
+        rounds = rounds_of(raw, key)
+        if not rounds:
             continue
+        rounds_by[key] = rounds
+        runs = [rounds[n] for n in sorted(rounds)]
         runs_by[key] = runs
         med[key] = {k: median_of(runs, k) for k in ("rps", "p50", "p99", "cpu_us")}
         med[key]["bad"] = sum(r["non2xx"] + r["errors"] for r in runs)
@@ -471,7 +475,7 @@ def cmd_report(a):
                     for r in runs_by["authgate-refresh"])
         targets.insert(3, ("4: silent refresh ≥ 0.33 × case 1, none failing",
                            med["authgate-refresh"]["rps"] >= 0.33 * ag["rps"] and fails == 0))
-    paired = paired_table(raw)
+    paired = paired_table(rounds_by)
     if paired:
         w("")
         w("Paired by round (each ratio taken within one round, then the median over the rounds; "
