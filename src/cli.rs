@@ -151,10 +151,11 @@ fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runt
 }
 
 /// Set by the binary: gives freed memory back to the system (its
-/// allocator's collect, and the C library's trim for C code's memory). Run by each worker thread as it goes idle, at
-/// most once a second: an allocator returns freed pages lazily, when it
-/// allocates again, and a gateway idling with 10,000 open connections does
-/// not, so what a burst of requests freed would otherwise stay resident.
+/// allocator's collect, and the C library's trim for C code's memory).
+/// Run by each worker thread as it goes idle, at most once a second: an
+/// allocator returns freed pages lazily, when it allocates again, and a
+/// gateway idling with 10,000 open connections does not, so what a burst
+/// of requests freed would otherwise stay resident.
 pub static RELEASE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
 fn release_memory_if_due(release: fn()) {
