@@ -623,10 +623,32 @@ async fn totp_command(config: &Config, command: TotpCommand) -> anyhow::Result<E
             std::io::stdout().flush()?;
             let code = read_code()?;
             let now = crate::clock::Clock::system().unix_secs();
-            if secret.verify(&code, now).is_none() {
+            let Some(step) = secret.verify(&code, now) else {
                 anyhow::bail!(
                     "the code does not match: nothing saved (is the phone's clock right?); run enroll again"
                 );
+            };
+            // The confirming code was typed where others may see it: it is
+            // used up before the secret is saved, as a login would use it.
+            // The memory store lives inside the running gateway, out of
+            // reach from here (docs/second-factor.md says so).
+            if config.sessions.backend == SessionsBackend::Redis {
+                let sessions =
+                    crate::sessions::open(&config.sessions, crate::clock::Clock::system()).await;
+                let used = match sessions {
+                    Ok(store) => {
+                        crate::auth::second_factor::use_step(store.as_ref(), &username, step)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = used {
+                    anyhow::bail!(
+                        "the session store could not record the code as used ({e}): nothing saved; \
+                         run enroll again once it answers"
+                    );
+                }
             }
             store
                 .set_totp(&username, Some(&key.seal(&username, &secret)))

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::process::{run_authgate, serve_command, AuthgateProcess};
+use support::process::{log_line, run_authgate, serve_command, AuthgateProcess};
 use support::{
     client, closed_port, password_grant, raw, status_of, tokens, user, users_toml, TestGateway,
     Upstream, SECRET_ENV,
@@ -64,7 +64,12 @@ async fn reload_applies_routes_and_identity_without_dropping_requests() {
     let slow_url = gw.url("/a/slow/1500");
     let in_flight =
         tokio::spawn(async move { client().get(slow_url).send().await.map(|r| r.status()) });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let upstream_a = &a;
+    wait_for(
+        async || upstream_a.count() == 1,
+        "the slow request at the upstream",
+    )
+    .await;
 
     // New route, renamed identity header, and a listen change (restart only).
     let routes = format!(
@@ -129,7 +134,8 @@ async fn reload_applies_routes_and_identity_without_dropping_requests() {
         .status()
         .unwrap()
         .success());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // `reload` refused without signalling: this line is the SIGHUP's.
+    log_line(&dir.path().join("log"), "config_reload_failed").await;
     let response = client()
         .get(gw.url("/b/x"))
         .bearer_auth(&token)

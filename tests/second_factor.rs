@@ -57,6 +57,28 @@ fn settle_all(clocks: &[&Clock]) -> u64 {
 /// current code of the URI it printed (one line on stdin, as a script
 /// does). Returns the secret and what the command printed.
 fn enroll(dir: &Path, username: &str, extra_env: &[(&str, String)]) -> (Secret, String) {
+    let (secret, printed, _) = enroll_at(dir, username, extra_env);
+    (secret, printed)
+}
+
+/// [`enroll`], also returning the step of the code it typed.
+fn enroll_at(dir: &Path, username: &str, extra_env: &[(&str, String)]) -> (Secret, String, u64) {
+    let (secret, printed, step, out) = try_enroll(dir, username, extra_env);
+    assert!(
+        out.status.success(),
+        "enroll failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (secret, printed, step)
+}
+
+/// Runs `enroll`, typing the code of the current step: the secret, what it
+/// printed, the code's step and how the command ended.
+fn try_enroll(
+    dir: &Path,
+    username: &str,
+    extra_env: &[(&str, String)],
+) -> (Secret, String, u64, std::process::Output) {
     let mut command = Command::new(support::binary());
     command
         .current_dir(dir)
@@ -89,13 +111,7 @@ fn enroll(dir: &Path, username: &str, extra_env: &[(&str, String)]) -> (Secret, 
     writeln!(stdin, "{}", code(&secret, now)).unwrap();
     drop(stdin);
     std::io::Read::read_to_string(&mut stdout, &mut printed).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "enroll failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (secret, printed)
+    (secret, printed, now, child.wait_with_output().unwrap())
 }
 
 async fn grant(gw: &TestGateway, fields: &[(&str, &str)]) -> (u16, Value) {
@@ -381,6 +397,72 @@ async fn a_code_is_refused_on_a_second_instance_sharing_redis() {
             .0,
         200
     );
+}
+
+/// A users-file directory with alice (no second factor yet) whose
+/// gateway.toml adds `sessions` (a `[sessions]` table).
+fn alice_dir_with(sessions: &str) -> tempfile::TempDir {
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("users.toml"),
+        users_toml(&[user("alice", "alice-pw", &[])]),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        format!(
+            "{USERS}{sessions}\n[jwt]\nsecret_env = \"{}\"\n",
+            support::SECRET_ENV
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// The code that confirmed an enrollment was typed where others may have
+/// seen it: with the sessions in Redis, the CLI uses it up, so a gateway
+/// sharing that store refuses it for a login while its step is still
+/// within the tolerance.
+#[tokio::test]
+async fn the_code_that_confirmed_enrollment_is_used_up_in_redis() {
+    let prefix = redis_prefix("totp-enroll");
+    let sessions = format!(
+        "\n[sessions]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\n"
+    );
+    let dir = alice_dir_with(&sessions);
+    let (secret, _, step) = enroll_at(dir.path(), "alice", &[]);
+    let gw = TestGateway::start_keeping_users(dir, &sessions).await;
+    // The gateway's clock reads the system time: the enrollment's step or,
+    // past a boundary since, the next one; the code stays within the
+    // tolerance either way, so only the record can refuse it.
+    assert!(gw.clock.unix_secs() / totp::PERIOD <= step + 1);
+    assert_otp_answer(
+        &with_code(&gw, "alice", "alice-pw", &code(&secret, step)).await,
+        "invalid one-time code",
+    );
+    // The next step's code is a new one: accepted.
+    let answer = with_code(&gw, "alice", "alice-pw", &code(&secret, step + 1)).await;
+    assert_eq!(answer.0, 200, "{answer:?}");
+}
+
+/// Nothing is saved when the session store cannot record the confirming
+/// code as used.
+#[test]
+fn enrollment_saves_nothing_when_redis_does_not_answer() {
+    // A port nothing listens on.
+    let dir = alice_dir_with(
+        "\n[sessions]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\ntimeout = \"1s\"\n",
+    );
+    let (_, _, _, out) = try_enroll(dir.path(), "alice", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("could not record the code as used") && stderr.contains("nothing saved"),
+        "{stderr}"
+    );
+    let file = std::fs::read_to_string(dir.path().join("users.toml")).unwrap();
+    assert!(!file.contains("totp"), "{file}");
 }
 
 #[tokio::test]

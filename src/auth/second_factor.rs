@@ -29,10 +29,26 @@ pub struct SecondFactor {
     clock: Clock,
 }
 
-/// The replay record's key for `user`: case-folded, as the throttle's, so
-/// a case-insensitive user store cannot give one user two records.
-fn replay_key(user: &User) -> String {
-    format!("otp:{}", user.username.to_lowercase())
+/// The replay record's key for `username`: case-folded, as the throttle's,
+/// so a case-insensitive user store cannot give one user two records.
+fn replay_key(username: &str) -> String {
+    format!("otp:{}", username.to_lowercase())
+}
+
+/// Records `step` as used for `username` in `store`, as a login that
+/// accepted one of its codes does: `users totp enroll` calls it with the
+/// step of the code that confirmed the enrollment, which anyone who saw
+/// that code could otherwise still log in with (beside the password) for
+/// up to `TOLERANCE` steps. `false` when that step or a later one was
+/// already used.
+pub async fn use_step(
+    store: &dyn SessionStore,
+    username: &str,
+    step: u64,
+) -> Result<bool, crate::sessions::StoreError> {
+    store
+        .use_otp_step(&replay_key(username), step, REPLAY_TTL)
+        .await
 }
 
 impl SecondFactor {
@@ -75,9 +91,7 @@ impl SecondFactor {
         let Some(step) = secret.verify(otp, self.clock.unix_secs()) else {
             return Err(GatewayError::OtpInvalid);
         };
-        let fresh = self
-            .store
-            .use_otp_step(&replay_key(user), step, REPLAY_TTL)
+        let fresh = use_step(self.store.as_ref(), &user.username, step)
             .await
             .map_err(|e| GatewayError::Unavailable(Box::new(e)))?;
         if !fresh {
