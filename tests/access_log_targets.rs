@@ -235,11 +235,69 @@ async fn a_full_pipe_never_blocks_a_request_lines_are_dropped_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_stderr_pipe_never_blocks_a_request_log_lines_are_dropped_and_counted() {
     let setup = setup("target = \"log\"\nqueue = 100\n").await;
-    let mut command = serve_command(&setup.config());
-    command.env("RUST_LOG", "info").stderr(Stdio::piped());
-    let mut gw = AuthgateProcess::spawn(command, setup.port).await;
-    let _unread = gw.child.stderr.take().unwrap();
+    let (gw, _unread) = with_stderr_unread(&setup, "info").await;
     fill_the_pipe(&setup, &gw, "authgate_log_lines_dropped_total").await;
+}
+
+/// A gateway with `RUST_LOG=info` and stderr sent to a file, as a service
+/// manager does; the file's path.
+async fn with_stderr_to_a_file(setup: &Setup) -> (AuthgateProcess, std::path::PathBuf) {
+    let log_path = setup.dir.path().join("stderr.log");
+    let mut command = serve_command(&setup.config());
+    command
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    (AuthgateProcess::spawn(command, setup.port).await, log_path)
+}
+
+/// A gateway whose stderr is a pipe nobody reads (held by the caller).
+async fn with_stderr_unread(
+    setup: &Setup,
+    rust_log: &str,
+) -> (AuthgateProcess, tokio::process::ChildStderr) {
+    let mut command = serve_command(&setup.config());
+    command.env("RUST_LOG", rust_log).stderr(Stdio::piped());
+    let mut gw = AuthgateProcess::spawn(command, setup.port).await;
+    let unread = gw.child.stderr.take().unwrap();
+    (gw, unread)
+}
+
+/// The `stderr` target queues its lines on the process log's own writer:
+/// one thread writes stderr, so an access line and a log event never
+/// interleave inside a line in a pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stderr_target_shares_the_process_logs_writer() {
+    let setup = setup("target = \"stderr\"\n").await;
+    let (gw, log_path) = with_stderr_to_a_file(&setup).await;
+    let ids = two_requests(&gw).await;
+    support::process::log_line(&log_path, &ids[1]).await;
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let access: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("{\"time\""))
+        .collect();
+    assert_lines(&parse(&access.join("\n")), &ids);
+    assert!(text.contains("listening"), "{text}");
+    let pid = gw.child.id().unwrap();
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap())
+        .map(|name| name.trim().to_string())
+        .collect();
+    assert!(threads.iter().any(|t| t == "authgate-log"), "{threads:?}");
+    assert!(
+        !threads.iter().any(|t| t.starts_with("authgate-access")),
+        "a second stderr writer: {threads:?}"
+    );
+}
+
+/// With the `stderr` target, `[access_log] queue` bounds the shared
+/// writer, and the access lines it drops are counted as access lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stderr_pipe_drops_the_stderr_targets_lines_and_counts_them() {
+    let setup = setup("target = \"stderr\"\nqueue = 100\n").await;
+    let (gw, _unread) = with_stderr_unread(&setup, "warn").await;
+    fill_the_pipe(&setup, &gw, "authgate_access_log_dropped_total").await;
 }
 
 /// 1,200 requests of some 400 bytes of log line each against a pipe nobody
@@ -284,12 +342,7 @@ async fn fill_the_pipe(setup: &Setup, gw: &AuthgateProcess, dropped: &str) {
 #[tokio::test]
 async fn the_log_target_writes_plain_text_without_colour_codes_to_a_file() {
     let setup = setup("target = \"log\"\n").await;
-    let log_path = setup.dir.path().join("stderr.log");
-    let mut command = serve_command(&setup.config());
-    command
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(&log_path).unwrap());
-    let gw = AuthgateProcess::spawn(command, setup.port).await;
+    let (gw, log_path) = with_stderr_to_a_file(&setup).await;
     let [ok, _] = two_requests(&gw).await;
     let line = support::process::log_line(&log_path, &ok).await;
     assert!(line.contains("authgate::access"), "{line}");

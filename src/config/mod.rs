@@ -99,10 +99,15 @@ pub enum AccessLogConfig {
 
 impl AccessLogConfig {
     /// How many lines the process log's writer holds
-    /// ([`crate::observe::logs`]): `queue` when the access lines go there.
+    /// ([`crate::observe::logs`]): `queue` when the access lines go there
+    /// (the `log` target, and `stderr`, which shares that writer).
     pub fn log_queue(&self) -> usize {
         match self {
-            AccessLogConfig::Log { queue } => *queue,
+            AccessLogConfig::Log { queue }
+            | AccessLogConfig::Lines {
+                target: crate::observe::sink::SinkTarget::Stderr,
+                queue,
+            } => *queue,
             _ => defaults::ACCESS_LOG_QUEUE,
         }
     }

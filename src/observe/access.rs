@@ -14,8 +14,8 @@ use std::time::SystemTime;
 
 use http::{Method, Uri};
 
-use super::metrics;
-use super::sink::{LineSink, Pushed};
+use super::sink::{LineSink, Pushed, SinkTarget};
+use super::{logs, metrics};
 use crate::config::AccessLogConfig;
 
 /// Where the access lines go; made once at start.
@@ -23,7 +23,12 @@ use crate::config::AccessLogConfig;
 pub enum AccessLog {
     Tracing,
     Off,
+    /// A writer of the access log's own (`stdout`, `file`).
     Lines(LineSink),
+    /// `stderr`: the process log's writer ([`logs::sink`]), which already
+    /// writes stderr. A second writer thread would interleave its batches
+    /// with the log's in a pipe, in the middle of lines.
+    Shared(&'static LineSink),
 }
 
 /// One request's line, as the response filter knows it.
@@ -45,9 +50,12 @@ impl AccessLog {
         Ok(match config {
             AccessLogConfig::Log { .. } => AccessLog::Tracing,
             AccessLogConfig::Off => AccessLog::Off,
-            AccessLogConfig::Lines { target, queue } => {
-                AccessLog::Lines(LineSink::open(target.clone(), *queue, "access-log")?)
-            }
+            AccessLogConfig::Lines { target, queue } => match (target, logs::sink()) {
+                (SinkTarget::Stderr, Some(log)) => AccessLog::Shared(log),
+                // Without the process's log (a gateway inside a test or a
+                // library user), stderr gets a writer of its own.
+                _ => AccessLog::Lines(LineSink::open(target.clone(), *queue, "access-log")?),
+            },
         })
     }
 
@@ -59,7 +67,7 @@ impl AccessLog {
                 tracing::enabled!(target: "authgate::access", tracing::Level::INFO)
             }
             AccessLog::Off => false,
-            AccessLog::Lines(_) => true,
+            AccessLog::Lines(_) | AccessLog::Shared(_) => true,
         }
     }
 
@@ -78,12 +86,15 @@ impl AccessLog {
                 total_ms = line.total_ms,
                 request_id = line.request_id,
             ),
-            AccessLog::Lines(sink) => {
-                let now = SystemTime::now();
-                if sink.push(|buf| line.format(buf, now)) == Pushed::Dropped {
-                    metrics::get().access_log_dropped();
-                }
-            }
+            AccessLog::Lines(sink) => Self::push(sink, line),
+            AccessLog::Shared(sink) => Self::push(sink, line),
+        }
+    }
+
+    fn push(sink: &LineSink, line: &AccessLine<'_>) {
+        let now = SystemTime::now();
+        if sink.push(|buf| line.format(buf, now)) == Pushed::Dropped {
+            metrics::get().access_log_dropped();
         }
     }
 
@@ -92,6 +103,7 @@ impl AccessLog {
     pub fn flush(&self) -> bool {
         match self {
             AccessLog::Lines(sink) => sink.flush(std::time::Duration::from_secs(5)),
+            AccessLog::Shared(sink) => sink.flush(std::time::Duration::from_secs(5)),
             _ => true,
         }
     }

@@ -49,6 +49,13 @@ pub fn init(format: LogFormat, queue: usize) {
     };
 }
 
+/// The process log's writer, once [`init`] has made it: the access log's
+/// `stderr` target queues its lines there, so one thread writes stderr and
+/// no two batches interleave in a pipe.
+pub fn sink() -> Option<&'static LineSink> {
+    SINK.get()
+}
+
 /// Writes what the log holds (waiting at most `timeout`): the process is
 /// about to end.
 pub fn flush(timeout: Duration) {
