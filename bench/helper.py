@@ -274,9 +274,11 @@ PAIRED = [
     ("9", "authgate-tls-ka", "nginx-tls-ka", "rps", "≥ 1.1"),
     ("9", "authgate-tls-ka", "haproxy-tls-ka", "rps", "≥ 1.5"),
     ("9", "hyper-floor-tls-ka", "haproxy-tls-ka", "rps", None),
+    ("9", "authgate-tls-ka", "hyper-floor-tls-ka", "rps", None),
     ("10", "authgate-tls-h2", "nginx-tls-h2", "rps", "≥ 1.5"),
     ("10", "authgate-tls-h2", "haproxy-tls-h2", "rps", "≥ 1.3"),
     ("10", "hyper-floor-tls-h2", "haproxy-tls-h2", "rps", None),
+    ("10", "authgate-tls-h2", "hyper-floor-tls-h2", "rps", None),
 ]
 
 
