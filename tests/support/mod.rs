@@ -640,10 +640,26 @@ pub fn status_of(raw_response: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// A TCP port nothing listens on.
+/// A TCP port nothing listens on, often for a listener a test starts
+/// later. Taken below the kernel's ephemeral range (32768 and up by
+/// default), where a port from `bind(0)` would be: an outbound connection
+/// made in the meantime (to Redis, PostgreSQL, an upstream) could take
+/// that one as its source port, and the later bind fail with "address in
+/// use". Never the same port twice in one test process.
 pub fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = rand::random_range(20_000..32_768);
+        if given.contains(&port) {
+            continue;
+        }
+        // Free now: nothing listens, nothing is bound.
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Two distinct free ports (a listener and its admin listener).
