@@ -22,13 +22,17 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            let port = closed_port();
+            // The cluster bus is given its port too: by default it is the
+            // node's port + 10,000, which no one has checked is free.
+            let (port, bus) = (closed_port(), closed_port());
             let node_dir = dir.path().join(port.to_string());
             std::fs::create_dir(&node_dir).unwrap();
             let child = Command::new("redis-server")
                 .args([
                     "--port",
                     &port.to_string(),
+                    "--cluster-port",
+                    &bus.to_string(),
                     "--bind",
                     "127.0.0.1",
                     "--cluster-enabled",
