@@ -52,10 +52,13 @@ impl Cluster {
                 .expect("redis-server must be installed (apt-get install redis-server)");
             nodes.push((port, child));
         }
-        for (port, _) in &nodes {
+        // Owned from here: a panic below still stops the nodes.
+        let cluster = Cluster { nodes, dir };
+        for (port, _) in &cluster.nodes {
             wait_for_ping(*port);
         }
-        let addresses: Vec<String> = nodes
+        let addresses: Vec<String> = cluster
+            .nodes
             .iter()
             .map(|(p, _)| format!("127.0.0.1:{p}"))
             .collect();
@@ -73,7 +76,7 @@ impl Cluster {
         );
         // Wait until every node agrees the cluster is ok.
         for _ in 0..100 {
-            let ok = nodes.iter().all(|(p, _)| {
+            let ok = cluster.nodes.iter().all(|(p, _)| {
                 let out = Command::new("redis-cli")
                     .args(["-p", &p.to_string(), "cluster", "info"])
                     .output()
@@ -81,7 +84,7 @@ impl Cluster {
                 String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok")
             });
             if ok {
-                return Cluster { nodes, dir };
+                return cluster;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -321,13 +324,26 @@ async fn websockets_close_on_revocation_on_a_cluster() {
     round_trip(&mut sockets.pop().unwrap().1).await;
 }
 
-fn spawn_redis(dir: &std::path::Path, args: &[&str]) -> Child {
-    Command::new("redis-server")
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed")
+/// A redis-server of one test, stopped when dropped (also when the test
+/// fails half-way).
+struct RedisServer(Child);
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_redis(dir: &std::path::Path, args: &[&str]) -> RedisServer {
+    RedisServer(
+        Command::new("redis-server")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed"),
+    )
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> String {
@@ -356,7 +372,7 @@ async fn sentinel_master_survives_a_failover() {
         ]
     };
     let master_args = base_args(master_port);
-    let mut master = spawn_redis(
+    let _master = spawn_redis(
         dir.path(),
         &master_args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
@@ -367,7 +383,7 @@ async fn sentinel_master_survives_a_failover() {
         "127.0.0.1".into(),
         master_port.to_string(),
     ]);
-    let mut replica = spawn_redis(
+    let _replica = spawn_redis(
         dir.path(),
         &replica_args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
@@ -381,7 +397,7 @@ async fn sentinel_master_survives_a_failover() {
         ),
     )
     .unwrap();
-    let mut sentinel = spawn_redis(dir.path(), &[conf.to_str().unwrap(), "--sentinel"]);
+    let _sentinel = spawn_redis(dir.path(), &[conf.to_str().unwrap(), "--sentinel"]);
     wait_for_ping(sentinel_port);
     // Wait for the replica to be in sync and known to Sentinel.
     for _ in 0..100 {
@@ -472,9 +488,6 @@ async fn sentinel_master_survives_a_failover() {
         support::ws::close_code(&mut ws).await,
         Some(tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Policy)
     );
+    // The gateway goes first, then the sentinel, the replica, the master.
     drop(gw);
-    for child in [&mut sentinel, &mut replica, &mut master] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
 }

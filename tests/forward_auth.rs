@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, COOKIE, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
-use support::front::{free_port, require, start_caddy, Proxy};
+use support::front::{require, start_caddy, Proxy};
 use support::{client, cookie_value, password_grant, set_cookies, user, TestGateway, Upstream};
 
 /// `/` required (any signed-in user), `/admin` for role `admin`, `/public`
@@ -424,7 +424,7 @@ http {{
 async fn start_nginx(gateway: &TestGateway, upstream: &Upstream) -> Proxy {
     require(NGINX, "nginx");
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = support::closed_port();
     let conf = nginx_conf(
         dir.path(),
         port,

@@ -16,6 +16,16 @@ pub struct Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: nginx's master then stops its workers;
+        // killed outright, it leaves them running, still listening.
+        // SAFETY: kill(2) on our own child's pid with a constant signal.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -58,14 +68,6 @@ impl Proxy {
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Fails, saying how to get it, when the proxy is not installed.
@@ -117,7 +119,7 @@ fn caddyfile(port: u16, gateway: &str, upstream: &str) -> String {
 pub async fn start_caddy(gateway: &TestGateway, upstream: &Upstream) -> Proxy {
     require(CADDY, "caddy");
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = super::closed_port();
     let conf = caddyfile(port, &gateway.addr.to_string(), &upstream.addr.to_string());
     let file = dir.path().join("Caddyfile");
     std::fs::write(&file, conf).unwrap();
