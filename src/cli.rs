@@ -633,16 +633,16 @@ async fn totp_command(config: &Config, command: TotpCommand) -> anyhow::Result<E
             // The memory store lives inside the running gateway, out of
             // reach from here (docs/second-factor.md says so).
             if config.sessions.backend == SessionsBackend::Redis {
-                let sessions =
-                    crate::sessions::open(&config.sessions, crate::clock::Clock::system()).await;
-                let used = match sessions {
-                    Ok(store) => {
-                        crate::auth::second_factor::use_step(store.as_ref(), &username, step)
-                            .await
-                            .map_err(anyhow::Error::from)
-                    }
-                    Err(e) => Err(e),
-                };
+                let used: anyhow::Result<bool> = async {
+                    let sessions =
+                        crate::sessions::open(&config.sessions, crate::clock::Clock::system())
+                            .await?;
+                    Ok(
+                        crate::auth::second_factor::use_step(sessions.as_ref(), &username, step)
+                            .await?,
+                    )
+                }
+                .await;
                 if let Err(e) = used {
                     anyhow::bail!(
                         "the session store could not record the code as used ({e}): nothing saved; \

@@ -64,12 +64,7 @@ async fn reload_applies_routes_and_identity_without_dropping_requests() {
     let slow_url = gw.url("/a/slow/1500");
     let in_flight =
         tokio::spawn(async move { client().get(slow_url).send().await.map(|r| r.status()) });
-    let upstream_a = &a;
-    wait_for(
-        async || upstream_a.count() == 1,
-        "the slow request at the upstream",
-    )
-    .await;
+    wait_for(async || a.count() == 1, "the slow request at the upstream").await;
 
     // New route, renamed identity header, and a listen change (restart only).
     let routes = format!(

@@ -55,14 +55,9 @@ fn settle_all(clocks: &[&Clock]) -> u64 {
 
 /// `authgate users totp enroll USERNAME`, answering its prompt with the
 /// current code of the URI it printed (one line on stdin, as a script
-/// does). Returns the secret and what the command printed.
-fn enroll(dir: &Path, username: &str, extra_env: &[(&str, String)]) -> (Secret, String) {
-    let (secret, printed, _) = enroll_at(dir, username, extra_env);
-    (secret, printed)
-}
-
-/// [`enroll`], also returning the step of the code it typed.
-fn enroll_at(dir: &Path, username: &str, extra_env: &[(&str, String)]) -> (Secret, String, u64) {
+/// does). Returns the secret, what the command printed and the step of the
+/// code it typed.
+fn enroll(dir: &Path, username: &str, extra_env: &[(&str, String)]) -> (Secret, String, u64) {
     let (secret, printed, step, out) = try_enroll(dir, username, extra_env);
     assert!(
         out.status.success(),
@@ -168,7 +163,7 @@ fn enrolled_dir() -> (tempfile::TempDir, Secret, String) {
         ),
     )
     .unwrap();
-    let (secret, printed) = enroll(dir.path(), "alice", &[]);
+    let (secret, printed, _) = enroll(dir.path(), "alice", &[]);
     (dir, secret, printed)
 }
 
@@ -431,7 +426,7 @@ async fn the_code_that_confirmed_enrollment_is_used_up_in_redis() {
         "\n[sessions]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{prefix}\"\n"
     );
     let dir = alice_dir_with(&sessions);
-    let (secret, _, step) = enroll_at(dir.path(), "alice", &[]);
+    let (secret, _, step) = enroll(dir.path(), "alice", &[]);
     let gw = TestGateway::start_keeping_users(dir, &sessions).await;
     // The gateway's clock reads the system time: the enrollment's step or,
     // past a boundary since, the next one; the code stays within the
@@ -586,7 +581,7 @@ async fn postgres_enroll_login_and_remove() {
     let out = cli(&["users", "migrate"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("migration 2 (totp)"));
     schema.insert(&[user("alice", "alice-pw", &[])]).await;
-    let (secret, _) = enroll(dir.path(), "alice", &env);
+    let (secret, _, _) = enroll(dir.path(), "alice", &env);
     let stored: Option<String> = schema
         .client()
         .query_one(

@@ -71,10 +71,23 @@ impl AccessLog {
         }
     }
 
-    pub fn write(&self, line: &AccessLine<'_>) {
+    /// The sink JSON lines go to, own or shared.
+    fn lines(&self) -> Option<&LineSink> {
         match self {
-            AccessLog::Off => {}
-            AccessLog::Tracing => tracing::info!(
+            AccessLog::Lines(sink) => Some(sink),
+            AccessLog::Shared(sink) => Some(sink),
+            AccessLog::Tracing | AccessLog::Off => None,
+        }
+    }
+
+    pub fn write(&self, line: &AccessLine<'_>) {
+        if let Some(sink) = self.lines() {
+            let now = SystemTime::now();
+            if sink.push(|buf| line.format(buf, now)) == Pushed::Dropped {
+                metrics::get().access_log_dropped();
+            }
+        } else if let AccessLog::Tracing = self {
+            tracing::info!(
                 target: "authgate::access",
                 method = %line.method,
                 path = line.uri.path(),
@@ -85,27 +98,15 @@ impl AccessLog {
                 upstream_ms = line.upstream_ms,
                 total_ms = line.total_ms,
                 request_id = line.request_id,
-            ),
-            AccessLog::Lines(sink) => Self::push(sink, line),
-            AccessLog::Shared(sink) => Self::push(sink, line),
-        }
-    }
-
-    fn push(sink: &LineSink, line: &AccessLine<'_>) {
-        let now = SystemTime::now();
-        if sink.push(|buf| line.format(buf, now)) == Pushed::Dropped {
-            metrics::get().access_log_dropped();
+            );
         }
     }
 
     /// Waits (a few seconds at most) until every line so far is written:
     /// at exit.
     pub fn flush(&self) -> bool {
-        match self {
-            AccessLog::Lines(sink) => sink.flush(std::time::Duration::from_secs(5)),
-            AccessLog::Shared(sink) => sink.flush(std::time::Duration::from_secs(5)),
-            _ => true,
-        }
+        self.lines()
+            .is_none_or(|sink| sink.flush(std::time::Duration::from_secs(5)))
     }
 
     /// SIGHUP: a file target is reopened (logrotate renamed it).
